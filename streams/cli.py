@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "streams.evaluate:add_parser",
     "churn": "streams.churn_cli:add_parser",
     "kafka": "streams.local_broker:add_parser",
+    "demo": "streams.demo:add_parser",
 }
 
 

@@ -8,6 +8,7 @@ under ``$RECOSTREAM_CACHE`` (default ``~/.cache/recostream``). Nothing is commit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import subprocess
@@ -209,10 +210,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
             for name in _NUMERIC_COLUMNS:
                 text = obj.get(name)
                 if isinstance(text, str):
-                    try:
+                    # ISO-8601 ts stays text; other non-numbers are rejected by parse_event
+                    with contextlib.suppress(ValueError):
                         obj[name] = float(text)
-                    except ValueError:
-                        pass  # ISO-8601 ts stays text; other fields are rejected by parse_event
             quantity = obj.get("quantity")
             if isinstance(quantity, str) and quantity.isdigit():
                 obj["quantity"] = int(quantity)

@@ -1,0 +1,146 @@
+"""Implicit ratings and the per-user profile (ratings, running mean, recent items).
+
+A user's rating of an item is the strongest signal seen for it: the configured
+weight of each event type, or the explicit ``value`` of a click when given. The
+mean rating is kept incrementally (sum and count), so it is exact at any time.
+
+>>> profile = UserProfile()
+>>> weights = RatingWeights()
+>>> profile.observe("i1", weights.rating_of("view", None), ts=1.0, history=3)
+True
+>>> profile.observe("i1", weights.rating_of("purchase", None), ts=2.0, history=3)
+False
+>>> profile.ratings, profile.mean
+({'i1': 5.0}, 5.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RatingWeights:
+    """Implicit rating of each event type; ``remove_from_cart`` carries none."""
+
+    view: float = 1.0
+    click: float = 2.0
+    add_to_cart: float = 3.0
+    purchase: float = 5.0
+
+    def rating_of(self, event_type: str, value: float | None) -> float | None:
+        """The rating an event expresses, or None when it expresses no preference.
+
+        >>> RatingWeights().rating_of("add_to_cart", None), RatingWeights().rating_of("view", 4)
+        (3.0, 4.0)
+        """
+        if value is not None:
+            return float(value)
+        weight = _WEIGHT_FIELDS.get(event_type)
+        return None if weight is None else float(getattr(self, weight))
+
+
+# event type -> attribute of RatingWeights; types absent here express no preference.
+_WEIGHT_FIELDS: dict[str, str] = {
+    "view": "view",
+    "click": "click",
+    "add_to_cart": "add_to_cart",
+    "purchase": "purchase",
+}
+
+
+@dataclass
+class UserProfile:
+    """What we keep per user: ratings, their running mean, recent items, purchases.
+
+    ``recent`` holds the user's most recent distinct items, oldest first, at most
+    ``history`` of them (the bound is passed by the caller's configuration).
+    ``last_ts`` is the user's latest event time.
+    """
+
+    ratings: dict[str, float] = field(default_factory=dict)
+    rating_sum: float = 0.0
+    recent: list[str] = field(default_factory=list)
+    recent_ts: list[float] = field(default_factory=list)
+    purchased: set[str] = field(default_factory=set)
+    events: int = 0
+    last_ts: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        """Mean rating over the rated items (0.0 before any rating)."""
+        return self.rating_sum / len(self.ratings) if self.ratings else 0.0
+
+    def observe(self, item_id: str, rating: float | None, ts: float, history: int) -> bool:
+        """Record an event on ``item_id``; True when the user gained the item.
+
+        The rating only ever strengthens (the strongest signal wins). An event
+        without a rating (``remove_from_cart``) expresses no preference: it only
+        advances the user's clock, so ``recent`` holds rated items only.
+        """
+        self.events += 1
+        if ts > self.last_ts:
+            self.last_ts = ts
+        if rating is None:
+            return False
+        gained = False
+        old = self.ratings.get(item_id)
+        if old is None:
+            self.ratings[item_id] = rating
+            self.rating_sum += rating
+            gained = True
+        elif rating > old:
+            self.ratings[item_id] = rating
+            self.rating_sum += rating - old
+        self._touch(item_id, ts, history)
+        return gained
+
+    def _touch(self, item_id: str, ts: float, history: int) -> None:
+        recent = self.recent
+        if recent and recent[-1] == item_id:
+            self.recent_ts[-1] = max(self.recent_ts[-1], ts)
+            return
+        if item_id in recent:
+            at = recent.index(item_id)
+            del recent[at]
+            del self.recent_ts[at]
+        recent.append(item_id)
+        self.recent_ts.append(ts)
+        if len(recent) > history:
+            del recent[: len(recent) - history]
+            del self.recent_ts[: len(self.recent_ts) - history]
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "ratings": dict(self.ratings),
+            "rating_sum": float(self.rating_sum),
+            "recent": list(self.recent),
+            "recent_ts": [float(t) for t in self.recent_ts],
+            "purchased": sorted(self.purchased),
+            "events": self.events,
+            "last_ts": float(self.last_ts),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> UserProfile:
+        _check_version(state, "UserProfile")
+        return cls(
+            ratings={str(k): float(v) for k, v in state["ratings"].items()},
+            rating_sum=float(state["rating_sum"]),
+            recent=[str(i) for i in state["recent"]],
+            recent_ts=[float(t) for t in state["recent_ts"]],
+            purchased={str(i) for i in state["purchased"]},
+            events=int(state["events"]),
+            last_ts=float(state["last_ts"]),
+        )
+
+
+def _check_version(state: Mapping[str, Any], kind: str) -> None:
+    version = state.get("version")
+    if version != STATE_VERSION:
+        raise ValueError(f"{kind} state version {version!r} is not {STATE_VERSION}")

@@ -1,0 +1,159 @@
+"""Item neighbours from co-occurrence: cosine, jaccard and EASE, chosen by name.
+
+Every function takes the co-occurrence matrix ``C`` (CSR, no diagonal), the
+per-item user counts and the number of neighbours ``k``, and returns
+:class:`ItemNeighbors`: for each item its ``k`` best neighbours, padded with -1.
+
+>>> import scipy.sparse as sp
+>>> C = sp.csr_matrix(np.array([[0, 2, 1], [2, 0, 0], [1, 0, 0]], dtype=float))
+>>> nb = SIMILARITIES["cosine"](C, np.array([2.0, 2.0, 1.0]), 2, SimilarityParams())
+>>> nb.indices.tolist(), np.round(nb.scores, 3).tolist()
+([[1, 2], [0, -1], [0, -1]], [[1.0, 0.707], [1.0, 0.0], [0.707, 0.0]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from core.ratings import STATE_VERSION, _check_version
+from core.topk import top_k_per_row_dense, top_k_per_row_sparse
+
+
+@dataclass(frozen=True)
+class SimilarityParams:
+    """Knobs of the similarity functions (each uses the ones it needs).
+
+    ``shrinkage`` damps cosine/jaccard scores of rare pairs:
+    ``s * c / (c + shrinkage)`` with ``c`` the co-occurrence count.
+    ``ease_lambda`` is EASE's L2 weight; ``ease_max_items`` refuses catalogues
+    whose dense Gram matrix would not fit.
+    """
+
+    shrinkage: float = 0.0
+    ease_lambda: float = 400.0
+    ease_max_items: int = 20_000
+
+
+@dataclass(frozen=True)
+class ItemNeighbors:
+    """Top-k neighbours per item position: ``indices`` (-1 = none) and ``scores``."""
+
+    indices: np.ndarray  # (n_items, k) int32
+    scores: np.ndarray  # (n_items, k) float32, 0 where indices == -1
+
+    @property
+    def n_items(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.shape[1])
+
+    def of(self, position: int) -> list[tuple[int, float]]:
+        """Neighbours of one item as (position, score), best first."""
+        row, scores = self.indices[position], self.scores[position]
+        return [(int(j), float(s)) for j, s in zip(row, scores, strict=True) if j >= 0]
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "indices": self.indices.tolist(),
+            "scores": [[float(s) for s in row] for row in self.scores],
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ItemNeighbors:
+        _check_version(state, "ItemNeighbors")
+        indices = np.asarray(state["indices"], dtype=np.int32)
+        scores = np.asarray(state["scores"], dtype=np.float32)
+        if indices.ndim != 2:
+            indices = indices.reshape(0, 0)
+            scores = scores.reshape(0, 0)
+        return cls(indices=indices, scores=scores)
+
+    @classmethod
+    def empty(cls, n_items: int = 0, k: int = 0) -> ItemNeighbors:
+        return cls(
+            indices=np.full((n_items, k), -1, dtype=np.int32),
+            scores=np.zeros((n_items, k), dtype=np.float32),
+        )
+
+
+SimilarityFunction = Callable[[sp.csr_matrix, np.ndarray, int, SimilarityParams], ItemNeighbors]
+
+
+def _shrunk(C: sp.csr_matrix, sims: np.ndarray, shrinkage: float) -> np.ndarray:
+    if shrinkage > 0:
+        return np.asarray(sims * (C.data / (C.data + shrinkage)))
+    return sims
+
+
+def _pair_rows_cols(C: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.repeat(np.arange(C.shape[0], dtype=np.int32), np.diff(C.indptr))
+    return rows, C.indices
+
+
+def neighbors_cosine(
+    C: sp.csr_matrix, counts: np.ndarray, k: int, params: SimilarityParams
+) -> ItemNeighbors:
+    """Cosine of binary user vectors: ``C[i, j] / sqrt(n_i n_j)``."""
+    rows, cols = _pair_rows_cols(C)
+    norms = np.sqrt(np.maximum(counts, 1.0))
+    sims = _shrunk(C, C.data / (norms[rows] * norms[cols]), params.shrinkage)
+    return _from_pairs(C, sims, k)
+
+
+def neighbors_jaccard(
+    C: sp.csr_matrix, counts: np.ndarray, k: int, params: SimilarityParams
+) -> ItemNeighbors:
+    """Jaccard of the item's user sets: ``C / (n_i + n_j - C)``."""
+    rows, cols = _pair_rows_cols(C)
+    union = np.maximum(counts[rows] + counts[cols] - C.data, 1.0)
+    sims = _shrunk(C, C.data / union, params.shrinkage)
+    return _from_pairs(C, sims, k)
+
+
+def neighbors_ease(
+    C: sp.csr_matrix, counts: np.ndarray, k: int, params: SimilarityParams
+) -> ItemNeighbors:
+    """EASE (Steck 2019): ``B = I - P diag(1/diag P)``, ``P = (G + lambda I)^-1``.
+
+    ``G`` is the Gram matrix: ``C`` with the item counts on the diagonal. Dense,
+    O(n^3): only for catalogues up to ``params.ease_max_items``. The ``k``
+    weights of largest magnitude are kept with their sign: EASE's negative
+    weights carry real information (items one set of users does not take).
+    """
+    n = C.shape[0]
+    if n > params.ease_max_items:
+        raise ValueError(
+            f"EASE needs a dense {n}x{n} matrix; the limit is {params.ease_max_items} items"
+        )
+    if n == 0:
+        return ItemNeighbors.empty(0, k)
+    gram = C.toarray()
+    gram[np.diag_indices(n)] = counts + params.ease_lambda
+    precision = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
+    weights = precision / (-np.diag(precision))
+    weights[np.diag_indices(n)] = 0.0
+    indices, scores = top_k_per_row_dense(weights, k, by_magnitude=True)
+    return ItemNeighbors(indices=indices, scores=scores)
+
+
+def _from_pairs(C: sp.csr_matrix, sims: np.ndarray, k: int) -> ItemNeighbors:
+    scored = sp.csr_matrix((sims, C.indices, C.indptr), shape=C.shape)
+    indices, scores = top_k_per_row_sparse(scored, k)
+    return ItemNeighbors(indices=indices, scores=scores)
+
+
+#: The similarity a neighbour refresh uses, by configured name.
+SIMILARITIES: dict[str, SimilarityFunction] = {
+    "cosine": neighbors_cosine,
+    "jaccard": neighbors_jaccard,
+    "ease": neighbors_ease,
+}

@@ -1,0 +1,123 @@
+"""Invariants of core, checked on generated data (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.cooccurrence import CooccurrenceTable
+from core.events import Event
+from core.ratings import UserProfile
+from core.recommender import Recommender, RecommenderConfig
+from core.similarity import SIMILARITIES, SimilarityParams
+
+ITEMS = [f"i{n}" for n in range(12)]
+USERS = [f"u{n}" for n in range(6)]
+KINDS = ["view", "click", "add_to_cart", "remove_from_cart", "purchase"]
+
+ratings_lists = st.lists(
+    st.tuples(st.sampled_from(ITEMS), st.floats(min_value=1, max_value=5)), max_size=40
+)
+event_lists = st.lists(
+    st.tuples(st.sampled_from(USERS), st.sampled_from(ITEMS), st.sampled_from(KINDS)),
+    min_size=1, max_size=60,
+)
+FAST = settings(max_examples=60, deadline=None)
+
+
+def to_events(rows: list[tuple[str, str, str]]) -> list[Event]:
+    return [Event(u, i, 1_000.0 + t, k) for t, (u, i, k) in enumerate(rows)]
+
+
+@FAST
+@given(ratings_lists)
+def test_running_mean_equals_numpy_mean(rows: list[tuple[str, float]]) -> None:
+    profile = UserProfile()
+    for t, (item, rating) in enumerate(rows):
+        profile.observe(item, rating, float(t), history=5)
+    if profile.ratings:
+        assert np.isclose(profile.mean, np.mean(list(profile.ratings.values())))
+        expected = {}
+        for item, rating in rows:
+            expected[item] = max(expected.get(item, 0.0), rating)
+        assert profile.ratings == expected
+
+
+@FAST
+@given(event_lists)
+def test_recommender_state_round_trips_through_json(rows: list[tuple[str, str, str]]) -> None:
+    model = Recommender(RecommenderConfig(refresh_every=7, history=4))
+    model.observe_many(to_events(rows))
+    state = model.to_state()
+    copy = Recommender.from_state(orjson.loads(orjson.dumps(state)), model.config)
+    assert copy.to_state() == state
+
+
+def _table(rows: list[tuple[str, str, str]], history: int) -> CooccurrenceTable:
+    model = Recommender(RecommenderConfig(refresh_every=0, history=history))
+    model.observe_many(to_events(rows))
+    return model.cooccurrence
+
+
+@FAST
+@given(event_lists, st.sampled_from(["cosine", "jaccard"]))
+def test_similarities_are_symmetric_and_bounded(rows: list[tuple[str, str, str]],
+                                                name: str) -> None:
+    table = _table(rows, history=100)
+    n = len(table.items)
+    neighbors = SIMILARITIES[name](table.matrix(), table.counts(), n, SimilarityParams())
+    dense = np.zeros((n, n))
+    for i in range(n):
+        for j, s in neighbors.of(i):
+            dense[i, j] = s
+    assert np.allclose(dense, dense.T, atol=1e-6)
+    assert (dense >= 0).all() and (dense <= 1 + 1e-6).all()
+
+
+@FAST
+@given(event_lists, st.randoms(use_true_random=False))
+def test_similarities_do_not_depend_on_user_order(rows: list[tuple[str, str, str]],
+                                                  rnd: object) -> None:
+    # With unbounded history, co-occurrence is a function of the user-item sets:
+    # shuffling which user's events come first changes nothing.
+    by_user: dict[str, list[tuple[str, str, str]]] = {}
+    for row in rows:
+        by_user.setdefault(row[0], []).append(row)
+    users = list(by_user)
+    rnd.shuffle(users)  # type: ignore[attr-defined]
+    shuffled = [row for u in users for row in by_user[u]]
+    a, b = _table(rows, 100), _table(shuffled, 100)
+
+    def as_dict(t: CooccurrenceTable) -> dict[tuple[str, str], float]:
+        m = sp.coo_matrix(t.matrix())
+        return {(t.items.ids[i], t.items.ids[j]): v for i, j, v in zip(m.row, m.col, m.data,
+                                                                       strict=True)}
+
+    assert as_dict(a) == as_dict(b)
+    assert dict(zip(a.items.ids, a.counts(), strict=True)) == dict(
+        zip(b.items.ids, b.counts(), strict=True))
+
+
+@FAST
+@given(event_lists, st.sampled_from(USERS), st.lists(st.sampled_from(ITEMS), max_size=4),
+       st.sampled_from(sorted(SIMILARITIES)))
+def test_recommendations_never_contain_excluded_items_and_are_deterministic(
+    rows: list[tuple[str, str, str]], user: str, exclude: list[str], similarity: str
+) -> None:
+    events = to_events(rows)
+    config = RecommenderConfig(refresh_every=5, similarity=similarity,
+                               similarity_params=SimilarityParams(ease_lambda=1.0))
+    first, second = Recommender(config), Recommender(config)
+    first.observe_many(events)
+    second.observe_many(events)
+    recs = first.recommend(user, 5, exclude=exclude)
+    assert recs == second.recommend(user, 5, exclude=exclude)
+    profile = first.users.get(user)
+    banned = set(exclude) | (profile.purchased if profile else set())
+    assert banned.isdisjoint(recs.item_ids)
+    liked = first.recommend(user, 5, filter_already_liked_items=True)
+    assert set(profile.ratings if profile else ()).isdisjoint(liked.item_ids)
+    assert list(recs.scores) == sorted(recs.scores, reverse=True)

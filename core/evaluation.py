@@ -41,7 +41,7 @@ def stratified_split(
     their group by the draw, the first ``round(ratio * count)`` kept for training.
 
     >>> stratified_split(["a", "a", "a", "a", "b", "b"], 0.5, seed=1).tolist()
-    [True, False, True, False, True, False]
+    [False, False, True, True, False, True]
     """
     n = len(groups)
     np.random.seed(seed)  # the reference protocol seeds the global generator

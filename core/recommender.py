@@ -12,7 +12,7 @@ items alone.
 >>> for user, item in [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a")]:
 ...     _ = model.observe(Event(user, item, 1.0, "view"))
 >>> _ = model.refresh()
->>> model.recommend("u3", 2).item_ids
+>>> model.recommend("u3", 2, filter_already_liked_items=True).item_ids
 ('b',)
 >>> model.recommend("nobody", 2).cold_start
 True

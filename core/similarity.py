@@ -7,7 +7,7 @@ per-item user counts and the number of neighbours ``k``, and returns
 >>> import scipy.sparse as sp
 >>> C = sp.csr_matrix(np.array([[0, 2, 1], [2, 0, 0], [1, 0, 0]], dtype=float))
 >>> nb = SIMILARITIES["cosine"](C, np.array([2.0, 2.0, 1.0]), 2, SimilarityParams())
->>> nb.indices.tolist(), np.round(nb.scores, 3).tolist()
+>>> nb.indices.tolist(), [[round(float(s), 3) for s in row] for row in nb.scores]
 ([[1, 2], [0, -1], [0, -1]], [[1.0, 0.707], [1.0, 0.0], [0.707, 0.0]])
 """
 

@@ -10,8 +10,8 @@ common items, shrunk towards 0 for small overlaps:
 >>> ratings = [("a", "x", 5.0), ("a", "y", 3.0), ("b", "x", 4.0), ("b", "y", 2.0),
 ...            ("b", "z", 4.0)]
 >>> model = UserKNN.fit(ratings, UserKNNConfig(k=5, shrinkage=0.0))
->>> round(model.estimate("a", "z"), 3)
-5.0
+>>> round(model.estimate("a", "z"), 3)  # 4 + (4 - 10/3): b is a's only neighbour
+4.667
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def user_means_and_similarities(
     >>> r = np.array([[5.0, 3.0, 0.0], [4.0, 2.0, 4.0]])
     >>> means, sims = user_means_and_similarities(r, r > 0, 0.0)
     >>> means.tolist(), np.round(sims, 3).tolist()
-    ([4.0, 3.333...], [[0.0, 0.928], [0.928, 0.0]])
+    ([4.0, 3.333...], [[0.0, 0.949], [0.949, 0.0]])
     """
     mask = rated.astype(np.float64)
     counts = mask.sum(axis=1)

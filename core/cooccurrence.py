@@ -16,7 +16,9 @@ list extend; rows wider than ``max_row_width`` keep only their strongest pairs.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -59,7 +61,7 @@ class ItemIndex:
 class CooccurrenceTable:
     """Symmetric item-item co-occurrence counts plus per-item user counts."""
 
-    def __init__(self, max_row_width: int = 2000, *, fold_every: int = 2_000_000) -> None:
+    def __init__(self, max_row_width: int = 2000, *, fold_every: int = 20_000_000) -> None:
         if max_row_width < 1:
             raise ValueError("max_row_width must be positive")
         self.max_row_width = max_row_width
@@ -67,11 +69,12 @@ class CooccurrenceTable:
         self.items = ItemIndex()
         self._counts: list[float] = []
         self._matrix: sp.csr_matrix = sp.csr_matrix((0, 0), dtype=np.float64)
-        self._rows: list[int] = []
-        self._cols: list[int] = []
+        # Pairs waiting to be folded in, as compact int32 arrays.
+        self._rows = array("i")
+        self._cols = array("i")
 
     def observe(self, item_id: str, history: Sequence[str]) -> None:
-        """A user gained ``item_id`` while holding ``history`` (other recent items)."""
+        """A user gained ``item_id`` while holding ``history``: items the table knows."""
         positions = self.items.positions
         i = positions.get(item_id)
         if i is None:
@@ -80,19 +83,10 @@ class CooccurrenceTable:
         else:
             self._counts[i] += 1.0
         if history:
-            cols = [positions[j] if j in positions else self.items.add(j) for j in history]
-            # An item from the history is always known already; add() above only
-            # runs when a caller hands a history the table has never seen.
-            if len(self._counts) < len(self.items):
-                self._counts.extend([0.0] * (len(self.items) - len(self._counts)))
-            self._rows.extend([i] * len(cols))
-            self._cols.extend(cols)
+            self._cols.extend(map(positions.__getitem__, history))
+            self._rows.extend(repeat(i, len(history)))
             if len(self._rows) >= self.fold_every:
                 self._fold()
-
-    def observe_many(self, pairs: Iterable[tuple[str, Sequence[str]]]) -> None:
-        for item_id, history in pairs:
-            self.observe(item_id, history)
 
     def counts(self) -> np.ndarray:
         """Users per item, by item position."""
@@ -103,19 +97,15 @@ class CooccurrenceTable:
         self._fold()
         return self._matrix
 
-    @property
-    def nnz(self) -> int:
-        return int(self._matrix.nnz) + 2 * len(self._rows)
-
     def _fold(self) -> None:
         n = len(self.items)
         if self._matrix.shape != (n, n):
             self._matrix.resize((n, n))
         if not self._rows:
             return
-        rows = np.asarray(self._rows, dtype=np.int32)
-        cols = np.asarray(self._cols, dtype=np.int32)
-        self._rows, self._cols = [], []
+        rows = np.frombuffer(self._rows, dtype=np.int32).copy()
+        cols = np.frombuffer(self._cols, dtype=np.int32).copy()
+        self._rows, self._cols = array("i"), array("i")
         keep = rows != cols
         rows, cols = rows[keep], cols[keep]
         delta = sp.csr_matrix(
@@ -159,13 +149,15 @@ class CooccurrenceTable:
 def _prune_rows(matrix: sp.csr_matrix, width: int) -> sp.csr_matrix:
     """Keep each row's ``width`` largest entries (ties broken by column)."""
     lengths = np.diff(matrix.indptr)
-    if lengths.size == 0 or lengths.max() <= width:
+    wide = np.flatnonzero(lengths > width)
+    if wide.size == 0:
         return matrix
+    keep = np.ones(matrix.nnz, dtype=bool)
+    for row in wide.tolist():  # only the over-wide rows are sorted
+        start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+        order = np.lexsort((matrix.indices[start:stop], -matrix.data[start:stop]))
+        keep[start + order[width:]] = False
     rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), lengths)
-    order = np.lexsort((matrix.indices, -matrix.data, rows))
-    rank = np.arange(order.size) - matrix.indptr[rows[order]]
-    kept = np.sort(order[rank < width])
-    pruned = sp.csr_matrix(
-        (matrix.data[kept], (rows[kept], matrix.indices[kept])), shape=matrix.shape
+    return sp.csr_matrix(
+        (matrix.data[keep], (rows[keep], matrix.indices[keep])), shape=matrix.shape
     )
-    return pruned

@@ -40,32 +40,30 @@ class RatingWeights:
         """
         if value is not None:
             return float(value)
-        weight = _WEIGHT_FIELDS.get(event_type)
-        return None if weight is None else float(getattr(self, weight))
+        return self.by_type().get(event_type)
 
-
-# event type -> attribute of RatingWeights; types absent here express no preference.
-_WEIGHT_FIELDS: dict[str, str] = {
-    "view": "view",
-    "click": "click",
-    "add_to_cart": "add_to_cart",
-    "purchase": "purchase",
-}
+    def by_type(self) -> dict[str, float]:
+        """Event type -> rating; types absent here (``remove_from_cart``) rate nothing."""
+        return {
+            "view": float(self.view),
+            "click": float(self.click),
+            "add_to_cart": float(self.add_to_cart),
+            "purchase": float(self.purchase),
+        }
 
 
 @dataclass
 class UserProfile:
     """What we keep per user: ratings, their running mean, recent items, purchases.
 
-    ``recent`` holds the user's most recent distinct items, oldest first, at most
-    ``history`` of them (the bound is passed by the caller's configuration).
+    ``recent`` holds the user's most recent distinct rated items, oldest first, at
+    most ``history`` of them (the bound is passed by the caller's configuration).
     ``last_ts`` is the user's latest event time.
     """
 
     ratings: dict[str, float] = field(default_factory=dict)
     rating_sum: float = 0.0
     recent: list[str] = field(default_factory=list)
-    recent_ts: list[float] = field(default_factory=list)
     purchased: set[str] = field(default_factory=set)
     events: int = 0
     last_ts: float = 0.0
@@ -96,23 +94,18 @@ class UserProfile:
         elif rating > old:
             self.ratings[item_id] = rating
             self.rating_sum += rating - old
-        self._touch(item_id, ts, history)
+        self._touch(item_id, history)
         return gained
 
-    def _touch(self, item_id: str, ts: float, history: int) -> None:
+    def _touch(self, item_id: str, history: int) -> None:
         recent = self.recent
         if recent and recent[-1] == item_id:
-            self.recent_ts[-1] = max(self.recent_ts[-1], ts)
             return
         if item_id in recent:
-            at = recent.index(item_id)
-            del recent[at]
-            del self.recent_ts[at]
+            recent.remove(item_id)
         recent.append(item_id)
-        self.recent_ts.append(ts)
         if len(recent) > history:
             del recent[: len(recent) - history]
-            del self.recent_ts[: len(self.recent_ts) - history]
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -120,7 +113,6 @@ class UserProfile:
             "ratings": dict(self.ratings),
             "rating_sum": float(self.rating_sum),
             "recent": list(self.recent),
-            "recent_ts": [float(t) for t in self.recent_ts],
             "purchased": sorted(self.purchased),
             "events": self.events,
             "last_ts": float(self.last_ts),
@@ -133,7 +125,6 @@ class UserProfile:
             ratings={str(k): float(v) for k, v in state["ratings"].items()},
             rating_sum=float(state["rating_sum"]),
             recent=[str(i) for i in state["recent"]],
-            recent_ts=[float(t) for t in state["recent_ts"]],
             purchased={str(i) for i in state["purchased"]},
             events=int(state["events"]),
             last_ts=float(state["last_ts"]),

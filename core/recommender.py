@@ -7,7 +7,7 @@ items for a user by a recency-weighted sum of neighbour similarities over the
 user's recent items plus a small trending prior, and cold users get the trending
 items alone.
 
->>> from core.events import Event
+>>> from core.events import PURCHASE, Event
 >>> model = Recommender(RecommenderConfig(refresh_every=0))
 >>> for user, item in [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a")]:
 ...     _ = model.observe(Event(user, item, 1.0, "view"))
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from core.cooccurrence import CooccurrenceTable
-from core.events import Event
+from core.events import PURCHASE, Event
 from core.ratings import STATE_VERSION, RatingWeights, UserProfile, _check_version
 from core.similarity import SIMILARITIES, ItemNeighbors, SimilarityParams
 from core.topk import top_k
@@ -42,7 +42,9 @@ class RecommenderConfig:
 
     similarity: a key of :data:`core.similarity.SIMILARITIES`.
     neighbors: neighbours kept per item for scoring.
-    history: recent items per user, for co-occurrence and for ranking.
+    history: recent items kept per user, for ranking.
+    pair_window: how many of those a newly gained item is paired with in the
+        co-occurrence table (the cost of observing grows with it).
     recency_decay: weight of the r-th most recent item is ``recency_decay ** r``.
     popularity_weight: weight of the trending prior (scaled to [0, 1]).
     popularity_half_life_days: event-time half-life of the trending counts.
@@ -52,7 +54,8 @@ class RecommenderConfig:
 
     similarity: str = "cosine"
     neighbors: int = 100
-    history: int = 50
+    history: int = 200
+    pair_window: int = 50
     recency_decay: float = 0.8
     popularity_weight: float = 0.01
     popularity_half_life_days: float = 7.0
@@ -66,8 +69,8 @@ class RecommenderConfig:
             raise ValueError(
                 f"unknown similarity {self.similarity!r}; choose from {', '.join(SIMILARITIES)}"
             )
-        if self.neighbors < 1 or self.history < 1:
-            raise ValueError("neighbors and history must be positive")
+        if self.neighbors < 1 or self.history < 1 or self.pair_window < 1:
+            raise ValueError("neighbors, history and pair_window must be positive")
         if not 0.0 < self.recency_decay <= 1.0:
             raise ValueError("recency_decay must be in (0, 1]")
         if self.popularity_half_life_days <= 0:
@@ -104,6 +107,10 @@ class Recommender:
         self.model_version = 0
         self.neighbors = ItemNeighbors.empty(0, self.config.neighbors)
         self._trending = np.zeros(0)
+        # Hot-path copies of configuration.
+        self._rating_by_type = self.config.weights.by_type()
+        self._refresh_every = self.config.refresh_every
+        self._pair_window = min(self.config.pair_window, self.config.history)
 
     # -- learning -----------------------------------------------------------------
 
@@ -112,25 +119,26 @@ class Recommender:
 
         Refreshes neighbours when ``refresh_every`` events have been observed.
         """
-        config = self.config
-        rating = config.weights.rating_of(event.type, event.value)
-        profile = self.users.get(event.user_id)
+        rating = event.value if event.value is not None else self._rating_by_type.get(event.type)
+        user_id = event.user_id
+        profile = self.users.get(user_id)
         if profile is None:
-            profile = self.users[event.user_id] = UserProfile()
-        if event.ts > self.now:
-            self.now = event.ts
-        before = len(profile.recent)
-        gained = profile.observe(event.item_id, rating, event.ts, config.history)
-        if event.is_purchase:
+            profile = self.users[user_id] = UserProfile()
+        ts = event.ts
+        if ts > self.now:
+            self.now = ts
+        recent = profile.recent
+        before = recent[-1] if recent else None
+        gained = profile.observe(event.item_id, rating, ts, self.config.history)
+        if event.type == PURCHASE:
             profile.purchased.add(event.item_id)
         if gained:
-            history = profile.recent[:-1]
-            self.cooccurrence.observe(event.item_id, history)
-            self._bump_trending(event.item_id, event.ts)
+            self.cooccurrence.observe(event.item_id, recent[-self._pair_window - 1 : -1])
+            self._bump_trending(event.item_id, ts)
         self.events_since_refresh += 1
-        if config.refresh_every and self.events_since_refresh >= config.refresh_every:
+        if self._refresh_every and self.events_since_refresh >= self._refresh_every:
             self.refresh()
-        return gained or len(profile.recent) != before
+        return gained or (bool(recent) and recent[-1] != before)
 
     def observe_many(self, events: Iterable[Event]) -> None:
         for event in events:

@@ -475,22 +475,31 @@ def _as_rfm(
 
 
 def _log_likelihood_terms(
-    r: float, alpha: float, a: float, b: float, x: FloatArray, t_x: FloatArray, T: FloatArray
+    r: float, alpha: float, a: float, b: float, levels: FloatArray, index: NDArray[np.intp],
+    t_x: FloatArray, T: FloatArray,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per-row (common, log term A, log term B); LL = common + logaddexp(A, B)."""
-    rx = r + x
+    """(common per distinct x, log term A per row, log term B per row).
+
+    Row i has ``x = levels[index[i]]`` and LL_i = common[index[i]] + logaddexp(A_i, B_i);
+    the x-only gamma functions are evaluated once per distinct x.
+    """
     common = (
-        special.gammaln(rx) - special.gammaln(r) + r * np.log(alpha)
-        + special.gammaln(a + b) + special.gammaln(b + x)
-        - special.gammaln(b) - special.gammaln(a + b + x)
+        special.gammaln(r + levels) - special.gammaln(r) + r * np.log(alpha)
+        + special.gammaln(a + b) + special.gammaln(b + levels)
+        - special.gammaln(b) - special.gammaln(a + b + levels)
     )
+    rx = (r + levels)[index]
     term_a = -rx * np.log(alpha + T)
-    repeat = x > 0
-    bx1 = np.where(repeat, b + x - 1.0, 1.0)
-    term_b = np.where(
-        repeat, np.log(a) - np.log(bx1) - rx * np.log(alpha + t_x), -np.inf
-    )
+    repeat = levels > 0
+    log_odds = np.where(repeat, np.log(a) - np.log(np.where(repeat, b + levels - 1.0, 1.0)),
+                        -np.inf)
+    term_b = log_odds[index] - rx * np.log(alpha + t_x)
     return common, term_a, term_b
+
+
+def _levels(x: FloatArray) -> tuple[FloatArray, NDArray[np.intp]]:
+    levels, index = np.unique(x, return_inverse=True)
+    return levels, index.reshape(-1)
 
 
 def bgnbd_log_likelihood(
@@ -503,53 +512,66 @@ def bgnbd_log_likelihood(
     -0.5547
     """
     xa, ta, Ta = _as_rfm(x, t_x, T)
+    levels, index = _levels(xa.ravel())
     common, term_a, term_b = _log_likelihood_terms(params.r, params.alpha, params.a, params.b,
-                                                   xa, ta, Ta)
-    out: FloatArray = common + np.logaddexp(term_a, term_b)
-    return out
+                                                   levels, index, ta.ravel(), Ta.ravel())
+    out: FloatArray = common[index] + np.logaddexp(term_a, term_b)
+    return out.reshape(xa.shape)
 
 
 def _negative_ll_and_grad(
     theta: FloatArray,
-    x: FloatArray,
+    levels: FloatArray,
+    index: NDArray[np.intp],
+    level_w: FloatArray,
     t_x: FloatArray,
     T: FloatArray,
     w: FloatArray,
     total: float,
     penalizer: float,
 ) -> tuple[float, FloatArray]:
+    """Mean negative log-likelihood over log-parameters and its gradient.
+
+    Rows are distinct (x, t_x, T) with weights ``w``; ``level_w`` sums them per distinct
+    x so that x-only terms are summed per level.
+    """
     r, alpha, a, b = np.exp(theta)
-    rx = r + x
-    common, term_a, term_b = _log_likelihood_terms(r, alpha, a, b, x, t_x, T)
+    common, term_a, term_b = _log_likelihood_terms(r, alpha, a, b, levels, index, t_x, T)
     lse = np.logaddexp(term_a, term_b)
-    ll = common + lse
     wa = np.exp(term_a - lse)
     wb = np.exp(term_b - lse)  # 0 where x == 0
-    repeat = x > 0
-    log_at, log_atx = np.log(alpha + T), np.log(alpha + t_x)
-    psi_ab, psi_abx = special.digamma(a + b), special.digamma(a + b + x)
-    d_r = special.digamma(rx) - special.digamma(r) + np.log(alpha) - wa * log_at - wb * log_atx
-    d_alpha = r / alpha - rx * (wa / (alpha + T) + wb / (alpha + t_x))
-    d_a = psi_ab - psi_abx + wb / a
-    bx1 = np.where(repeat, b + x - 1.0, 1.0)
-    d_b = psi_ab + special.digamma(b + x) - special.digamma(b) - psi_abx - wb / bx1
-    grad_params = np.array([w @ d_r, w @ d_alpha, w @ d_a, w @ d_b])
-    value = -float(w @ ll) / total + penalizer * float(theta @ theta)
-    grad = -grad_params * np.array([r, alpha, a, b]) / total + 2.0 * penalizer * theta
+    rx = (r + levels)[index]
+    inv_bx1 = np.where(levels > 0, 1.0 / np.where(levels > 0, b + levels - 1.0, 1.0), 0.0)
+    psi_ab, psi_abx = special.digamma(a + b), special.digamma(a + b + levels)
+    d_r = (level_w @ (special.digamma(r + levels) - special.digamma(r) + np.log(alpha))
+           - w @ (wa * np.log(alpha + T) + wb * np.log(alpha + t_x)))
+    d_alpha = r / alpha * total - w @ (rx * (wa / (alpha + T) + wb / (alpha + t_x)))
+    d_a = level_w @ (psi_ab - psi_abx) + (w @ wb) / a
+    d_b = (level_w @ (psi_ab + special.digamma(b + levels) - special.digamma(b) - psi_abx)
+           - w @ (wb * inv_bx1[index]))
+    ll_sum = float(level_w @ common) + float(w @ lse)
+    value = -ll_sum / total + penalizer * float(theta @ theta)
+    grad = (-np.array([d_r, d_alpha, d_a, d_b]) * np.array([r, alpha, a, b]) / total
+            + 2.0 * penalizer * theta)
     return value, grad
 
 
 def _compress(
     columns: Sequence[FloatArray], weights: FloatArray
 ) -> tuple[list[FloatArray], FloatArray]:
-    """Collapse identical rows, summing their weights."""
-    stacked = np.column_stack(columns)
-    uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
-    summed = np.bincount(inverse.reshape(-1), weights=weights, minlength=len(uniq)).astype(
-        np.float64
-    )
+    """Collapse identical rows, summing their weights (a lexsort, cheaper than unique(axis=0))."""
+    order = np.lexsort(tuple(reversed(columns)))
+    sorted_cols = [c[order] for c in columns]
+    new = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        same = np.ones(len(order) - 1, dtype=bool)
+        for c in sorted_cols:
+            same &= c[1:] == c[:-1]
+        new[1:] = ~same
+    group = np.cumsum(new) - 1
+    summed = np.bincount(group, weights=weights[order]).astype(np.float64)
     keep = summed > 0
-    return [np.ascontiguousarray(uniq[keep, i]) for i in range(uniq.shape[1])], summed[keep]
+    return [np.ascontiguousarray(c[new][keep]) for c in sorted_cols], summed[keep]
 
 
 def _as_weights(weights: ArrayLike | None, n: int) -> FloatArray:
@@ -654,8 +676,10 @@ def fit_bgnbd(
     else:
         theta0 = np.log(np.array([_finite(v, "initial", positive=True) for v in initial]))
     theta0 = np.clip(theta0, -_LOG_BOUND + 1, _LOG_BOUND - 1)
-    theta = _minimise(_negative_ll_and_grad, theta0, (xc, tc, Tc, wc, total, penal),
-                      max_iterations)
+    levels, index = _levels(xc)
+    level_w = np.bincount(index, weights=wc, minlength=len(levels)).astype(np.float64)
+    theta = _minimise(_negative_ll_and_grad, theta0,
+                      (levels, index, level_w, tc, Tc, wc, total, penal), max_iterations)
     r, alpha, a, b = (float(v) for v in np.exp(theta))
     params = BGNBDParams(r=r, alpha=alpha, a=a, b=b, period_days=period, customers=round(total))
     ll = float(wc @ bgnbd_log_likelihood(params, xc, tc, Tc))

@@ -25,13 +25,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from core.cooccurrence import CooccurrenceTable
 from core.events import PURCHASE, Event
+from core.ranking import (
+    NeighborModel,
+    Recommendations,
+    id_ranks,
+    trend_bump,
+    trending_scale,
+)
 from core.ratings import STATE_VERSION, RatingWeights, UserProfile, _check_version
-from core.similarity import SIMILARITIES, ItemNeighbors, SimilarityParams
-from core.topk import top_k
+from core.similarity import SIMILARITIES, SimilarityParams
 
 DAY = 86_400.0
 
@@ -77,20 +81,6 @@ class RecommenderConfig:
             raise ValueError("popularity_half_life_days must be positive")
 
 
-@dataclass(frozen=True)
-class Recommendations:
-    """A ranked list for one user; ``cold_start`` when it is trending items only."""
-
-    user_id: str
-    item_ids: tuple[str, ...]
-    scores: tuple[float, ...]
-    cold_start: bool
-    model_version: int
-
-    def as_pairs(self) -> list[tuple[str, float]]:
-        return list(zip(self.item_ids, self.scores, strict=True))
-
-
 class Recommender:
     """Per-user profiles, co-occurrence, trending counts and refreshed neighbours."""
 
@@ -104,9 +94,7 @@ class Recommender:
         self._tau = self.config.popularity_half_life_days * DAY / math.log(2.0)
         self.now = 0.0  # event time: the largest timestamp seen
         self.events_since_refresh = 0
-        self.model_version = 0
-        self.neighbors = ItemNeighbors.empty(0, self.config.neighbors)
-        self._trending = np.zeros(0)
+        self.model = NeighborModel.empty(self.config.neighbors)
         # Hot-path copies of configuration.
         self._rating_by_type = self.config.weights.by_type()
         self._refresh_every = self.config.refresh_every
@@ -151,71 +139,37 @@ class Recommender:
             missing = position + 1 - len(values)
             values.extend([0.0] * missing)
             times.extend([ts] * missing)
-        last = times[position]
-        if ts >= last:
-            values[position] = values[position] * math.exp((last - ts) / self._tau) + 1.0
-            times[position] = ts
-        else:  # a late event counts decayed to the item's clock
-            values[position] += math.exp((ts - last) / self._tau)
+        values[position], times[position] = trend_bump(
+            values[position], times[position], ts, self._tau
+        )
 
     # -- neighbour refresh ----------------------------------------------------------
 
-    def refresh(self) -> ItemNeighbors:
+    def refresh(self) -> NeighborModel:
         """Recompute item neighbours and the trending prior; bump the model version."""
         config = self.config
-        similarity = SIMILARITIES[config.similarity]
-        self.neighbors = similarity(
+        items = self.cooccurrence.items
+        neighbors = SIMILARITIES[config.similarity](
             self.cooccurrence.matrix(),
             self.cooccurrence.counts(),
             config.neighbors,
             config.similarity_params,
+            id_ranks(items.ids),
         )
-        self._trending = self.trending_scores()
+        self.model = NeighborModel(
+            items=items,
+            neighbors=neighbors,
+            trending=trending_scale(self._trend_value, self._trend_time, self._tau),
+            version=self.model.version + 1,
+        )
         self.events_since_refresh = 0
-        self.model_version += 1
-        return self.neighbors
+        return self.model
 
-    def trending_scores(self) -> np.ndarray:
-        """Time-decayed interaction counts at ``now``, scaled so the top item is 1."""
-        values = np.asarray(self._trend_value, dtype=np.float64)
-        if values.size == 0:
-            return values
-        times = np.asarray(self._trend_time, dtype=np.float64)
-        decayed = values * np.exp((times - self.now) / self._tau)
-        top = decayed.max()
-        return decayed / top if top > 0 else decayed
+    @property
+    def model_version(self) -> int:
+        return self.model.version
 
     # -- ranking ---------------------------------------------------------------------
-
-    def score_items(self, user_id: str) -> np.ndarray:
-        """Scores of every item known at the last refresh, for one user."""
-        n = self.neighbors.n_items
-        scores: np.ndarray = np.zeros(n, dtype=np.float64)
-        profile = self.users.get(user_id)
-        if profile is not None and profile.recent and n:
-            positions = self.cooccurrence.items.positions
-            decay = self.config.recency_decay
-            hist: list[int] = []
-            weights: list[float] = []
-            weight = 1.0
-            for item_id in reversed(profile.recent):
-                position = positions.get(item_id, n)
-                if position < n:
-                    hist.append(position)
-                    weights.append(weight)
-                weight *= decay
-            if hist:
-                neighbor_idx = self.neighbors.indices[hist]
-                neighbor_score = self.neighbors.scores[hist] * np.asarray(weights)[:, None]
-                # -1 padding lands in the extra last bin, dropped below.
-                scores = np.bincount(
-                    np.where(neighbor_idx >= 0, neighbor_idx, n).ravel(),
-                    weights=neighbor_score.ravel(),
-                    minlength=n + 1,
-                )[:n]
-        if self.config.popularity_weight and self._trending.size:
-            scores += self.config.popularity_weight * self._trending[:n]
-        return scores
 
     def recommend(
         self,
@@ -226,44 +180,25 @@ class Recommender:
         filter_purchased: bool = True,
         exclude: Iterable[str] = (),
     ) -> Recommendations:
-        """Top-``n`` items for a user, best first.
+        """Top-``n`` items for a user, best first, from the last refreshed model.
 
         Bought items are left out by default, every rated item with
         ``filter_already_liked_items``, and anything in ``exclude``. A user
         without history (or unknown) gets trending items, flagged ``cold_start``.
         """
-        scores = self.score_items(user_id)
-        profile = self.users.get(user_id)
-        positions = self.cooccurrence.items.positions
-        size = scores.size
-        banned: set[str] = set(exclude)
-        if profile is not None:
-            if filter_already_liked_items:
-                banned.update(profile.ratings)
-            if filter_purchased:
-                banned.update(profile.purchased)
-        for item_id in banned:
-            position = positions.get(item_id, size)
-            if position < size:
-                scores[position] = -np.inf
-        ranked = top_k(scores, n, ids=self.cooccurrence.items.ids)
-        ids = self.cooccurrence.items.ids
-        return Recommendations(
-            user_id=user_id,
-            item_ids=tuple(ids[p] for p, _ in ranked),
-            scores=tuple(s for _, s in ranked),
-            cold_start=profile is None or not profile.recent,
-            model_version=self.model_version,
+        return self.model.recommend(
+            user_id,
+            self.users.get(user_id),
+            n,
+            self.config,
+            filter_already_liked_items=filter_already_liked_items,
+            filter_purchased=filter_purchased,
+            exclude=exclude,
         )
 
     def neighbors_of(self, item_id: str, k: int | None = None) -> list[tuple[str, float]]:
         """An item's most similar items as of the last refresh."""
-        position = self.cooccurrence.items.get(item_id)
-        if position is None or position >= self.neighbors.n_items:
-            return []
-        ids = self.cooccurrence.items.ids
-        pairs = [(ids[j], s) for j, s in self.neighbors.of(position)]
-        return pairs if k is None else pairs[:k]
+        return self.model.neighbors_of(item_id, k)
 
     # -- state -----------------------------------------------------------------------
 
@@ -276,9 +211,7 @@ class Recommender:
             "trend_time": [float(t) for t in self._trend_time],
             "now": float(self.now),
             "events_since_refresh": self.events_since_refresh,
-            "model_version": self.model_version,
-            "neighbors": self.neighbors.to_state(),
-            "trending": [float(v) for v in self._trending],
+            "model": self.model.to_state(),
         }
 
     @classmethod
@@ -293,7 +226,5 @@ class Recommender:
         model._trend_time = [float(t) for t in state["trend_time"]]
         model.now = float(state["now"])
         model.events_since_refresh = int(state["events_since_refresh"])
-        model.model_version = int(state["model_version"])
-        model.neighbors = ItemNeighbors.from_state(state["neighbors"])
-        model._trending = np.asarray(state["trending"], dtype=np.float64)
+        model.model = NeighborModel.from_state(state["model"], model.cooccurrence.items)
         return model

@@ -1,8 +1,10 @@
 """Item neighbours from co-occurrence: cosine, jaccard and EASE, chosen by name.
 
 Every function takes the co-occurrence matrix ``C`` (CSR, no diagonal), the
-per-item user counts and the number of neighbours ``k``, and returns
-:class:`ItemNeighbors`: for each item its ``k`` best neighbours, padded with -1.
+per-item user counts, the number of neighbours ``k`` and optionally a rank per
+item that orders equal scores (the rank of the item id, so that processes that
+number items differently agree), and returns :class:`ItemNeighbors`: for each
+item its ``k`` best neighbours, padded with -1.
 
 >>> import scipy.sparse as sp
 >>> C = sp.csr_matrix(np.array([[0, 2, 1], [2, 0, 0], [1, 0, 0]], dtype=float))
@@ -85,7 +87,9 @@ class ItemNeighbors:
         )
 
 
-SimilarityFunction = Callable[[sp.csr_matrix, np.ndarray, int, SimilarityParams], ItemNeighbors]
+SimilarityFunction = Callable[
+    [sp.csr_matrix, np.ndarray, int, SimilarityParams, np.ndarray | None], ItemNeighbors
+]
 
 
 def _shrunk(C: sp.csr_matrix, sims: np.ndarray, shrinkage: float) -> np.ndarray:
@@ -100,27 +104,39 @@ def _pair_rows_cols(C: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
 
 
 def neighbors_cosine(
-    C: sp.csr_matrix, counts: np.ndarray, k: int, params: SimilarityParams
+    C: sp.csr_matrix,
+    counts: np.ndarray,
+    k: int,
+    params: SimilarityParams,
+    tie_rank: np.ndarray | None = None,
 ) -> ItemNeighbors:
     """Cosine of binary user vectors: ``C[i, j] / sqrt(n_i n_j)``."""
     rows, cols = _pair_rows_cols(C)
     norms = np.sqrt(np.maximum(counts, 1.0))
     sims = _shrunk(C, C.data / (norms[rows] * norms[cols]), params.shrinkage)
-    return _from_pairs(C, sims, k)
+    return _from_pairs(C, sims, k, tie_rank)
 
 
 def neighbors_jaccard(
-    C: sp.csr_matrix, counts: np.ndarray, k: int, params: SimilarityParams
+    C: sp.csr_matrix,
+    counts: np.ndarray,
+    k: int,
+    params: SimilarityParams,
+    tie_rank: np.ndarray | None = None,
 ) -> ItemNeighbors:
     """Jaccard of the item's user sets: ``C / (n_i + n_j - C)``."""
     rows, cols = _pair_rows_cols(C)
     union = np.maximum(counts[rows] + counts[cols] - C.data, 1.0)
     sims = _shrunk(C, C.data / union, params.shrinkage)
-    return _from_pairs(C, sims, k)
+    return _from_pairs(C, sims, k, tie_rank)
 
 
 def neighbors_ease(
-    C: sp.csr_matrix, counts: np.ndarray, k: int, params: SimilarityParams
+    C: sp.csr_matrix,
+    counts: np.ndarray,
+    k: int,
+    params: SimilarityParams,
+    tie_rank: np.ndarray | None = None,
 ) -> ItemNeighbors:
     """EASE (Steck 2019): ``B = I - P diag(1/diag P)``, ``P = (G + lambda I)^-1``.
 
@@ -141,13 +157,15 @@ def neighbors_ease(
     precision = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
     weights = precision / (-np.diag(precision))
     weights[np.diag_indices(n)] = 0.0
-    indices, scores = top_k_per_row_dense(weights, k, by_magnitude=True)
+    indices, scores = top_k_per_row_dense(weights, k, by_magnitude=True, tie_rank=tie_rank)
     return ItemNeighbors(indices=indices, scores=scores)
 
 
-def _from_pairs(C: sp.csr_matrix, sims: np.ndarray, k: int) -> ItemNeighbors:
+def _from_pairs(
+    C: sp.csr_matrix, sims: np.ndarray, k: int, tie_rank: np.ndarray | None
+) -> ItemNeighbors:
     scored = sp.csr_matrix((sims, C.indices, C.indptr), shape=C.shape)
-    indices, scores = top_k_per_row_sparse(scored, k)
+    indices, scores = top_k_per_row_sparse(scored, k, tie_rank=tie_rank)
     return ItemNeighbors(indices=indices, scores=scores)
 
 
@@ -157,3 +175,47 @@ SIMILARITIES: dict[str, SimilarityFunction] = {
     "jaccard": neighbors_jaccard,
     "ease": neighbors_ease,
 }
+
+
+#: Similarities a row can be computed from alone (its own row of C plus item
+#: counts): the ones a worker can refresh for just the items of its partitions.
+ROW_LOCAL_SIMILARITIES = frozenset({"cosine", "jaccard"})
+
+
+def neighbors_for_rows(
+    rows: Mapping[str, Mapping[str, float]],
+    counts: Mapping[str, float],
+    k: int,
+    similarity: str,
+    params: SimilarityParams,
+) -> dict[str, list[tuple[str, float]]]:
+    """Neighbours of some items from their own rows of C, best first.
+
+    For the row-local similarities this equals the rows of a full refresh: the
+    same function runs on a matrix holding just these rows, and ties are broken
+    by item id in both.
+
+    >>> rows = {"a": {"b": 2.0, "c": 1.0}}
+    >>> neighbors_for_rows(rows, {"a": 3.0, "b": 2.0, "c": 1.0}, 2, "jaccard", SimilarityParams())
+    {'a': [('b', 0.6666666865348816), ('c', 0.3333333432674408)]}
+    """
+    if similarity not in ROW_LOCAL_SIMILARITIES:
+        raise ValueError(f"{similarity} needs the whole co-occurrence matrix, not rows")
+    ids = sorted(set(rows).union(*(row.keys() for row in rows.values())) | set(counts))
+    position = {item_id: p for p, item_id in enumerate(ids)}
+    n = len(ids)
+    row_pos, col_pos, data = [], [], []
+    for item_id, row in rows.items():
+        for other, value in row.items():
+            if other != item_id:
+                row_pos.append(position[item_id])
+                col_pos.append(position[other])
+                data.append(float(value))
+    C = sp.csr_matrix((data, (row_pos, col_pos)), shape=(n, n))
+    count_vector = np.asarray([float(counts.get(item_id, 0.0)) for item_id in ids])
+    # ids are sorted, so positions are already id ranks.
+    neighbors = SIMILARITIES[similarity](C, count_vector, k, params, None)
+    return {
+        item_id: [(ids[j], s) for j, s in neighbors.of(position[item_id])]
+        for item_id in rows
+    }

@@ -43,12 +43,13 @@ def top_k(
 
 
 def top_k_per_row_dense(
-    matrix: np.ndarray, k: int, *, by_magnitude: bool = False
+    matrix: np.ndarray, k: int, *, by_magnitude: bool = False, tie_rank: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``k`` largest positive entries: (indices int32, scores float32).
 
     With ``by_magnitude`` the ``k`` entries of largest absolute value are kept
     with their sign (non-zero ones), for signed weights such as EASE's.
+    Equal entries are ordered by ``tie_rank[column]`` (default: the column).
     Missing slots hold index -1 and score 0.
 
     >>> idx, val = top_k_per_row_dense(np.array([[0.0, 3.0, 1.0], [2.0, -1.0, 0.0]]), 2)
@@ -71,7 +72,8 @@ def top_k_per_row_dense(
             part = np.tile(np.arange(n_cols), (block.shape[0], 1))
         values = np.take_along_axis(block, part, axis=1)
         keys = np.take_along_axis(key, part, axis=1)
-        order = np.lexsort((part, -keys), axis=1)
+        ties = part if tie_rank is None else tie_rank[part]
+        order = np.lexsort((ties, -keys), axis=1)
         part = np.take_along_axis(part, order, axis=1)
         values = np.take_along_axis(values, order, axis=1)
         positive = (values != 0) if by_magnitude else (values > 0)
@@ -84,8 +86,13 @@ def top_k_per_row_dense(
 _DENSE_BLOCK_ROWS = 1024
 
 
-def top_k_per_row_sparse(matrix: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of a CSR matrix, the ``k`` largest positive entries, ties by column.
+def top_k_per_row_sparse(
+    matrix: sp.csr_matrix, k: int, *, tie_rank: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a CSR matrix, the ``k`` largest positive entries.
+
+    Equal entries are ordered by ``tie_rank[column]`` (default: the column), so
+    callers whose positions differ can still agree (rank of the item id).
 
     >>> m = sp.csr_matrix(np.array([[0.0, 3.0, 1.0], [2.0, 0.0, 2.0]]))
     >>> idx, val = top_k_per_row_sparse(m, 1)
@@ -102,7 +109,7 @@ def top_k_per_row_sparse(matrix: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.
     data, cols = matrix.data, matrix.indices
     keep = data > 0
     rows, data, cols = rows[keep], data[keep], cols[keep]
-    order = np.lexsort((cols, -data, rows))
+    order = np.lexsort((cols if tie_rank is None else tie_rank[cols], -data, rows))
     rows, data, cols = rows[order], data[order], cols[order]
     starts = np.searchsorted(rows, np.arange(n_rows))
     rank = np.arange(rows.size) - starts[rows]

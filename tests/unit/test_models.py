@@ -147,7 +147,7 @@ def test_trending_decays_with_event_time() -> None:
     model.observe(Event("u2", "old", 0.0 + 2, "view"))
     model.observe(Event("u3", "new", 3 * day, "view"))
     model.refresh()
-    trending = dict(zip(model.cooccurrence.items.ids, model.trending_scores(), strict=True))
+    trending = dict(zip(model.cooccurrence.items.ids, model.model.trending, strict=True))
     assert trending["new"] == 1.0 and trending["old"] == pytest.approx(2 / 8, rel=1e-3)
 
 

@@ -83,6 +83,8 @@ FloatArray = NDArray[np.float64]
 
 # Gauss-Jacobi nodes used when the hypergeometric closed form is unusable.
 _QUADRATURE_NODES = 128
+# Above this b + x the Jacobi weights overflow; generalised Laguerre takes over.
+_JACOBI_MAX_B = 500.0
 # Below this |a - 1| the closed form (C / (a - 1)) * (1 - G) cancels badly.
 _NEAR_ONE = 1e-4
 # Log-parameter bounds for the optimiser (parameters in [e^-30, e^30]).
@@ -597,7 +599,7 @@ def _minimise(
     """
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         result = optimize.minimize(objective, theta0, args=args, jac=True, method="BFGS",
-                                   options={"maxiter": max_iterations, "gtol": 1e-9})
+                                   options={"maxiter": max_iterations, "gtol": 1e-8})
         theta = np.asarray(result.x, dtype=np.float64)
         good = (
             np.all(np.isfinite(theta)) and np.all(np.abs(theta) < _LOG_BOUND)
@@ -744,20 +746,35 @@ def _alive_expectation_quadrature(
 ) -> FloatArray:
     """E[Y(t) | alive at T, x] = E_p[(1 - (1 + p t/(alpha+T))^-(r+x)) / p], p ~ Beta(a, b+x).
 
-    Gauss-Jacobi quadrature carries the beta density's endpoint behaviour exactly,
-    so this is accurate wherever the closed form fails (one node set per distinct x).
+    The integrand is bounded and smooth; the beta density's endpoint behaviour is
+    carried by the quadrature weights, so this is accurate wherever the closed form
+    fails. Gauss-Jacobi on p for moderate ``b + x``; for large ``b + x`` (where the
+    Jacobi weights overflow) p = 1 - exp(-v / (b+x)) turns the density into
+    v^(a-1) e^-v times a smooth factor: generalised Gauss-Laguerre, self-normalised.
     """
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     out = np.empty(len(x))
+    laguerre: tuple[FloatArray, FloatArray] | None = None
     for xv in np.unique(x):
         sel = x == xv
-        # weight (1-u)^(b+x-1) (1+u)^(a-1) on [-1, 1], p = (1+u)/2
-        nodes, wts = special.roots_jacobi(_QUADRATURE_NODES, b + xv - 1.0, a - 1.0)
-        p = (1.0 + nodes) / 2.0
-        log_norm = (a + b + xv - 1.0) * math.log(2.0) + special.betaln(a, b + xv)
         y = (t[sel] / (alpha + T[sel]))[:, None]
+        big_b = b + xv
+        if big_b <= _JACOBI_MAX_B:
+            # weight (1-u)^(b+x-1) (1+u)^(a-1) on [-1, 1], p = (1+u)/2
+            nodes, wts = special.roots_jacobi(_QUADRATURE_NODES, big_b - 1.0, a - 1.0)
+            p = (1.0 + nodes) / 2.0
+            scale = math.exp(-(a + big_b - 1.0) * math.log(2.0) - special.betaln(a, big_b))
+        else:
+            if laguerre is None:
+                laguerre = special.roots_genlaguerre(_QUADRATURE_NODES, a - 1.0)
+            v, wv = laguerre
+            u = v / big_b
+            p = -np.expm1(-u)
+            smooth = np.exp((a - 1.0) * (np.log(p) - np.log(u)))
+            wts = wv * smooth
+            scale = 1.0 / float(wts.sum())
         f = -np.expm1(-(r + xv) * np.log1p(p[None, :] * y)) / p[None, :]
-        out[sel] = (f @ wts) * math.exp(-log_norm)
+        out[sel] = (f @ wts) * scale
     return out
 
 

@@ -1,0 +1,1042 @@
+"""A local Apache Kafka 4.0.2 broker without docker: ``recostream kafka start|stop|status``.
+
+The broker's jars are resolved once with Maven from ``streams/broker/pom.xml`` into
+``$RECOSTREAM_CACHE/kafka-4.0.2/libs``; the broker itself runs as one JVM in KRaft
+combined mode (broker and controller in one node, every replication factor 1) on
+loopback ports, with its data, logs, pid file and state file in one data directory
+(default ``$RECOSTREAM_CACHE/broker``). ``start`` returns only once an admin client
+really gets an answer and the topics of :data:`TOPICS` exist.
+
+The process is detached (its own session) so that it outlives ``recostream kafka
+start``; ``stop`` ends exactly the process named by the pid file and only after
+checking that its command line is our ``kafka.Kafka`` with our properties file, so a
+recycled pid is never killed. Nothing here ever kills by process name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import fcntl
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING
+
+from streams.cli import CliError
+from streams.paths import cache_dir
+
+KAFKA_VERSION = "4.0.2"
+HOST = "127.0.0.1"  # loopback only: this broker has no authentication
+DEFAULT_PORT = 9092
+DEFAULT_PARTITIONS = 4
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+NODE_ID = 1
+
+# Heap as measured in DESIGN.md section 6; the GC flags are those of Kafka's own
+# kafka-server-start.sh, so the broker behaves as it would from the distribution.
+BROKER_JVM_OPTS: tuple[str, ...] = (
+    "-Xms512m",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+)
+# StorageTool only writes a few files: a small heap starts faster.
+TOOL_JVM_OPTS: tuple[str, ...] = ("-Xmx256m", "-Djava.awt.headless=true")
+MIN_JAVA = 17  # Kafka 4.0 brokers refuse older runtimes
+# Fully qualified rather than `dependency:copy-dependencies`: resolving that prefix
+# needs plugin metadata first, and fails with an obscure "No plugin found for prefix".
+COPY_DEPENDENCIES_GOAL = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
+
+if TYPE_CHECKING:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+log = logging.getLogger(__name__)
+
+
+# --- topics ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic recostream needs; it gets the broker's partition count (``--partitions``).
+
+    Every topic shares one partition count on purpose: Faust requires a table (and
+    hence its changelog) to have as many partitions as the agent's source topic, and
+    co-partitioned topics keep one user's events and outputs on one worker.
+    """
+
+    name: str
+    config: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    description: str = ""
+
+
+TOPICS: Mapping[str, TopicSpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            TopicSpec("clicks", description="click events, keyed by user"),
+            TopicSpec("purchases", description="purchase events, keyed by user"),
+            TopicSpec("recommendations", description="top-N items per user"),
+            TopicSpec("churn-alerts", description="users whose churn risk crossed a threshold"),
+            TopicSpec("marketing-triggers", description="actions for the marketing system"),
+            TopicSpec("dead-letters", description="input rows that failed validation"),
+            TopicSpec(
+                "item-neighbors",
+                config=MappingProxyType({"cleanup.policy": "compact"}),
+                description="latest neighbour list per item (compacted: one value per key)",
+            ),
+        )
+    }
+)
+
+
+@dataclass(frozen=True)
+class TopicsReport:
+    """What :func:`ensure_topics` found: created topics and the partition counts of the rest."""
+
+    created: tuple[str, ...]
+    existing: Mapping[str, int]  # name -> partition count of topics that were already there
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[TopicSpec] | None = None,
+    partitions: int = DEFAULT_PARTITIONS,
+    *,
+    timeout_s: float = 30.0,
+) -> TopicsReport:
+    """Create the topics that do not exist yet (all of :data:`TOPICS` by default).
+
+    Existing topics are left alone, whatever their partition count (the report says
+    what it is); a topic is counted as there only once each of its partitions has a
+    leader, so producers can write to it straight away.
+    """
+    # Imported here, as in _await_broker: `kafka status` and `kafka stop` never need it.
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+    wanted = list(TOPICS.values() if topics is None else topics)
+    if partitions < 1:
+        raise CliError(f"partitions must be at least 1, got {partitions}")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            # list_topics asks for all topics; asking for missing ones by name could
+            # auto-create them with the broker's default settings.
+            present = set(await admin.list_topics())
+            missing = [spec for spec in wanted if spec.name not in present]
+            if missing:
+                response = await admin.create_topics(
+                    [
+                        NewTopic(spec.name, partitions, 1, topic_configs=dict(spec.config))
+                        for spec in missing
+                    ],
+                    timeout_ms=int(timeout_s * 1000),
+                )
+                for entry in response.to_object()["topic_errors"]:
+                    code = entry["error_code"]
+                    if code and for_code(code) is not TopicAlreadyExistsError:
+                        detail = entry.get("error_message") or for_code(code).__name__
+                        raise CliError(f"cannot create topic {entry['topic']}: {detail}")
+            counts = await _wait_for_leaders(admin, [spec.name for spec in wanted])
+    except TimeoutError:
+        raise CliError(f"topics not ready on {bootstrap} within {timeout_s:g} s") from None
+    finally:
+        await admin.close()
+    created = tuple(spec.name for spec in missing)
+    existing = {name: n for name, n in counts.items() if name not in created}
+    return TopicsReport(created=created, existing=MappingProxyType(existing))
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partition counts of ``names`` once every partition has a leader (polls metadata)."""
+    while True:
+        described = await admin.describe_topics(names)
+        counts: dict[str, int] = {}
+        for topic in described:
+            partitions = topic["partitions"]
+            if topic["error_code"] == 0 and partitions and all(
+                p["leader"] >= 0 for p in partitions
+            ):
+                counts[topic["topic"]] = len(partitions)
+        if len(counts) == len(names):
+            return counts
+        await asyncio.sleep(0.1)
+
+
+def ensure_topics_sync(
+    bootstrap: str,
+    topics: Iterable[TopicSpec] | None = None,
+    partitions: int = DEFAULT_PARTITIONS,
+    *,
+    timeout_s: float = 30.0,
+) -> TopicsReport:
+    """:func:`ensure_topics` for callers without an event loop."""
+    return asyncio.run(ensure_topics(bootstrap, topics, partitions, timeout_s=timeout_s))
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Everything that goes into server.properties."""
+
+    port: int
+    controller_port: int
+    log_dir: Path
+    partitions: int = DEFAULT_PARTITIONS
+    host: str = HOST
+    node_id: int = NODE_ID
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _escape(value: str) -> str:
+    """A value safe for a Java properties file (backslash is its escape character)."""
+    return value.replace("\\", "\\\\")
+
+
+def render_server_properties(settings: BrokerSettings) -> str:
+    """server.properties for a one-node KRaft cluster in combined mode.
+
+    >>> text = render_server_properties(BrokerSettings(9092, 9093, Path("/d/kafka-logs")))
+    >>> "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093" in text
+    True
+    """
+    s = settings
+    props: dict[str, str | int] = {
+        "process.roles": "broker,controller",
+        "node.id": s.node_id,
+        # Static quorum: one voter, this node. (A dynamic quorum would need
+        # `format --standalone`; with one node there is nothing to gain.)
+        "controller.quorum.voters": f"{s.node_id}@{s.host}:{s.controller_port}",
+        "listeners": f"PLAINTEXT://{s.host}:{s.port},CONTROLLER://{s.host}:{s.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{s.host}:{s.port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": _escape(str(s.log_dir)),
+        # One node: every internal topic must make do with one replica.
+        "offsets.topic.replication.factor": 1,
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        "share.coordinator.state.topic.replication.factor": 1,
+        "share.coordinator.state.topic.min.isr": 1,
+        "default.replication.factor": 1,
+        "min.insync.replicas": 1,
+        # Topics created implicitly (by a producer's metadata request) get the same
+        # partition count as ours, so they stay co-partitioned with the inputs.
+        "num.partitions": s.partitions,
+        # The default 3 s delay only helps when many members join at once; for tests
+        # and a dev box it is 3 s lost on every first consumer-group join.
+        "group.initial.rebalance.delay.ms": 0,
+        # Left at its default of 9 s on purpose: a restart on an existing data dir waits
+        # that long for the previous run's broker registration to expire, but a shorter
+        # session could fence the only broker while a benchmark saturates the CPUs.
+        "broker.session.timeout.ms": 9000,
+        "auto.create.topics.enable": "true",
+        "delete.topic.enable": "true",
+    }
+    lines = [f"# Written by recostream (streams/local_broker.py); Kafka {KAFKA_VERSION}."]
+    lines += [f"{key}={value}" for key, value in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_log4j2_properties(log_file: Path) -> str:
+    """A log4j2 configuration that sends everything at INFO and above to ``log_file``."""
+    path = _escape(str(log_file))
+    return "\n".join(
+        [
+            "# Written by recostream (streams/local_broker.py).",
+            "status = warn",
+            "appender.file.type = RollingFile",
+            "appender.file.name = file",
+            f"appender.file.fileName = {path}",
+            f"appender.file.filePattern = {path}.%i",
+            "appender.file.layout.type = PatternLayout",
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+            "appender.file.policies.type = Policies",
+            "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
+            "appender.file.policies.size.size = 50MB",
+            "appender.file.strategy.type = DefaultRolloverStrategy",
+            "appender.file.strategy.max = 3",
+            "rootLogger.level = info",
+            "rootLogger.appenderRef.file.ref = file",
+            # The state-change and request loggers are chatty at INFO; warnings suffice.
+            "logger.statechange.name = state.change.logger",
+            "logger.statechange.level = warn",
+            "logger.request.name = kafka.request.logger",
+            "logger.request.level = warn",
+            "",
+        ]
+    )
+
+
+_CLUSTER_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{21}$")
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, base64url without padding (22 characters).
+
+    Like Kafka's ``Uuid.randomUuid`` it never starts with ``-``, which the command-line
+    tools would take for an option.
+
+    >>> len(new_cluster_id())
+    22
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def is_cluster_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a KRaft cluster id."""
+    return bool(_CLUSTER_ID_RE.match(text))
+
+
+# --- jars --------------------------------------------------------------------------------
+
+
+def kafka_home() -> Path:
+    """Where the broker's jars are cached: ``cache_dir()/kafka-4.0.2`` (``libs/`` inside)."""
+    return cache_dir() / f"kafka-{KAFKA_VERSION}"
+
+
+def _pom_bytes() -> bytes:
+    return (importlib.resources.files("streams") / "broker" / "pom.xml").read_bytes()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path``: parallel test sessions must not both
+    download the jars into, or start a broker on, the same directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_jars(home: Path | None = None, report: Callable[[str], None] = log.info) -> Path:
+    """The ``libs`` directory with Kafka's jars, resolving them with Maven the first time.
+
+    A marker holding the pom's SHA-256 is written only after a complete download, so an
+    interrupted one is redone and a changed pom (say, a new Kafka) is resolved afresh.
+    """
+    home = home or kafka_home()
+    libs = home / "libs"
+    marker = home / ".complete"
+    pom = _pom_bytes()
+    digest = hashlib.sha256(pom).hexdigest()
+
+    def complete() -> bool:
+        return libs.is_dir() and marker.is_file() and marker.read_text().strip() == digest
+
+    if complete():
+        return libs
+    with _locked(home / ".lock"):
+        if complete():  # another process finished while we waited for the lock
+            return libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise CliError("mvn not found on PATH (needed once to download the Kafka jars)")
+        report(f"downloading Kafka {KAFKA_VERSION} jars with Maven into {libs} (once) ...")
+        started = time.monotonic()
+        # Maven gets its own copy of the pom: it may write next to it, and the
+        # installed package directory can be read-only.
+        pom_path = home / "pom.xml"
+        pom_path.write_bytes(pom)
+        partial = home / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        cmd = [
+            mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom_path),
+            COPY_DEPENDENCIES_GOAL, f"-DoutputDirectory={partial}",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise CliError(f"mvn failed: {_mvn_error(result.stdout + result.stderr)}")
+        jars = list(partial.glob("*.jar"))
+        if not any(j.name.startswith(f"kafka_2.13-{KAFKA_VERSION}") for j in jars):
+            raise CliError(f"mvn succeeded but no kafka_2.13-{KAFKA_VERSION}.jar in {partial}")
+        shutil.rmtree(libs, ignore_errors=True)
+        partial.rename(libs)
+        marker.write_text(digest + "\n")
+        report(f"{len(jars)} jars downloaded in {time.monotonic() - started:.1f} s")
+    return libs
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _mvn_error(output: str) -> str:
+    """The most telling line of Maven's output: its first ``[ERROR]`` that is not boilerplate."""
+    boilerplate = ("To see the full", "Re-run Maven", "For more information", "[Help ")
+    lines = [_ANSI_RE.sub("", line).strip() for line in output.splitlines()]
+    errors = [
+        line.removeprefix("[ERROR]").split(" -> [Help")[0].strip()
+        for line in lines
+        if line.startswith("[ERROR]")
+    ]
+    errors = [e for e in errors if e and not e.startswith(boilerplate)]
+    if errors:
+        return errors[0]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else "no output"
+
+
+# --- java --------------------------------------------------------------------------------
+
+
+def find_java() -> str:
+    """``$JAVA_HOME/bin/java`` if set (as Kafka's scripts do), else ``java`` on PATH; >= 17."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = Path(java_home) / "bin" / "java" if java_home else None
+    java = str(candidate) if candidate and candidate.is_file() else shutil.which("java")
+    if java is None:
+        raise CliError("java not found on PATH (Kafka 4.0 needs Java 17 or newer)")
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if match:
+        major = int(match.group(1))
+        if major == 1 and match.group(2):  # "1.8.0_402" style
+            major = int(match.group(2))
+        if major < MIN_JAVA:
+            raise CliError(f"Kafka {KAFKA_VERSION} needs Java {MIN_JAVA}+; {java} is Java {major}")
+    return java
+
+
+def _java_error(output: str) -> str:
+    """The telling line of a failed Java tool's output: its last exception message."""
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not line[0].isspace()]
+    errors = [line for line in lines if re.search(r"(Exception|Error)\b", line)]
+    if not (errors or lines):
+        return "no output"
+    return (errors or lines)[-1].removeprefix('Exception in thread "main" ')
+
+
+# --- ports -------------------------------------------------------------------------------
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether a listener could bind ``host:port`` now (as the JVM does, with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = HOST, exclude: Iterable[int] = ()) -> int:
+    """A port the kernel considers free now (another process could still take it first)."""
+    excluded = set(exclude)
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in excluded:
+            return port
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The command line of ``pid``, or None when there is no such (live) process."""
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").exists():
+        try:
+            if _proc_state(proc / "stat") == "Z":
+                return None  # finished (or finishing); only its exit status is left
+            raw = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            return None
+        return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    result = subprocess.run(  # macOS and other systems without /proc
+        ["ps", "-ww", "-p", str(pid), "-o", "command="],
+        capture_output=True, text=True, check=False,
+    )
+    return result.stdout.split() if result.returncode == 0 and result.stdout.strip() else None
+
+
+def _is_broker_process(pid: int, props: Path) -> bool:
+    """Whether ``pid`` is alive and is ``kafka.Kafka`` run on our properties file."""
+    cmd = _cmdline(pid)
+    if cmd is None:
+        with contextlib.suppress(ChildProcessError):
+            # Reap it if it is our exited child, so that it does not linger as a zombie.
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return "kafka.Kafka" in cmd and str(props) in cmd
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited completely (reaping it if it is our child).
+
+    Used after signalling a process already identified as ours. A JVM's threads exit
+    one by one, and its main thread can show as a zombie (and its command line read
+    empty) while others still run, so only the whole process's end counts.
+    """
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # our child: exact, and reaps it
+    except ChildProcessError:
+        pass  # someone else's child, or already reaped
+    else:
+        return done == pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # Someone else's child that has not been reaped: gone once every thread is a zombie.
+    tasks = Path(f"/proc/{pid}/task")
+    if not Path("/proc/self").exists():
+        result = subprocess.run(["ps", "-p", str(pid), "-o", "stat="],
+                                capture_output=True, text=True, check=False)
+        return result.stdout.strip().startswith("Z")
+    try:
+        states = [_proc_state(task / "stat") for task in tasks.iterdir()]
+    except OSError:
+        return not tasks.exists()
+    return all(state in ("Z", "X") for state in states)
+
+
+def _proc_state(stat_file: Path) -> str:
+    """The state letter of a /proc ``stat`` file (after the parenthesised command name)."""
+    return stat_file.read_text().rsplit(")", 1)[1].split()[0]
+
+
+# --- the broker --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What ``recostream kafka status`` reports."""
+
+    running: bool
+    data_dir: Path
+    pid: int | None = None
+    bootstrap: str | None = None
+    controller: str | None = None
+    started_at: float | None = None  # unix time
+
+
+class LocalBroker:
+    """One broker and its data directory.
+
+    >>> broker = LocalBroker(Path("/tmp/example"), port=0)
+    >>> broker.pid_file.name, broker.state_file.name
+    ('broker.pid', 'state.json')
+
+    ``port=None`` means 9092 when it is free, else any free port; ``port=0`` means any
+    free port; any other value is used as given and must be free. Used as a context
+    manager it starts the broker and stops it on exit, unless it was already running
+    on entry (someone else's broker is left alone).
+
+    ``start`` blocks and runs its own event loop; from async code call it in a thread
+    (``await asyncio.to_thread(broker.start)``).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        controller_port: int | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+        home: Path | None = None,
+        report: Callable[[str], None] = log.info,
+    ) -> None:
+        # Resolved: stop and status recognise the process by the absolute path of its
+        # properties file on its command line.
+        self.data_dir = (data_dir or cache_dir() / "broker").resolve()
+        self.port = port
+        self.controller_port = controller_port
+        self.partitions = partitions
+        self.ready_timeout_s = ready_timeout_s
+        self.home = home
+        self.report = report
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_here = False
+
+    # Files in the data directory.
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / "state.json"
+
+    @property
+    def props_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's own log (log4j2)."""
+        return self.data_dir / "logs" / "server.log"
+
+    @property
+    def console_file(self) -> Path:
+        """The JVM's stdout and stderr (crashes before logging starts end up here)."""
+        return self.data_dir / "logs" / "console.log"
+
+    @property
+    def log_dir(self) -> Path:
+        """Kafka's ``log.dirs``: the partitions and the KRaft metadata log."""
+        return self.data_dir / "kafka-logs"
+
+    # --- queries ---
+
+    def _running_pid(self) -> int | None:
+        """The pid in the pid file if that process is our broker, else None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if self._proc is not None and self._proc.pid == pid and self._proc.poll() is not None:
+            return None
+        return pid if _is_broker_process(pid, self.props_file) else None
+
+    def _read_state(self) -> dict[str, object]:
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def status(self) -> BrokerStatus:
+        """Whether the broker of this data directory runs, and where."""
+        pid = self._running_pid()
+        if pid is None:
+            return BrokerStatus(running=False, data_dir=self.data_dir)
+        state = self._read_state()
+        bootstrap = state.get("bootstrap")
+        controller = state.get("controller")
+        started_at = state.get("started_at")
+        return BrokerStatus(
+            running=True,
+            data_dir=self.data_dir,
+            pid=pid,
+            bootstrap=bootstrap if isinstance(bootstrap, str) else None,
+            controller=controller if isinstance(controller, str) else None,
+            started_at=float(started_at) if isinstance(started_at, int | float) else None,
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        """The running broker's bootstrap servers; CliError when it does not run."""
+        current = self.status()
+        if not current.running or current.bootstrap is None:
+            raise CliError(f"no broker is running for {self.data_dir}")
+        return current.bootstrap
+
+    # --- start ---
+
+    def start(self) -> str:
+        """Start the broker (or find it running), create the topics; the bootstrap servers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.data_dir / ".lock"):
+            current = self.status()
+            if current.running and current.bootstrap:
+                self.report(
+                    f"broker already running at {current.bootstrap} "
+                    f"(pid {current.pid}, data {self.data_dir})"
+                )
+                self._ensure_topics(current.bootstrap)
+                return current.bootstrap
+            self._remove_run_files()  # stale ones from a broker that died
+            settings = self._settings()  # first: a taken --port is the cheapest error
+            java = find_java()
+            libs = ensure_jars(self.home, self.report)
+            cluster_id = self._cluster_id()
+            self._write_config(settings)
+            self._format(java, libs, cluster_id)
+            started = time.monotonic()
+            proc = self._launch(java, libs, settings, cluster_id)
+            try:
+                self._wait_ready(proc, settings.bootstrap)
+                self._ensure_topics(settings.bootstrap)
+            except BaseException:  # Ctrl-C included: never leave a half-started broker
+                self._terminate(proc.pid)
+                self._remove_run_files()
+                raise
+            self._started_here = True
+            self.report(
+                f"Kafka {KAFKA_VERSION} ready at {settings.bootstrap} in "
+                f"{time.monotonic() - started:.1f} s (pid {proc.pid}, data {self.data_dir})"
+            )
+            return settings.bootstrap
+
+    def _settings(self) -> BrokerSettings:
+        """Choose the ports: as given, else 9092 when free, else any free port."""
+        if self.port is None:
+            port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port()
+            if port != DEFAULT_PORT:
+                self.report(f"port {DEFAULT_PORT} is in use; using {HOST}:{port} instead")
+        elif self.port == 0:
+            port = free_port()
+        else:
+            port = self.port
+            if not port_is_free(port):
+                raise CliError(f"port {port} on {HOST} is already in use")
+        if not self.controller_port:  # None or 0: any free port
+            controller_port = free_port(exclude=[port])
+        else:
+            controller_port = self.controller_port
+            if controller_port == port:
+                raise CliError("the broker and controller ports must differ")
+            if not port_is_free(controller_port):
+                raise CliError(f"port {controller_port} on {HOST} is already in use")
+        return BrokerSettings(
+            port=port,
+            controller_port=controller_port,
+            log_dir=self.log_dir,
+            partitions=self.partitions,
+        )
+
+    def _cluster_id(self) -> str:
+        """The id the storage was formatted with, or a new one for empty storage.
+
+        Reusing it matters: formatting with ``--ignore-formatted`` skips a formatted
+        directory, and a broker refuses a log dir whose id differs from the config's.
+        """
+        meta = self.log_dir / "meta.properties"
+        with contextlib.suppress(OSError):
+            for line in meta.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "cluster.id" and value.strip():
+                    return value.strip()
+        return new_cluster_id()
+
+    def _write_config(self, settings: BrokerSettings) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.props_file.write_text(render_server_properties(settings))
+        (self.data_dir / "log4j2.properties").write_text(render_log4j2_properties(self.log_file))
+
+    def _jvm_logging(self) -> list[str]:
+        return [f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"]
+
+    def _format(self, java: str, libs: Path, cluster_id: str) -> None:
+        cmd = [
+            java, *TOOL_JVM_OPTS, *self._jvm_logging(), "-cp", str(libs / "*"),
+            "kafka.tools.StorageTool", "format", "-t", cluster_id,
+            "-c", str(self.props_file), "--ignore-formatted",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            detail = _java_error(result.stderr + result.stdout)
+            raise CliError(f"formatting the broker storage failed: {detail}")
+
+    def _launch(
+        self, java: str, libs: Path, settings: BrokerSettings, cluster_id: str
+    ) -> subprocess.Popen[bytes]:
+        cmd = [
+            java, *BROKER_JVM_OPTS, *self._jvm_logging(), "-cp", str(libs / "*"),
+            "kafka.Kafka", str(self.props_file),
+        ]
+        with self.console_file.open("wb") as console:
+            # Own session: the broker outlives this command and a Ctrl-C in the shell
+            # that ran `recostream kafka start` does not reach it.
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._proc = proc  # kept to reap it: an exited child would linger as a zombie
+        self.pid_file.write_text(f"{proc.pid}\n")
+        state = {
+            "pid": proc.pid,
+            "bootstrap": settings.bootstrap,
+            "controller": f"{settings.host}:{settings.controller_port}",
+            "data_dir": str(self.data_dir),
+            "cluster_id": cluster_id,
+            "kafka_version": KAFKA_VERSION,
+            "log": str(self.log_file),
+            "started_at": time.time(),
+        }
+        self.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        return proc
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], bootstrap: str) -> None:
+        """Block until an admin client lists the topics, the process dies, or time runs out."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        answered = asyncio.run(_await_broker(bootstrap, deadline, lambda: proc.poll() is None))
+        if answered:
+            return
+        if proc.poll() is not None:
+            raise CliError(
+                f"broker exited with status {proc.returncode} before answering; "
+                f"see {self._log_to_read()}\n{self._log_tail()}"
+            )
+        raise CliError(
+            f"broker did not answer within {self.ready_timeout_s:g} s; "
+            f"see {self._log_to_read()}\n{self._log_tail()}"
+        )
+
+    def _ensure_topics(self, bootstrap: str) -> None:
+        result = ensure_topics_sync(bootstrap, partitions=self.partitions)
+        if result.created:
+            self.report(f"created topics: {', '.join(result.created)}")
+        other = [f"{name} ({n})" for name, n in result.existing.items() if n != self.partitions]
+        if other:
+            self.report(
+                f"warning: existing topics keep their partition counts, not {self.partitions}: "
+                f"{', '.join(sorted(other))}; start on a new --data-dir to change them"
+            )
+
+    def _log_to_read(self) -> Path:
+        has_log = self.log_file.is_file() and self.log_file.stat().st_size > 0
+        return self.log_file if has_log else self.console_file
+
+    def _log_tail(self, lines: int = 15) -> str:
+        """The last lines of the broker log, and of the console when that has anything."""
+        parts: list[str] = []
+        for path in (self.log_file, self.console_file):
+            with contextlib.suppress(OSError):
+                # Continuation lines are mostly the config dump; stack traces keep
+                # their "Caused by:" lines, which say more than the frames.
+                records = path.read_text(errors="replace").splitlines()
+                text = [r for r in records if r.strip() and not r[0].isspace()][-lines:]
+                if text:
+                    parts.append(f"--- last lines of {path} ---")
+                    parts += ["  " + line for line in text]
+        return "\n".join(parts) or "(the broker wrote no log)"
+
+    # --- stop ---
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Stop the broker of the pid file (SIGTERM, then SIGKILL); False if none ran."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.data_dir / ".lock"):
+            pid = self._running_pid()
+            if pid is not None:
+                self._terminate(pid, timeout_s)
+            self._remove_run_files()
+            self._started_here = False
+            if self._proc is not None:
+                self._proc.poll()  # record its exit even if another instance reaped it
+            return pid is not None
+
+    def _terminate(self, pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM (Kafka shuts down cleanly), then SIGKILL after ``timeout_s``."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(pid, timeout_s):
+            self.report(f"broker pid {pid} ignored SIGTERM for {timeout_s:g} s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._wait_gone(pid, 10.0)
+
+    def _wait_gone(self, pid: int, timeout_s: float) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        deadline = time.monotonic() + timeout_s
+        while not _gone(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _remove_run_files(self) -> None:
+        for path in (self.pid_file, self.state_file):
+            path.unlink(missing_ok=True)
+
+    # --- context manager ---
+
+    def __enter__(self) -> LocalBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._started_here:
+            self.stop()
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence a logger for a while: aiokafka logs every refused connection as an ERROR,
+    which is the expected state while the broker boots."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+async def _await_broker(bootstrap: str, deadline: float, alive: Callable[[], bool]) -> bool:
+    """Poll until ``list_topics`` succeeds (True), or the deadline passes or ``alive()``
+    turns false (False)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    host, _, port = bootstrap.rpartition(":")
+    with _quiet("aiokafka"):
+        while alive() and time.monotonic() < deadline:
+            # A plain connect first: cheap, and it keeps aiokafka out of the way until
+            # the socket is listening.
+            if await _accepts(host, int(port)):
+                admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+                try:
+                    async with asyncio.timeout(max(0.1, min(10.0, deadline - time.monotonic()))):
+                        await admin.start()
+                        await admin.list_topics()
+                    return True
+                except (KafkaError, OSError, TimeoutError):
+                    pass
+                finally:
+                    await admin.close()
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        async with asyncio.timeout(1.0):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "kafka", help=f"run a local Apache Kafka {KAFKA_VERSION} broker (no docker needed)"
+    )
+    kafka_sub = parser.add_subparsers(dest="kafka_command", required=True)
+
+    def data_dir_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--data-dir", type=Path, default=None,
+            help="broker data, logs and pid file (default: $RECOSTREAM_CACHE/broker)",
+        )
+
+    start = kafka_sub.add_parser("start", help="start the broker and create the topics")
+    data_dir_option(start)
+    start.add_argument(
+        "--port", type=int, default=None,
+        help=f"client port on {HOST} (default: {DEFAULT_PORT} if free, else any free one; "
+        "0: any free one)",
+    )
+    start.add_argument("--controller-port", type=int, default=None,
+                       help="KRaft controller port (default: any free one)")
+    start.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS,
+                       help=f"partitions per topic (default: {DEFAULT_PARTITIONS})")
+    start.add_argument("--timeout", type=float, default=READY_TIMEOUT_S,
+                       help=f"seconds to wait for the broker to answer (default: "
+                       f"{READY_TIMEOUT_S:g})")
+    start.set_defaults(func=_cmd_start)
+
+    stop = kafka_sub.add_parser("stop", help="stop the broker started by `kafka start`")
+    data_dir_option(stop)
+    stop.add_argument("--timeout", type=float, default=STOP_TIMEOUT_S,
+                      help=f"seconds to wait after SIGTERM before SIGKILL (default: "
+                      f"{STOP_TIMEOUT_S:g})")
+    stop.set_defaults(func=_cmd_stop)
+
+    status = kafka_sub.add_parser("status", help="is the broker running? (exit 3 if not)")
+    data_dir_option(status)
+    status.set_defaults(func=_cmd_status)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    if args.partitions < 1:
+        raise CliError(f"--partitions must be at least 1, got {args.partitions}")
+    broker = LocalBroker(
+        args.data_dir,
+        port=args.port,
+        controller_port=args.controller_port,
+        partitions=args.partitions,
+        ready_timeout_s=args.timeout,
+        report=_say,
+    )
+    bootstrap = broker.start()
+    print(f"bootstrap servers: {bootstrap}")
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    broker = LocalBroker(args.data_dir, report=_say)
+    pid = broker.status().pid
+    if broker.stop(timeout_s=args.timeout):
+        print(f"stopped broker pid {pid} ({broker.data_dir})")
+    else:
+        print(f"no broker running for {broker.data_dir}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    current = LocalBroker(args.data_dir).status()
+    if not current.running:
+        print(f"not running (data dir {current.data_dir})")
+        return 3
+    print("running")
+    print(f"  pid:        {current.pid}")
+    print(f"  bootstrap:  {current.bootstrap}")
+    print(f"  controller: {current.controller}")
+    print(f"  data dir:   {current.data_dir}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from streams.cli import main
+
+    sys.exit(main(["kafka", *sys.argv[1:]]))

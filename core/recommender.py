@@ -81,6 +81,41 @@ class RecommenderConfig:
             raise ValueError("popularity_half_life_days must be positive")
 
 
+@dataclass(frozen=True, slots=True)
+class Gain:
+    """A user gained ``item_id`` at ``ts`` while holding ``history`` (oldest first):
+    what the co-occurrence table and the trending counts learn from."""
+
+    item_id: str
+    history: list[str]
+    ts: float
+
+
+def learn_event(
+    profile: UserProfile,
+    event: Event,
+    rating_by_type: Mapping[str, float],
+    history: int,
+    pair_window: int,
+) -> tuple[bool, Gain | None]:
+    """Fold one event into a user's profile: (changed, gain or None).
+
+    The one place where an event becomes a rating, a history entry, a purchase
+    and a co-occurrence gain; the offline model and the stream both call it.
+    """
+    rating = event.value if event.value is not None else rating_by_type.get(event.type)
+    recent = profile.recent
+    before = recent[-1] if recent else None
+    gained = profile.observe(event.item_id, rating, event.ts, history)
+    bought = event.type == PURCHASE and event.item_id not in profile.purchased
+    if bought:
+        profile.purchased.add(event.item_id)
+    changed = gained or bought or (bool(recent) and recent[-1] != before)
+    if not gained:
+        return changed, None
+    return changed, Gain(event.item_id, recent[-pair_window - 1 : -1], event.ts)
+
+
 class Recommender:
     """Per-user profiles, co-occurrence, trending counts and refreshed neighbours."""
 
@@ -107,26 +142,21 @@ class Recommender:
 
         Refreshes neighbours when ``refresh_every`` events have been observed.
         """
-        rating = event.value if event.value is not None else self._rating_by_type.get(event.type)
-        user_id = event.user_id
-        profile = self.users.get(user_id)
+        profile = self.users.get(event.user_id)
         if profile is None:
-            profile = self.users[user_id] = UserProfile()
-        ts = event.ts
-        if ts > self.now:
-            self.now = ts
-        recent = profile.recent
-        before = recent[-1] if recent else None
-        gained = profile.observe(event.item_id, rating, ts, self.config.history)
-        if event.type == PURCHASE:
-            profile.purchased.add(event.item_id)
-        if gained:
-            self.cooccurrence.observe(event.item_id, recent[-self._pair_window - 1 : -1])
-            self._bump_trending(event.item_id, ts)
+            profile = self.users[event.user_id] = UserProfile()
+        if event.ts > self.now:
+            self.now = event.ts
+        changed, gain = learn_event(
+            profile, event, self._rating_by_type, self.config.history, self._pair_window
+        )
+        if gain is not None:
+            self.cooccurrence.observe(gain.item_id, gain.history)
+            self._bump_trending(gain.item_id, gain.ts)
         self.events_since_refresh += 1
         if self._refresh_every and self.events_since_refresh >= self._refresh_every:
             self.refresh()
-        return gained or (bool(recent) and recent[-1] != before)
+        return changed
 
     def observe_many(self, events: Iterable[Event]) -> None:
         for event in events:

@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "churn": "streams.churn_cli:add_parser",
     "kafka": "streams.local_broker:add_parser",
     "demo": "streams.demo:add_parser",
+    "worker": "streams.worker:add_parser",
+    "produce": "streams.produce:add_parser",
+    "tail": "streams.tail:add_parser",
 }
 
 

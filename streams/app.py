@@ -1,0 +1,538 @@
+"""The Faust app: decode -> core -> write state back -> send.
+
+Data flow (P = ``settings.partitions``):
+
+- ``clicks`` + ``purchases`` (keyed by user) -> agent ``process_events``: validates
+  (bad input -> ``dead-letters``), de-duplicates, folds events into the user's
+  profile with :func:`core.recommender.learn_event` (table ``users``), sends each
+  batch's co-occurrence row updates to the item-keyed repartition topic, one
+  message per destination partition, and publishes one fresh list per distinct
+  user to ``recommendations``.
+- ``<app>-cooccurrence`` (by item partition) -> agent ``apply_cooccurrence``:
+  rows of C, item counts and trending (table ``cooccurrence``; the small
+  per-item stats every worker needs go to the global table ``item-stats``).
+- A leader timer sends one tick per partition to ``<app>-refresh`` every
+  ``refresh_seconds``; agent ``refresh_neighbors`` recomputes neighbours of the
+  items of that partition in an executor (never on the event loop), writes them
+  to the global table ``neighbors`` and ``item-neighbors`` (compacted).
+- Every worker rebuilds its ranking snapshot (:class:`core.ranking.NeighborModel`)
+  from the two global tables after a refresh, so any worker can rank any user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import faust
+import orjson
+from faust.types import EventT, StreamT
+from faust.web import Request, Response, View
+
+from core.events import InvalidEvent, parse_event
+from core.ranking import NeighborModel, Recommendations, trending_scale
+from core.recommender import DAY, learn_event
+from core.similarity import SimilarityParams, neighbors_for_rows
+from streams.settings import Settings
+from streams.state import CooccurrenceRow, RowUpdate, UserState, row_updates, source_key
+
+log = logging.getLogger("recostream")
+
+INPUT_TOPICS = ("clicks", "purchases")
+
+
+def item_partition(item_id: str, partitions: int) -> int:
+    """The repartition-topic partition that owns an item's row (stable everywhere)."""
+    return zlib.crc32(item_id.encode()) % partitions
+
+
+@dataclass
+class Counters:
+    """What the worker has done, for /health, the metrics and the tests."""
+
+    events_in: Counter[str] = field(default_factory=Counter)
+    applied: int = 0
+    deduplicated: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    rekeyed: int = 0
+    row_updates_sent: int = 0
+    row_updates_applied: int = 0
+    row_updates_skipped: int = 0
+    recommendations_out: int = 0
+    refreshes: int = 0
+    last_refresh_seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "events_in": dict(self.events_in),
+            "applied": self.applied,
+            "deduplicated": self.deduplicated,
+            "dead_lettered": dict(self.dead_lettered),
+            "rekeyed": self.rekeyed,
+            "row_updates_sent": self.row_updates_sent,
+            "row_updates_applied": self.row_updates_applied,
+            "row_updates_skipped": self.row_updates_skipped,
+            "recommendations_out": self.recommendations_out,
+            "refreshes": self.refreshes,
+            "last_refresh_seconds": round(self.last_refresh_seconds, 4),
+        }
+
+
+class RecoStream:
+    """One worker's app, topics, tables and agents, built from explicit settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = settings.recommender_config()
+        self.rating_by_type = self.config.weights.by_type()
+        self.pair_window = min(self.config.pair_window, self.config.history)
+        self.tau = self.config.popularity_half_life_days * DAY / 0.6931471805599453
+        self.counters = Counters()
+        self.model = NeighborModel.empty(self.config.neighbors)
+        self.model_round = 0
+        # refresh round last completed per tick partition seen by this worker
+        self.partition_rounds: dict[int, int] = {}
+        self._rebuild_lock = asyncio.Lock()
+        self.app = self._make_app()
+        self._declare_topics_and_tables()
+        self._declare_agents()
+        self._declare_web()
+
+    # -- wiring ----------------------------------------------------------------------
+
+    def _make_app(self) -> faust.App:
+        s = self.settings
+        credentials: Any = None
+        if s.security_protocol in {"SASL_PLAINTEXT", "SASL_SSL"}:
+            import ssl
+
+            credentials = faust.SASLCredentials(
+                username=s.sasl_username,
+                password=s.sasl_password,
+                mechanism=s.sasl_mechanism,
+                ssl_context=(
+                    ssl.create_default_context(cafile=s.ssl_cafile or None)
+                    if s.security_protocol == "SASL_SSL"
+                    else None
+                ),
+            )
+        elif s.security_protocol == "SSL":
+            import ssl
+
+            credentials = faust.SSLCredentials(
+                ssl.create_default_context(cafile=s.ssl_cafile or None)
+            )
+        return faust.App(
+            s.app_id,
+            broker=s.broker,
+            broker_credentials=credentials,
+            store=s.store,
+            datadir=str(s.data_dir),
+            topic_partitions=s.partitions,
+            processing_guarantee="at_least_once",
+            key_serializer="raw",
+            value_serializer="raw",
+            web_enabled=s.web_enabled,
+            web_host=s.web_host,
+            web_port=s.web_port,
+            web_bind=s.web_host,
+            broker_session_timeout=s.session_timeout,
+            broker_heartbeat_interval=max(0.5, min(3.0, s.session_timeout / 10)),
+            consumer_auto_offset_reset="earliest",
+            stream_wait_empty=False,
+            table_standby_replicas=0,
+            producer_max_request_size=max(1_048_576, 4 * s.max_message_bytes),
+            table_key_serializer="json",
+            table_value_serializer="json",
+        )
+
+    def _declare_topics_and_tables(self) -> None:
+        app, s = self.app, self.settings
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        # real topic name -> contract name, for validation by contract topic
+        self.contract_topic = {s.topic(name): name for name in INPUT_TOPICS}
+        self.events_topic = app.topic(*self.contract_topic, **raw)
+        self.input_topics = {name: app.topic(s.topic(name), **raw) for name in INPUT_TOPICS}
+        self.rows_topic = app.topic(f"{s.app_id}-cooccurrence", partitions=s.partitions,
+                                    internal=True, **raw)
+        self.ticks_topic = app.topic(f"{s.app_id}-refresh", partitions=s.partitions,
+                                     internal=True, **raw)
+        self.recommendations_topic = app.topic(s.topic("recommendations"), **raw)
+        self.item_neighbors_topic = app.topic(s.topic("item-neighbors"), **raw)
+        self.dead_letters_topic = app.topic(s.topic("dead-letters"), **raw)
+        # Table keys and values use the app's table serializers (JSON).
+        table_codecs: dict[str, Any] = {}
+        self.users = app.Table("users", default=None, partitions=s.partitions, **table_codecs)
+        self.rows = app.Table("cooccurrence", default=None, partitions=s.partitions,
+                              **table_codecs)
+        self.item_stats = app.GlobalTable("item-stats", default=None, partitions=s.partitions,
+                                          **table_codecs)
+        self.neighbors = app.GlobalTable("neighbors", default=None, partitions=s.partitions,
+                                         **table_codecs)
+
+    def _declare_agents(self) -> None:
+        app, s = self.app, self.settings
+
+        # Agents receive StreamT; the batching API lives on the concrete Stream.
+        @app.agent(self.events_topic, name="process_events")
+        async def process_events(events: StreamT[Any]) -> None:
+            stream = cast(faust.Stream[bytes], events)
+            async for batch in stream.take_events(s.batch_size, within=s.batch_seconds):
+                await self.process_batch(stream, batch)
+
+        @app.agent(self.rows_topic, name="apply_cooccurrence")
+        async def apply_cooccurrence(updates: StreamT[Any]) -> None:
+            stream = cast(faust.Stream[bytes], updates)
+            async for batch in stream.take_events(s.batch_size, within=s.batch_seconds):
+                self.apply_row_batch(stream, batch)
+
+        @app.agent(self.ticks_topic, name="refresh_neighbors")
+        async def refresh_neighbors(ticks: StreamT[Any]) -> None:
+            async for event in ticks.events():
+                await self.refresh_partition(event)
+
+        @app.timer(s.refresh_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+        async def send_refresh_ticks() -> None:
+            refresh_round = int(time.time())
+            payload = orjson.dumps({"round": refresh_round})
+            for partition in range(s.partitions):
+                await self.ticks_topic.send(value=payload, partition=partition)
+
+        @app.timer(s.refresh_seconds)  # type: ignore[untyped-decorator]
+        async def rebuild_model() -> None:
+            # picks up neighbour lists other workers wrote since our last rebuild
+            await self.rebuild_model(self.model_round)
+
+        self.agents = (process_events, apply_cooccurrence, refresh_neighbors)
+
+    # -- events -> user state -----------------------------------------------------
+
+    async def dead_letter(self, event: EventT[bytes], reason: str, detail: str) -> None:
+        message = event.message
+        raw = message.value if isinstance(message.value, bytes) else b""
+        record = {
+            "reason": reason,
+            "detail": detail,
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "key_b64": base64.b64encode(message.key).decode() if message.key else None,
+            "payload_b64": base64.b64encode(raw).decode(),
+            "ts": message.timestamp,
+        }
+        self.counters.dead_lettered[reason] += 1
+        await self.dead_letters_topic.send(key=message.key, value=orjson.dumps(record))
+
+    async def process_batch(
+        self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]
+    ) -> None:
+        s = self.settings
+        by_user: dict[str, list[tuple[EventT[bytes], Any]]] = defaultdict(list)
+        for event in batch:
+            message = event.message
+            topic = self.contract_topic[message.topic]
+            self.counters.events_in[topic] += 1
+            raw = message.value
+            if not isinstance(raw, bytes | bytearray) or len(raw) > s.max_message_bytes:
+                size = len(raw) if isinstance(raw, bytes | bytearray) else 0
+                await self.dead_letter(event, "oversized" if size else "invalid_json",
+                                       f"{size} bytes" if size else "empty message")
+                continue
+            try:
+                decoded = parse_event(orjson.loads(raw), topic)
+            except orjson.JSONDecodeError as exc:
+                await self.dead_letter(event, "invalid_json", str(exc)[:200])
+                continue
+            except InvalidEvent as exc:
+                await self.dead_letter(event, exc.reason, exc.detail)
+                continue
+            if message.key != decoded.user_id.encode():
+                # State is keyed by user: an event keyed otherwise is forwarded,
+                # keyed right, and processed where its user lives.
+                self.counters.rekeyed += 1
+                await self.input_topics[topic].send(
+                    key=decoded.user_id.encode(), value=bytes(raw))
+                continue
+            by_user[decoded.user_id].append((event, decoded))
+
+        updates_by_partition: dict[int, list[list[Any]]] = defaultdict(list)
+        changed_users: list[tuple[str, UserState, str, float]] = []
+        writes: list[tuple[str, UserState, EventT[bytes]]] = []
+        states: dict[str, UserState] = {}
+        with acting_as(stream) as act_as:
+            for user_id, items in by_user.items():
+                act_as(items[-1][0])
+                states[user_id] = UserState.from_json(self.users.get(user_id))
+        for user_id, items in by_user.items():
+            state = states[user_id]
+            changed = False
+            trigger, trigger_ts = "", 0.0
+            for event, decoded in items:
+                source = source_key(self.contract_topic[event.message.topic],
+                                    event.message.partition)
+                if state.is_duplicate(source, event.message.offset, decoded.event_id):
+                    self.counters.deduplicated += 1
+                    continue
+                did_change, gain = learn_event(state.profile, decoded, self.rating_by_type,
+                                               self.config.history, self.pair_window)
+                state.mark(source, event.message.offset, decoded.event_id, s.dedup_ids)
+                self.counters.applied += 1
+                if gain is not None:
+                    for update in row_updates(gain.item_id, gain.history, source,
+                                              event.message.offset, gain.ts):
+                        partition = item_partition(update.item_id, s.partitions)
+                        updates_by_partition[partition].append(update.to_json())
+                if did_change:
+                    changed = True
+                    trigger, trigger_ts = decoded.type, decoded.ts
+            writes.append((user_id, state, items[-1][0]))
+            if changed:
+                changed_users.append((user_id, state, trigger, trigger_ts))
+
+        # Row updates are delivered before the user state that records them is
+        # written: a crash in between replays them, and rows skip what they have.
+        # Rows skip by offset, so each source's updates go out in offset order
+        # (grouping by user above shuffled them).
+        deliveries = []
+        for partition, updates in updates_by_partition.items():
+            updates.sort(key=lambda u: (u[2], u[3]))
+            deliveries.append(await self.rows_topic.send(
+                value=orjson.dumps({"updates": updates}), partition=partition))
+            self.counters.row_updates_sent += len(updates)
+        if deliveries:
+            await asyncio.gather(*deliveries)
+        with acting_as(stream) as act_as:
+            for user_id, state, last_event in writes:
+                act_as(last_event)
+                self.users[user_id] = state.to_json()
+        for user_id, state, trigger, trigger_ts in changed_users:
+            recs = self.recommend(user_id, state, s.k)
+            await self.recommendations_topic.send(
+                key=user_id.encode(), value=orjson.dumps(recommendation_record(recs, trigger,
+                                                                               trigger_ts)))
+            self.counters.recommendations_out += 1
+
+    def recommend(self, user_id: str, state: UserState | None, n: int) -> Recommendations:
+        profile = state.profile if state is not None else None
+        return self.model.recommend(user_id, profile, n, self.config)
+
+    # -- rows of C --------------------------------------------------------------------
+
+    def apply_row_batch(self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]) -> None:
+        s = self.settings
+        pending: dict[str, list[RowUpdate]] = defaultdict(list)
+        carrier: dict[str, EventT[bytes]] = {}
+        for event in batch:
+            for value in orjson.loads(event.message.value or b"{}").get("updates", ()):
+                update = RowUpdate.from_json(value)
+                pending[update.item_id].append(update)
+                carrier[update.item_id] = event
+        changed_rows: list[tuple[str, CooccurrenceRow]] = []
+        stats_before: dict[str, list[float]] = {}
+        rows: dict[str, CooccurrenceRow] = {}
+        with acting_as(stream) as act_as:
+            for item_id in pending:
+                act_as(carrier[item_id])
+                rows[item_id] = CooccurrenceRow.from_json(self.rows.get(item_id))
+        for item_id, updates in pending.items():
+            row = rows[item_id]
+            stats_before[item_id] = row.stats()
+            applied = sum(row.apply(update, self.tau, s.max_row_width) for update in updates)
+            self.counters.row_updates_applied += applied
+            self.counters.row_updates_skipped += len(updates) - applied
+            if applied:
+                changed_rows.append((item_id, row))
+        with acting_as(stream) as act_as:
+            for item_id, row in changed_rows:
+                act_as(carrier[item_id])
+                self.rows[item_id] = row.to_json()
+                if row.stats() != stats_before[item_id]:
+                    self.item_stats[item_id] = row.stats()
+
+    # -- neighbour refresh ---------------------------------------------------------------
+
+    async def refresh_partition(self, event: EventT[bytes]) -> None:
+        s = self.settings
+        partition = event.message.partition
+        refresh_round = int(orjson.loads(event.message.value or b"{}").get("round", 0))
+        started = time.perf_counter()
+        rows = {
+            item_id: CooccurrenceRow.from_json(value).pairs
+            for item_id, value in list(self.rows.items())
+            if item_partition(item_id, s.partitions) == partition
+        }
+        counts = {item_id: float(stats[0]) for item_id, stats in list(self.item_stats.items())}
+        loop = asyncio.get_running_loop()
+        lists = await loop.run_in_executor(
+            None, neighbors_for_rows, rows, counts, self.config.neighbors,
+            self.config.similarity, SimilarityParams(),
+        )
+        for item_id, pairs in lists.items():
+            value = [[j, score] for j, score in pairs]
+            if self.neighbors.get(item_id) != value:
+                self.neighbors[item_id] = value
+                await self.item_neighbors_topic.send(
+                    key=item_id.encode(),
+                    value=orjson.dumps({
+                        "item_id": item_id,
+                        "neighbors": [{"item_id": j, "score": score} for j, score in pairs],
+                        "model_version": refresh_round,
+                    }),
+                )
+        self.counters.refreshes += 1
+        self.counters.last_refresh_seconds = time.perf_counter() - started
+        self.partition_rounds[partition] = refresh_round
+        # The snapshot is as new as the oldest refresh among the partitions this
+        # worker owns: until each has been refreshed, the version does not move.
+        owned = self.owned_tick_partitions() or {partition}
+        await self.rebuild_model(min(self.partition_rounds.get(p, 0) for p in owned))
+
+    def owned_tick_partitions(self) -> set[int]:
+        topic = self.ticks_topic.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    async def rebuild_model(self, refresh_round: int) -> None:
+        """Rebuild the ranking snapshot from the global tables (in an executor)."""
+        async with self._rebuild_lock:
+            lists = {item_id: [(str(j), float(score)) for j, score in value]
+                     for item_id, value in list(self.neighbors.items()) if value}
+            stats = {item_id: value for item_id, value in list(self.item_stats.items()) if value}
+            version = max(refresh_round, self.model_round)
+            if version == 0:
+                return  # no complete refresh yet
+            loop = asyncio.get_running_loop()
+            self.model = await loop.run_in_executor(
+                None, build_model, version, lists, stats, self.config.neighbors, self.tau)
+            self.model_round = version
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def _declare_web(self) -> None:
+        app = self.app
+        worker = self
+
+        @app.page("/health")
+        class Health(View):
+            async def get(self, request: Request) -> Response:
+                return self.json({
+                    "status": "ok",
+                    "model_version": worker.model_round,
+                    "model_items": worker.model.n_items,
+                    "counters": worker.counters.as_json(),
+                })
+
+        @app.page("/items/{item_id}/neighbors")
+        class ItemNeighborsView(View):
+            async def get(self, request: Request, item_id: str) -> Response:
+                try:
+                    k = int(request.query.get("k", worker.config.neighbors))
+                    if not 1 <= k <= 10_000:
+                        raise ValueError
+                except ValueError:
+                    return self.json({"error": "k must be an integer in [1, 10000]"}, status=400)
+                # answered from the replicated tables: any worker knows every item
+                stats = worker.item_stats.get(item_id)
+                if stats is None:
+                    return self.json({"error": f"unknown item {item_id}"}, status=404)
+                pairs = worker.neighbors.get(item_id) or []
+                return self.json({
+                    "item_id": item_id,
+                    "neighbors": [{"item_id": j, "score": score} for j, score in pairs[:k]],
+                    "users": stats[0],
+                    "model_version": worker.model_round,
+                })
+
+        @app.page("/users/{user_id}")
+        class UserProfileView(View):
+            @app.table_route(table=self.users, match_info="user_id")  # type: ignore[arg-type]
+            async def get(self, request: Request, user_id: str) -> Response:
+                value = worker.users.get(user_id)
+                if value is None:
+                    return self.json({"error": f"unknown user {user_id}"}, status=404)
+                state = UserState.from_json(value)
+                profile = state.profile
+                return self.json({
+                    "user_id": user_id,
+                    "mean_rating": profile.mean,
+                    "ratings": len(profile.ratings),
+                    "recent_items": profile.recent[-20:],
+                    "purchased": sorted(profile.purchased),
+                    "events": profile.events,
+                    "last_ts": profile.last_ts,
+                    "applied_offsets": state.applied.offsets,
+                })
+
+        @app.page("/users/{user_id}/recommendations")
+        class UserRecommendations(View):
+            @app.table_route(table=self.users, match_info="user_id")  # type: ignore[arg-type]
+            async def get(self, request: Request, user_id: str) -> Response:
+                try:
+                    k = int(request.query.get("k", worker.settings.k))
+                    if not 1 <= k <= 1000:
+                        raise ValueError
+                except ValueError:
+                    return self.json({"error": "k must be an integer in [1, 1000]"}, status=400)
+                value = worker.users.get(user_id)
+                state = UserState.from_json(value) if value is not None else None
+                recs = worker.recommend(user_id, state, k)
+                return self.json(recommendation_record(recs, "lookup", None))
+
+
+@contextmanager
+def acting_as(stream: faust.Stream[Any]) -> Iterator[Callable[[EventT[bytes]], None]]:
+    """Read and write table keys as if processing given events; restore the stream.
+
+    Inside ``stream.take_events`` the stream's current event is whichever message
+    came last, but a table key belongs to the partition of the event that carries
+    it: writes go to that partition's changelog, and the rocksdb store reads a key
+    from that partition's database only (reading under another event's partition
+    returns nothing, and the next write loses what was there: seen here). So each
+    key is read and written under its own event. Faust's take buffer reads
+    ``stream.current_event`` when it resumes after our batch, so the event we
+    borrowed must be put back, or the buffer takes it again instead of the next
+    message (seen here: a message dropped and another delivered twice).
+    """
+    borrowed: Any = stream  # the setter is private to faust.Stream
+    previous = stream.current_event
+
+    def act_as(event: EventT[bytes]) -> None:
+        borrowed._set_current_event(event)
+
+    try:
+        yield act_as
+    finally:
+        borrowed._set_current_event(previous)
+
+
+def build_model(
+    version: int,
+    lists: dict[str, list[tuple[str, float]]],
+    stats: dict[str, list[float]],
+    k: int,
+    tau: float,
+) -> NeighborModel:
+    """The ranking snapshot from shared neighbour lists and item stats."""
+    ids = sorted(stats)
+    scaled = trending_scale([stats[i][1] for i in ids], [stats[i][2] for i in ids], tau)
+    trending = dict(zip(ids, scaled.tolist(), strict=True))
+    return NeighborModel.from_neighbor_lists(version, lists, trending, k)
+
+
+def recommendation_record(recs: Recommendations, trigger: str, ts: float | None) -> dict[str, Any]:
+    """The ``recommendations`` message (and HTTP answer) for one user."""
+    return {
+        "user_id": recs.user_id,
+        "items": [{"item_id": i, "score": round(s, 6)} for i, s in recs.as_pairs()],
+        "ts": ts,
+        "model_version": recs.model_version,
+        "trigger": trigger,
+        "cold_start": recs.cold_start,
+    }

@@ -1,0 +1,202 @@
+"""Worker settings, read from ``RECOSTREAM_*`` environment variables.
+
+Every variable is optional; :data:`ENVIRONMENT` lists them with their defaults
+(the README's settings table is generated from the same list). Invalid values
+fail at start-up with a one-line message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from core.ratings import RatingWeights
+from core.recommender import RecommenderConfig
+from core.similarity import ROW_LOCAL_SIMILARITIES, SimilarityParams
+from streams.paths import cache_dir
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+def _weights(text: str) -> RatingWeights:
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, number = part.partition("=")
+        if name.strip() not in {f.name for f in fields(RatingWeights)}:
+            raise ValueError(f"unknown event type {name.strip()!r}")
+        values[name.strip()] = float(number)
+    return RatingWeights(**values)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: the Settings field it sets, its parser and meaning."""
+
+    variable: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs, passed explicitly (never read from globals)."""
+
+    broker: str = "kafka://127.0.0.1:9092"
+    app_id: str = "recostream"
+    topic_prefix: str = ""
+    partitions: int = 4
+    store: str = "rocksdb://"
+    data_dir: Path = field(default_factory=lambda: cache_dir() / "worker")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    web_enabled: bool = True
+    k: int = 10
+    similarity: str = "cosine"
+    neighbors: int = 100
+    history: int = 200
+    pair_window: int = 50
+    recency_decay: float = RecommenderConfig.recency_decay
+    popularity_weight: float = RecommenderConfig.popularity_weight
+    popularity_half_life_days: float = RecommenderConfig.popularity_half_life_days
+    max_row_width: int = 2000
+    weights: RatingWeights = field(default_factory=RatingWeights)
+    refresh_seconds: float = 10.0
+    batch_size: int = 1000
+    batch_seconds: float = 0.2
+    dedup_ids: int = 256
+    max_message_bytes: int = 64 * 1024
+    session_timeout: float = 60.0
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+
+    def __post_init__(self) -> None:
+        if self.similarity not in ROW_LOCAL_SIMILARITIES:
+            raise SettingsError(
+                f"RECOSTREAM_SIMILARITY={self.similarity}: the stream refreshes each "
+                f"partition's rows alone, so it takes {' or '.join(sorted(ROW_LOCAL_SIMILARITIES))}"
+                " (ease is an offline option: recostream evaluate --similarity ease)"
+            )
+        if self.partitions < 1 or self.k < 1 or self.batch_size < 1:
+            raise SettingsError("partitions, k and batch size must be positive")
+        if self.security_protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+            raise SettingsError(
+                f"RECOSTREAM_SECURITY_PROTOCOL={self.security_protocol} is not one of "
+                "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+            )
+        self.recommender_config()  # validates the model knobs
+
+    def recommender_config(self) -> RecommenderConfig:
+        """The core configuration the worker runs with (refreshes are timed, not counted)."""
+        try:
+            return RecommenderConfig(
+                similarity=self.similarity,
+                neighbors=self.neighbors,
+                history=self.history,
+                pair_window=self.pair_window,
+                recency_decay=self.recency_decay,
+                popularity_weight=self.popularity_weight,
+                popularity_half_life_days=self.popularity_half_life_days,
+                max_row_width=self.max_row_width,
+                refresh_every=0,
+                weights=self.weights,
+                similarity_params=SimilarityParams(),
+            )
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def topic(self, name: str) -> str:
+        """The real name of a contract topic (``clicks``, ``recommendations``, ...)."""
+        return self.topic_prefix + name
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port[,host:port]`` without Faust's ``kafka://`` scheme."""
+        return ",".join(
+            part.split("://", 1)[-1] for part in self.broker.split(";") for part in part.split(",")
+        )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in ENVIRONMENT:
+            raw = env.get(setting.variable)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[setting.field] = setting.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{setting.variable}={raw!r}: {exc}") from None
+        broker = values.get("broker")
+        if isinstance(broker, str) and "://" not in broker:
+            values["broker"] = "kafka://" + broker
+        return cls(**values)
+
+
+ENVIRONMENT: tuple[Setting, ...] = (
+    Setting("RECOSTREAM_BROKER", "broker", str, "Kafka bootstrap servers, host:port[,host:port]"),
+    Setting("RECOSTREAM_APP_ID", "app_id", str, "consumer group and internal topic prefix"),
+    Setting("RECOSTREAM_TOPIC_PREFIX", "topic_prefix", str,
+            "prefix of the input and output topic names (e.g. shop1. for shop1.clicks)"),
+    Setting("RECOSTREAM_PARTITIONS", "partitions", int,
+            "partitions of clicks/purchases and of the internal topics"),
+    Setting("RECOSTREAM_STORE", "store", str, "table store: rocksdb:// or memory://"),
+    Setting("RECOSTREAM_DATA_DIR", "data_dir", Path, "where the worker keeps its table stores"),
+    Setting("RECOSTREAM_WEB_HOST", "web_host", str, "HTTP bind address"),
+    Setting("RECOSTREAM_WEB_PORT", "web_port", int, "HTTP port"),
+    Setting("RECOSTREAM_WEB_ENABLED", "web_enabled", _bool, "serve HTTP lookups"),
+    Setting("RECOSTREAM_K", "k", int, "items per published recommendation list"),
+    Setting("RECOSTREAM_SIMILARITY", "similarity", str, "neighbour similarity: cosine or jaccard"),
+    Setting("RECOSTREAM_NEIGHBORS", "neighbors", int, "neighbours kept per item"),
+    Setting("RECOSTREAM_HISTORY", "history", int, "recent items kept per user"),
+    Setting("RECOSTREAM_PAIR_WINDOW", "pair_window", int,
+            "recent items a newly gained item is paired with in co-occurrence"),
+    Setting("RECOSTREAM_RECENCY_DECAY", "recency_decay", float,
+            "weight of the r-th most recent item is decay**r"),
+    Setting("RECOSTREAM_POPULARITY_WEIGHT", "popularity_weight", float,
+            "weight of the trending prior"),
+    Setting("RECOSTREAM_POPULARITY_HALF_LIFE_DAYS", "popularity_half_life_days", float,
+            "event-time half-life of trending counts"),
+    Setting("RECOSTREAM_MAX_ROW_WIDTH", "max_row_width", int,
+            "co-occurrence pairs kept per item (weakest pruned)"),
+    Setting("RECOSTREAM_WEIGHTS", "weights", _weights,
+            "implicit ratings, e.g. view=1,click=2,add_to_cart=3,purchase=5"),
+    Setting("RECOSTREAM_REFRESH_SECONDS", "refresh_seconds", float,
+            "seconds between neighbour refreshes"),
+    Setting("RECOSTREAM_BATCH_SIZE", "batch_size", int, "events per processing batch"),
+    Setting("RECOSTREAM_BATCH_SECONDS", "batch_seconds", float,
+            "longest wait to fill a batch"),
+    Setting("RECOSTREAM_DEDUP_IDS", "dedup_ids", int, "event ids remembered per user"),
+    Setting("RECOSTREAM_MAX_MESSAGE_BYTES", "max_message_bytes", int,
+            "larger input messages are dead-lettered"),
+    Setting("RECOSTREAM_SESSION_TIMEOUT", "session_timeout", float,
+            "consumer session timeout, seconds (a dead worker's partitions move after it)"),
+    Setting("RECOSTREAM_SECURITY_PROTOCOL", "security_protocol", str,
+            "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    Setting("RECOSTREAM_SASL_MECHANISM", "sasl_mechanism", str,
+            "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    Setting("RECOSTREAM_SASL_USERNAME", "sasl_username", str, "SASL user"),
+    Setting("RECOSTREAM_SASL_PASSWORD", "sasl_password", str, "SASL password"),
+    Setting("RECOSTREAM_SSL_CAFILE", "ssl_cafile", str, "CA bundle for SSL"),
+)

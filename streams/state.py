@@ -1,0 +1,167 @@
+"""Table values of the stream, with the bookkeeping that makes effects idempotent.
+
+Faust's exactly-once mode is broken, so the worker runs at-least-once and every
+table value carries what was already applied to it, in the same changelog record
+as the change itself: the last source offset per source partition (a replay of
+the same offsets changes nothing) and, for users, the recent ``event_id`` values
+(a producer's retry with a new offset changes nothing either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.ranking import trend_bump
+from core.ratings import UserProfile
+
+STATE_VERSION = 1
+
+
+def source_key(topic: str, partition: int) -> str:
+    """The name under which offsets of one source partition are remembered."""
+    return f"{topic}/{partition}"
+
+
+@dataclass
+class AppliedOffsets:
+    """The last applied offset per source partition."""
+
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    def seen(self, source: str, offset: int) -> bool:
+        return offset <= self.offsets.get(source, -1)
+
+    def mark(self, source: str, offset: int) -> None:
+        if offset > self.offsets.get(source, -1):
+            self.offsets[source] = offset
+
+
+@dataclass
+class UserState:
+    """A user's profile plus what has been applied to it (the ``users`` table value)."""
+
+    profile: UserProfile = field(default_factory=UserProfile)
+    applied: AppliedOffsets = field(default_factory=AppliedOffsets)
+    event_ids: list[str] = field(default_factory=list)
+
+    def is_duplicate(self, source: str, offset: int, event_id: str | None) -> bool:
+        return self.applied.seen(source, offset) or (
+            event_id is not None and event_id in self.event_ids
+        )
+
+    def mark(self, source: str, offset: int, event_id: str | None, keep_ids: int) -> None:
+        self.applied.mark(source, offset)
+        if event_id is not None:
+            self.event_ids.append(event_id)
+            if len(self.event_ids) > keep_ids:
+                del self.event_ids[: len(self.event_ids) - keep_ids]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": STATE_VERSION,
+            "profile": self.profile.to_state(),
+            "applied": dict(self.applied.offsets),
+            "event_ids": list(self.event_ids),
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any] | None) -> UserState:
+        if value is None:
+            return cls()
+        return cls(
+            profile=UserProfile.from_state(value["profile"]),
+            applied=AppliedOffsets({str(k): int(v) for k, v in value["applied"].items()}),
+            event_ids=[str(e) for e in value["event_ids"]],
+        )
+
+
+@dataclass(frozen=True)
+class RowUpdate:
+    """One event's effect on one item's co-occurrence row.
+
+    ``gained`` marks the row of the item the user gained (its user count and
+    trending move); the other rows only gain the pair.
+    """
+
+    item_id: str
+    pairs: tuple[str, ...]
+    source: str
+    offset: int
+    ts: float
+    gained: bool
+
+    def to_json(self) -> list[Any]:
+        return [self.item_id, list(self.pairs), self.source, self.offset, self.ts, self.gained]
+
+    @classmethod
+    def from_json(cls, value: list[Any]) -> RowUpdate:
+        item_id, pairs, source, offset, ts, gained = value
+        return cls(str(item_id), tuple(pairs), str(source), int(offset), float(ts), bool(gained))
+
+
+def row_updates(
+    item_id: str, history: Iterable[str], source: str, offset: int, ts: float
+) -> list[RowUpdate]:
+    """The row updates of one gain: the gained item's row and each history item's row."""
+    pairs = tuple(history)
+    updates = [RowUpdate(item_id, pairs, source, offset, ts, gained=True)]
+    updates.extend(RowUpdate(j, (item_id,), source, offset, ts, gained=False) for j in pairs)
+    return updates
+
+
+@dataclass
+class CooccurrenceRow:
+    """An item's row of C, its user count and trending counter (``cooccurrence`` value)."""
+
+    pairs: dict[str, float] = field(default_factory=dict)
+    count: float = 0.0
+    trend_value: float = 0.0
+    trend_time: float = 0.0
+    applied: AppliedOffsets = field(default_factory=AppliedOffsets)
+
+    def apply(self, update: RowUpdate, tau: float, max_width: int) -> bool:
+        """Apply an update once; False when its offset was applied already."""
+        if self.applied.seen(update.source, update.offset):
+            return False
+        self.applied.mark(update.source, update.offset)
+        for other in update.pairs:
+            if other != update.item_id:
+                self.pairs[other] = self.pairs.get(other, 0.0) + 1.0
+        if update.gained:
+            self.count += 1.0
+            self.trend_value, self.trend_time = trend_bump(
+                self.trend_value, self.trend_time, update.ts, tau
+            )
+        if len(self.pairs) > max_width:
+            # keep the strongest pairs; ties by id so every replay prunes alike
+            kept = sorted(self.pairs.items(), key=lambda p: (-p[1], p[0]))[:max_width]
+            self.pairs = dict(kept)
+        return True
+
+    def stats(self) -> list[float]:
+        """What every worker needs of this item: [count, trend value, trend time]."""
+        return [self.count, self.trend_value, self.trend_time]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": STATE_VERSION,
+            "pairs": dict(self.pairs),
+            "count": self.count,
+            "trend": [self.trend_value, self.trend_time],
+            "applied": dict(self.applied.offsets),
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any] | None) -> CooccurrenceRow:
+        if value is None:
+            return cls()
+        trend_value, trend_time = value["trend"]
+        return cls(
+            pairs={str(k): float(v) for k, v in value["pairs"].items()},
+            count=float(value["count"]),
+            trend_value=float(trend_value),
+            trend_time=float(trend_time),
+            applied=AppliedOffsets({str(k): int(v) for k, v in value["applied"].items()}),
+        )

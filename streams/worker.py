@@ -1,0 +1,59 @@
+"""``recostream worker``: run one stream worker (settings from RECOSTREAM_* variables)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from streams.cli import CliError
+from streams.settings import Settings, SettingsError
+
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "worker", help="run a stream worker (settings: RECOSTREAM_* environment variables)"
+    )
+    parser.add_argument("--broker", help="bootstrap servers (overrides RECOSTREAM_BROKER)")
+    parser.add_argument("--web-port", type=int, help="HTTP port (overrides RECOSTREAM_WEB_PORT)")
+    parser.add_argument("--data-dir", help="table store directory (overrides RECOSTREAM_DATA_DIR)")
+    parser.add_argument("--store", help="rocksdb:// or memory:// (overrides RECOSTREAM_STORE)")
+    parser.add_argument("-l", "--loglevel", choices=LOG_LEVELS, default="warn")
+    parser.set_defaults(func=_run)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    try:
+        settings = Settings.from_env()
+        overrides: dict[str, Any] = {}
+        if args.broker:
+            overrides["broker"] = args.broker if "://" in args.broker else "kafka://" + args.broker
+        if args.web_port is not None:
+            overrides["web_port"] = args.web_port
+        if args.data_dir:
+            from pathlib import Path
+
+            overrides["data_dir"] = Path(args.data_dir)
+        if args.store:
+            overrides["store"] = args.store
+        return settings.with_overrides(**overrides) if overrides else settings
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    # Imported here: Faust is heavy and only the worker needs it.
+    import faust
+
+    from streams.app import RecoStream
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stream = RecoStream(settings)
+    logging.getLogger("recostream").setLevel(args.loglevel.upper().replace("CRIT", "CRITICAL")
+                                             .replace("WARN", "WARNING"))
+    worker = faust.Worker(stream.app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,226 @@
+"""The stream on a real broker: replay equality, dead letters, redelivery, recovery."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+
+from core.events import Event
+from core.recommender import Recommender
+from streams.datasets import load_events
+from streams.settings import Settings
+from tests.integration.stream_harness import (
+    PARTITIONS,
+    WorkerProcess,
+    consume_all,
+    create_topics,
+    event_messages,
+    free_port,
+    produce,
+    rewind_group,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+SLICE = 3000  # ML-100k events in time order: ~60 users, ~900 items
+
+
+@pytest.fixture(scope="module")
+def ml_slice() -> list[Event]:
+    events = sorted(load_events(dataset="ml-100k"), key=lambda e: e.ts)
+    return events[:SLICE]
+
+
+@pytest.fixture
+def stream_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    """Settings of a fresh worker: its own topics, group and tables."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"t{tag}."
+    create_topics(kafka_bootstrap, prefix)
+    return Settings(
+        broker=f"kafka://{kafka_bootstrap}",
+        app_id=f"rs-{tag}",
+        topic_prefix=prefix,
+        partitions=PARTITIONS,
+        store="memory://",
+        data_dir=tmp_path / "worker",
+        web_port=free_port(),
+        refresh_seconds=1.0,
+        session_timeout=10.0,
+        batch_seconds=0.1,
+    )
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    """Factory: start a worker with given settings; all are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        worker = WorkerProcess(worker_env(settings), tmp_path / f"worker{len(started)}.log",
+                               settings.web_port)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def replay(settings: Settings, events: list[Event]) -> Recommender:
+    """The offline replay of the same events through core, refreshed once at the end."""
+    model = Recommender(settings.recommender_config())
+    model.observe_many(events)
+    model.refresh()
+    return model
+
+
+def assert_same_as_replay(worker: WorkerProcess, settings: Settings,
+                          events: list[Event]) -> None:
+    model = replay(settings, events)
+    users = sorted({e.user_id for e in events})
+    mismatched = []
+    for user in users:
+        answer = worker.get(f"/users/{user}/recommendations?k={settings.k}")
+        expected = list(model.recommend(user, settings.k).item_ids)
+        got = [item["item_id"] for item in answer["items"]]
+        if got != expected:
+            profile = worker.get(f"/users/{user}")
+            mismatched.append((user, got, expected, profile["events"],
+                               model.users[user].events, profile["recent_items"][-3:],
+                               model.users[user].recent[-3:]))
+    assert not mismatched, f"{len(mismatched)}/{len(users)} users differ, first: {mismatched[0]}"
+
+
+def test_recommendations_equal_offline_replay(kafka_bootstrap: str, stream_settings: Settings,
+                                              start_worker: Callable[[Settings], WorkerProcess],
+                                              ml_slice: list[Event]) -> None:
+    produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, ml_slice))
+    worker = start_worker(stream_settings)
+    health = worker.wait_until_settled(len(ml_slice))
+    counters = health["counters"]
+    assert counters["applied"] == len(ml_slice) and counters["deduplicated"] == 0
+    assert counters["dead_lettered"] == {}
+    assert health["model_items"] > 500
+    assert len({e.user_id for e in ml_slice}) > 30
+    assert_same_as_replay(worker, stream_settings, ml_slice)
+    # and the published lists are there, one or more per user
+    published = consume_all(kafka_bootstrap, stream_settings.topic("recommendations"),
+                            expect=counters["recommendations_out"])
+    assert len(published) == counters["recommendations_out"] > 0
+    first = orjson.loads(published[0][1])
+    assert set(first) >= {"user_id", "items", "ts", "model_version", "trigger"}
+    assert published[0][0] == first["user_id"].encode()
+
+
+def test_malformed_messages_are_dead_lettered_and_the_worker_goes_on(
+    kafka_bootstrap: str, stream_settings: Settings,
+    start_worker: Callable[[Settings], WorkerProcess], ml_slice: list[Event],
+) -> None:
+    settings = replace(stream_settings, max_message_bytes=2000)
+    clicks = settings.topic("clicks")
+    purchases = settings.topic("purchases")
+    bad: list[tuple[str, bytes | None, bytes, str]] = [
+        (clicks, b"u1", b"{not json", "invalid_json"),
+        (clicks, b"u1", b"[1, 2, 3]", "not_an_object"),
+        (clicks, b"u1", b'{"user_id": "u1", "ts": 5, "type": "view"}', "missing_field"),
+        (clicks, b"u1", b'{"user_id": "u1", "item_id": "i", "ts": 5, "type": "teleport"}',
+         "unknown_event_type"),
+        (clicks, b"u1", b'{"user_id": "u1", "item_id": "i", "ts": "soon", "type": "view"}',
+         "bad_timestamp"),
+        (purchases, b"u1", b'{"user_id": "u1", "item_id": "i", "ts": 5, "quantity": -2}',
+         "bad_quantity"),
+        (clicks, b"u1", b'{"user_id": "u1", "item_id": "' + b"x" * 3000 + b'"}', "oversized"),
+    ]
+    good = ml_slice[:500]
+    messages: list[tuple[str, bytes | None, bytes]] = []
+    chunk = len(good) // len(bad) + 1
+    for n, (topic, key, value, _) in enumerate(bad):  # bad ones among the good
+        messages.append((topic, key, value))
+        messages.extend(event_messages(settings.topic_prefix, good[n * chunk:(n + 1) * chunk]))
+    assert len(messages) == len(good) + len(bad)
+    produce(kafka_bootstrap, messages)
+    worker = start_worker(settings)
+    health = worker.wait_until_settled(len(good))
+    counters = health["counters"]
+    assert counters["applied"] == len(good)
+    expected_reasons = sorted(reason for *_, reason in bad)
+    assert sorted(r for r, n in counters["dead_lettered"].items() for _ in range(n)) == (
+        expected_reasons)
+    letters = [orjson.loads(v) for _, v in
+               consume_all(kafka_bootstrap, settings.topic("dead-letters"), expect=len(bad))]
+    assert sorted(letter["reason"] for letter in letters) == expected_reasons
+    by_reason = {letter["reason"]: letter for letter in letters}
+    for topic, _, value, reason in bad:
+        letter = by_reason[reason]
+        assert base64.b64decode(letter["payload_b64"]) == value
+        assert letter["topic"] == topic and letter["offset"] >= 0
+        assert 0 <= letter["partition"] < PARTITIONS and letter["detail"]
+    assert_same_as_replay(worker, settings, good)
+
+
+def test_redelivered_events_change_nothing(kafka_bootstrap: str, stream_settings: Settings,
+                                           start_worker: Callable[[Settings], WorkerProcess],
+                                           ml_slice: list[Event]) -> None:
+    # every id of the slice stays remembered (users here have up to ~400 events)
+    stream_settings = replace(stream_settings, dedup_ids=2000)
+    events = [replace(e, event_id=f"ev-{n}") for n, e in enumerate(ml_slice[:1500])]
+    produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, events))
+    worker = start_worker(stream_settings)
+    worker.wait_until_settled(len(events))
+    users = sorted({e.user_id for e in events})
+    before = {u: worker.get(f"/users/{u}") for u in users}
+    recs_before = {u: worker.get(f"/users/{u}/recommendations")["items"] for u in users}
+
+    # 1. the producer retries: the same event ids again, at new offsets
+    produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, events[:700]))
+    health = worker.wait_until_settled(len(events) + 700)
+    assert health["counters"]["deduplicated"] == 700
+    assert health["counters"]["applied"] == len(events)
+    after_retry = {u: worker.get(f"/users/{u}") for u in users}
+    for u in users:
+        assert after_retry[u]["ratings"] == before[u]["ratings"]
+        assert after_retry[u]["recent_items"] == before[u]["recent_items"]
+
+    # 2. the same offsets consumed again: rewind the group, restart on the changelogs
+    worker.stop()
+    rewind_group(kafka_bootstrap, stream_settings.app_id,
+                 [stream_settings.topic("clicks"), stream_settings.topic("purchases")])
+    again = start_worker(replace(stream_settings, web_port=stream_settings.web_port))
+    health = again.wait_until_settled(len(events) + 700)
+    assert health["counters"]["applied"] == 0
+    assert health["counters"]["deduplicated"] == len(events) + 700
+    assert health["counters"]["row_updates_sent"] == 0
+    for u in users:
+        assert again.get(f"/users/{u}") == after_retry[u]
+        assert again.get(f"/users/{u}/recommendations")["items"] == recs_before[u]
+
+
+def test_rocksdb_worker_recovers_on_an_empty_data_dir(
+    kafka_bootstrap: str, stream_settings: Settings, tmp_path: Path,
+    start_worker: Callable[[Settings], WorkerProcess], ml_slice: list[Event],
+) -> None:
+    settings = replace(stream_settings, store="rocksdb://", data_dir=tmp_path / "first")
+    first_half, second_half = ml_slice[:1500], ml_slice[1500:]
+    produce(kafka_bootstrap, event_messages(settings.topic_prefix, first_half))
+    worker = start_worker(settings)
+    worker.wait_until_settled(len(first_half))
+    assert_same_as_replay(worker, settings, first_half)
+    worker.stop()
+
+    fresh = replace(settings, data_dir=tmp_path / "second")
+    assert not fresh.data_dir.exists()
+    recovered = start_worker(fresh)
+    produce(kafka_bootstrap, event_messages(settings.topic_prefix, second_half))
+    # The first worker's last offsets may not have been committed when it
+    # stopped: the new one then sees them again, and skips them as applied.
+    health = recovered.wait_until_settled(len(second_half), count_duplicates=False)
+    assert health["counters"]["applied"] == len(second_half)
+    assert_same_as_replay(recovered, fresh, ml_slice)

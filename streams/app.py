@@ -405,9 +405,8 @@ class RecoStream:
             lists = {item_id: [(str(j), float(score)) for j, score in value]
                      for item_id, value in list(self.neighbors.items()) if value}
             stats = {item_id: value for item_id, value in list(self.item_stats.items()) if value}
+            # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
-            if version == 0:
-                return  # no complete refresh yet
             loop = asyncio.get_running_loop()
             self.model = await loop.run_in_executor(
                 None, build_model, version, lists, stats, self.config.neighbors, self.tau)

@@ -38,17 +38,22 @@ class ProtocolDefaults:
     similarity: str
     neighbors: int
     history: int
+    pair_window: int
     recency_decay: float
     popularity_weight: float
 
 
+# The split has no time order: every training item counts alike, and EASE sees
+# the full Gram matrix (pair_window = history covers every ML-100k user).
 RANKING_DEFAULTS = ProtocolDefaults(
-    similarity="ease", neighbors=2000, history=1000, recency_decay=1.0, popularity_weight=0.0
+    similarity="ease", neighbors=2000, history=1000, pair_window=1000, recency_decay=1.0,
+    popularity_weight=0.0,
 )
 STREAM_DEFAULTS = ProtocolDefaults(
     similarity=RecommenderConfig.similarity,
     neighbors=RecommenderConfig.neighbors,
     history=RecommenderConfig.history,
+    pair_window=RecommenderConfig.pair_window,
     recency_decay=RecommenderConfig.recency_decay,
     popularity_weight=RecommenderConfig.popularity_weight,
 )
@@ -101,6 +106,9 @@ def _add_recommender_flags(parser: argparse.ArgumentParser, defaults: ProtocolDe
                         help=f"neighbours kept per item (default {defaults.neighbors})")
     parser.add_argument("--history", type=int, default=defaults.history,
                         help=f"recent items per user (default {defaults.history})")
+    parser.add_argument("--pair-window", type=int, default=defaults.pair_window,
+                        help=f"recent items a gained item is paired with (default "
+                             f"{defaults.pair_window})")
     parser.add_argument("--recency-decay", type=float, default=defaults.recency_decay,
                         help=f"weight decay per older item (default {defaults.recency_decay})")
     parser.add_argument("--popularity-weight", type=float, default=defaults.popularity_weight,
@@ -119,6 +127,7 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
             similarity=args.similarity,
             neighbors=args.neighbors,
             history=args.history,
+            pair_window=args.pair_window,
             recency_decay=args.recency_decay,
             popularity_weight=args.popularity_weight,
             similarity_params=SimilarityParams(

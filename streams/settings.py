@@ -42,6 +42,14 @@ def _bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean")
 
 
+def _format(value: object) -> str:
+    if isinstance(value, RatingWeights):
+        return ",".join(f"{f.name}={getattr(value, f.name)!r}" for f in fields(value))
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: the Settings field it sets, its parser and meaning."""
@@ -135,6 +143,12 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``RECOSTREAM_*`` variables that make :meth:`from_env` give these settings."""
+        return {
+            setting.variable: _format(getattr(self, setting.field)) for setting in ENVIRONMENT
+        }
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

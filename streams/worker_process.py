@@ -1,0 +1,126 @@
+"""A stream worker as a child process: started, watched over HTTP, stopped.
+
+The live demo, the integration tests and the stream benchmark all run real
+``recostream worker`` processes through this one class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    """A worker subprocess and its HTTP address."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = field(default=0.0)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "-l", "info"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.started = time.monotonic()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                self.get("/health")
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"worker did not answer within {timeout} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def get_status(self, path: str) -> tuple[int, Any]:
+        try:
+            return 200, self.get(path)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get("/health")
+        return result
+
+    def wait_for(self, condition: Callable[[dict[str, Any]], bool], what: str,
+                 timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        health: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            health = self.health()
+            if condition(health):
+                return health
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {what}; last health {health}\n{self.tail()}")
+
+    def wait_until_settled(self, applied: int, *, count_duplicates: bool = True,
+                           timeout: float = 120.0) -> dict[str, Any]:
+        """Until ``applied`` events are in (skipped duplicates count, unless told
+        otherwise), every row update applied, and a full refresh round that started
+        after that has been folded into the model."""
+        def drained(h: dict[str, Any]) -> bool:
+            c = h["counters"]
+            done = c["applied"] + (c["deduplicated"] if count_duplicates else 0)
+            return bool(done >= applied
+                        and c["row_updates_applied"] + c["row_updates_skipped"]
+                        >= c["row_updates_sent"])
+
+        self.wait_for(drained, f"{applied} events and their row updates", timeout)
+        quiet_since = int(time.time())
+        return self.wait_for(lambda h: h["model_version"] > quiet_since,
+                             "a refresh round after the data settled", timeout)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """This process's environment, with ``settings`` as the only RECOSTREAM_* values."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECOSTREAM_")}
+    env.update(settings.to_env())
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

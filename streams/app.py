@@ -34,9 +34,12 @@ from typing import Any, cast
 
 import faust
 import orjson
-from faust.types import EventT, StreamT
+from aiokafka.partitioner import murmur2
+from faust.types import TP, EventT, StreamT
 from faust.web import Request, Response, View
 
+from core.churn import score_customer
+from core.engagement import PRIOR_MODEL, ChurnModel, Trigger, fit_churn_model
 from core.events import InvalidEvent, parse_event
 from core.ranking import NeighborModel, Recommendations, trending_scale
 from core.recommender import DAY, learn_event
@@ -67,6 +70,7 @@ class Counters:
     row_updates_applied: int = 0
     row_updates_skipped: int = 0
     recommendations_out: int = 0
+    triggers_out: Counter[str] = field(default_factory=Counter)
     refreshes: int = 0
     last_refresh_seconds: float = 0.0
 
@@ -81,6 +85,7 @@ class Counters:
             "row_updates_applied": self.row_updates_applied,
             "row_updates_skipped": self.row_updates_skipped,
             "recommendations_out": self.recommendations_out,
+            "triggers_out": dict(self.triggers_out),
             "refreshes": self.refreshes,
             "last_refresh_seconds": round(self.last_refresh_seconds, 4),
         }
@@ -95,12 +100,19 @@ class RecoStream:
         self.rating_by_type = self.config.weights.by_type()
         self.pair_window = min(self.config.pair_window, self.config.history)
         self.tau = self.config.popularity_half_life_days * DAY / 0.6931471805599453
+        self.engagement_config = settings.engagement_config()
         self.counters = Counters()
+        # Event time per input topic partition (largest timestamp read there) and
+        # the last offset read there: see partition_watermark.
+        self.source_clock: dict[tuple[str, int], float] = {}
+        self.source_offset: dict[tuple[str, int], int] = {}
+        self.churn_scanned: dict[int, float] = {}  # partition -> wall time of last scan
         self.model = NeighborModel.empty(self.config.neighbors)
         self.model_round = 0
         # refresh round last completed per tick partition seen by this worker
         self.partition_rounds: dict[int, int] = {}
         self._rebuild_lock = asyncio.Lock()
+        self.users_lock = asyncio.Lock()
         self.app = self._make_app()
         self._declare_topics_and_tables()
         self._declare_agents()
@@ -168,6 +180,8 @@ class RecoStream:
         self.recommendations_topic = app.topic(s.topic("recommendations"), **raw)
         self.item_neighbors_topic = app.topic(s.topic("item-neighbors"), **raw)
         self.dead_letters_topic = app.topic(s.topic("dead-letters"), **raw)
+        self.churn_alerts_topic = app.topic(s.topic("churn-alerts"), **raw)
+        self.triggers_topic = app.topic(s.topic("marketing-triggers"), **raw)
         # Table keys and values use the app's table serializers (JSON).
         table_codecs: dict[str, Any] = {}
         self.users = app.Table("users", default=None, partitions=s.partitions, **table_codecs)
@@ -177,6 +191,13 @@ class RecoStream:
                                           **table_codecs)
         self.neighbors = app.GlobalTable("neighbors", default=None, partitions=s.partitions,
                                          **table_codecs)
+        # per partition: its customers' summary rows; key "model": the fitted churn model
+        self.churn = app.GlobalTable("churn", default=None, partitions=s.partitions,
+                                     **table_codecs)
+
+    def internal_topic_names(self) -> list[str]:
+        """Topics the worker feeds itself (the repartition and refresh topics)."""
+        return [self.rows_topic.get_topic_name(), self.ticks_topic.get_topic_name()]
 
     def _declare_agents(self) -> None:
         app, s = self.app, self.settings
@@ -234,12 +255,22 @@ class RecoStream:
     async def process_batch(
         self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]
     ) -> None:
+        # User states are read, changed and written back across awaits (the
+        # deliveries); the churn scan does the same to the same states, so the two
+        # take turns, or one would write back a stale copy over the other's change.
+        async with self.users_lock:
+            await self._process_batch(stream, batch)
+
+    async def _process_batch(
+        self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]
+    ) -> None:
         s = self.settings
         by_user: dict[str, list[tuple[EventT[bytes], Any]]] = defaultdict(list)
         for event in batch:
             message = event.message
             topic = self.contract_topic[message.topic]
             self.counters.events_in[topic] += 1
+            self.source_offset[(topic, message.partition)] = message.offset
             raw = message.value
             if not isinstance(raw, bytes | bytearray) or len(raw) > s.max_message_bytes:
                 size = len(raw) if isinstance(raw, bytes | bytearray) else 0
@@ -265,6 +296,7 @@ class RecoStream:
 
         updates_by_partition: dict[int, list[list[Any]]] = defaultdict(list)
         changed_users: list[tuple[str, UserState, str, float]] = []
+        due_triggers: list[tuple[str, UserState, Trigger]] = []
         writes: list[tuple[str, UserState, EventT[bytes]]] = []
         states: dict[str, UserState] = {}
         with acting_as(stream) as act_as:
@@ -283,6 +315,11 @@ class RecoStream:
                     continue
                 did_change, gain = learn_event(state.profile, decoded, self.rating_by_type,
                                                self.config.history, self.pair_window)
+                due_triggers.extend((user_id, state, fired) for fired in
+                                    state.engagement.observe(decoded, self.engagement_config))
+                clock = (decoded.topic(), event.message.partition)
+                if decoded.ts > self.source_clock.get(clock, 0.0):
+                    self.source_clock[clock] = decoded.ts
                 state.mark(source, event.message.offset, decoded.event_id, s.dedup_ids)
                 self.counters.applied += 1
                 if gain is not None:
@@ -309,6 +346,9 @@ class RecoStream:
             self.counters.row_updates_sent += len(updates)
         if deliveries:
             await asyncio.gather(*deliveries)
+        # Triggers too go out before the state that records them (a replay may
+        # repeat one; its trigger_id lets the marketing system drop the copy).
+        await self.send_triggers(due_triggers)
         with acting_as(stream) as act_as:
             for user_id, state, last_event in writes:
                 act_as(last_event)
@@ -389,6 +429,9 @@ class RecoStream:
                 )
         self.counters.refreshes += 1
         self.counters.last_refresh_seconds = time.perf_counter() - started
+        if time.monotonic() - self.churn_scanned.get(partition, 0.0) >= s.churn_seconds:
+            self.churn_scanned[partition] = time.monotonic()
+            await self.engagement_partition(partition)
         self.partition_rounds[partition] = refresh_round
         # The snapshot is as new as the oldest refresh among the partitions this
         # worker owns: until each has been refreshed, the version does not move.
@@ -411,6 +454,89 @@ class RecoStream:
             self.model = await loop.run_in_executor(
                 None, build_model, version, lists, stats, self.config.neighbors, self.tau)
             self.model_round = version
+
+    # -- churn alerts and marketing triggers ----------------------------------------------
+
+    async def partition_watermark(self, partition: int) -> float:
+        """Event time of a partition: how far both input topics have been read.
+
+        A user's clicks and purchases arrive on two topics read independently; if
+        one ran ahead, a cart could expire before the purchase that empties it is
+        read. So while a topic partition still has unread messages, time is held
+        at its clock; when both are read to the end, it is the later of the two.
+        """
+        topics = {name: TP(self.settings.topic(name), partition) for name in INPUT_TOPICS}
+        ends = await self.app.consumer.highwaters(*topics.values())
+        clocks = {name: self.source_clock.get((name, partition), 0.0) for name in topics}
+        lagging = [clocks[name] for name, tp in topics.items()
+                   if self.source_offset.get((name, partition), -1) + 1 < ends.get(tp, 0)]
+        return min(lagging) if lagging else max(clocks.values())
+
+    def user_now(self, user_id: str) -> float:
+        """The latest event time read on the partition a user lives in."""
+        partition = user_partition(user_id, self.settings.partitions)
+        return max(self.source_clock.get((name, partition), 0.0) for name in INPUT_TOPICS)
+
+    def churn_model(self) -> ChurnModel:
+        value = self.churn.get("model")
+        return PRIOR_MODEL if value is None else ChurnModel.from_state(value)
+
+    async def engagement_partition(self, partition: int) -> None:
+        """Score one partition's customers at event time and fire what is due.
+
+        Runs under the partition's refresh tick, so the user states it writes go to
+        that partition's changelog (ticks and users are co-partitioned). The
+        partition's summary rows go to the ``churn`` global table; the owner of
+        partition 0 refits the model from all partitions' rows, off the loop.
+        """
+        async with self.users_lock:
+            rows = await self._scan_partition(partition)
+        self.churn[f"p{partition}"] = compress_rows(rows)
+        if partition == 0:
+            all_rows = [row for key, value in list(self.churn.items())
+                        if key.startswith("p") and value for row in value]
+            loop = asyncio.get_running_loop()
+            fitted = await loop.run_in_executor(
+                None, fit_churn_model, all_rows, self.engagement_config)
+            self.churn["model"] = fitted.to_state()
+
+    async def _scan_partition(self, partition: int) -> list[list[float]]:
+        """Fire what is due for a partition's users; their summary rows for the fit."""
+        s, model = self.settings, self.churn_model()
+        now = await self.partition_watermark(partition)
+        due: list[tuple[str, UserState, Trigger]] = []
+        rows: list[list[float]] = []
+        changed: list[tuple[str, UserState]] = []
+        for user_id, value in list(self.users.items()):
+            if value is None or user_partition(user_id, s.partitions) != partition:
+                continue
+            state = UserState.from_json(value)
+            engagement = state.engagement
+            if engagement.customer.is_empty and not engagement.cart:
+                continue
+            fired = engagement.due(now, model, self.engagement_config)
+            if fired:
+                changed.append((user_id, state))
+                due.extend((user_id, state, trigger) for trigger in fired)
+            row = engagement.summary_row(now)
+            if row is not None:
+                rows.append(row)
+        await self.send_triggers(due)
+        for user_id, state in changed:
+            self.users[user_id] = state.to_json()
+        return rows
+
+    async def send_triggers(self, due: Sequence[tuple[str, UserState, Trigger]]) -> None:
+        """Publish triggers (and churn alerts) with the user's recommended items."""
+        for user_id, state, trigger in due:
+            items = list(self.recommend(user_id, state, self.settings.k).item_ids)
+            record = trigger_record(user_id, trigger, items)
+            key = user_id.encode()
+            if trigger.kind == "churn_risk":
+                await self.churn_alerts_topic.send(
+                    key=key, value=orjson.dumps(churn_alert_record(user_id, trigger, items)))
+            await self.triggers_topic.send(key=key, value=orjson.dumps(record))
+            self.counters.triggers_out[trigger.kind] += 1
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -469,6 +595,33 @@ class RecoStream:
                     "applied_offsets": state.applied.offsets,
                 })
 
+        @app.page("/users/{user_id}/churn")
+        class UserChurnView(View):
+            @app.table_route(table=self.users, match_info="user_id")  # type: ignore[arg-type]
+            async def get(self, request: Request, user_id: str) -> Response:
+                value = worker.users.get(user_id)
+                if value is None:
+                    return self.json({"error": f"unknown user {user_id}"}, status=404)
+                engagement = UserState.from_json(value).engagement
+                customer = engagement.customer
+                answer: dict[str, Any] = {
+                    "user_id": user_id,
+                    "purchase_days": len(customer.purchase_days),
+                    "alerted": engagement.alerted,
+                    "cart": sorted(engagement.cart),
+                    "now": worker.user_now(user_id),
+                }
+                if customer.is_empty:
+                    return self.json({**answer, "p_alive": None,
+                                      "detail": "no purchases yet"})
+                model = worker.churn_model()
+                score = score_customer(model.params, customer, worker.user_now(user_id),
+                                       horizon_days=worker.engagement_config.horizon_days)
+                return self.json({**answer, **score.to_dict(),
+                                  "value_tier": model.tiers.tier(score.monetary_value),
+                                  "model": {"fitted": model.fitted,
+                                            **model.params.to_state()}})
+
         @app.page("/users/{user_id}/recommendations")
         class UserRecommendations(View):
             @app.table_route(table=self.users, match_info="user_id")  # type: ignore[arg-type]
@@ -523,6 +676,54 @@ def build_model(
     scaled = trending_scale([stats[i][1] for i in ids], [stats[i][2] for i in ids], tau)
     trending = dict(zip(ids, scaled.tolist(), strict=True))
     return NeighborModel.from_neighbor_lists(version, lists, trending, k)
+
+
+def user_partition(user_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a user-keyed message."""
+    return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def compress_rows(rows: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Summary rows with equal (x, t_x, T, monetary) merged into one with a count;
+    t_x and T rounded to a tenth of a day, money to cents (keeps the value small)."""
+    counts: Counter[tuple[float, float, float, float]] = Counter()
+    for x, t_x, T, monetary, count in rows:
+        counts[(x, round(t_x, 1), round(T, 1), round(monetary, 2))] += int(count)
+    return [[*key, float(n)] for key, n in sorted(counts.items())]
+
+
+def trigger_record(user_id: str, trigger: Trigger, items: list[str]) -> dict[str, Any]:
+    """The ``marketing-triggers`` message; ``trigger_id`` is the same on a replay."""
+    subject = trigger.details.get("item_id", "")
+    return {
+        "trigger_id": f"{trigger.kind}:{user_id}:{subject}:{trigger.ts:.3f}",
+        "kind": trigger.kind,
+        "user_id": user_id,
+        "reason": trigger.reason,
+        "recommended_items": items,
+        "ts": trigger.ts,
+        "details": dict(trigger.details),
+    }
+
+
+def churn_alert_record(user_id: str, trigger: Trigger, items: list[str]) -> dict[str, Any]:
+    """The ``churn-alerts`` message."""
+    d = trigger.details
+    return {
+        "user_id": user_id,
+        "p_alive": d["p_alive"],
+        "expected_purchases_next_30d": d["expected_purchases"],
+        "horizon_days": d["horizon_days"],
+        "frequency": d["frequency"],
+        "recency": d["recency"],
+        "T": d["T"],
+        "monetary_value": d["monetary_value"],
+        "value_tier": d["value_tier"],
+        "recommended_items": items,
+        "action": d["action"],
+        "reason": trigger.reason,
+        "ts": trigger.ts,
+    }
 
 
 def recommendation_record(recs: Recommendations, trigger: str, ts: float | None) -> dict[str, Any]:

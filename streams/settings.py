@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from core.engagement import EngagementConfig
 from core.ratings import RatingWeights
 from core.recommender import RecommenderConfig
 from core.similarity import ROW_LOCAL_SIMILARITIES, SimilarityParams
@@ -87,6 +88,11 @@ class Settings:
     batch_size: int = 1000
     batch_seconds: float = 0.2
     dedup_ids: int = 256
+    churn_seconds: float = 60.0
+    churn_threshold: float = EngagementConfig.churn_threshold
+    churn_horizon_days: float = EngagementConfig.horizon_days
+    churn_min_customers: int = EngagementConfig.min_customers_to_fit
+    cart_window_seconds: float = EngagementConfig.cart_window_seconds
     max_message_bytes: int = 64 * 1024
     session_timeout: float = 60.0
     security_protocol: str = "PLAINTEXT"
@@ -110,6 +116,19 @@ class Settings:
                 "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
             )
         self.recommender_config()  # validates the model knobs
+        self.engagement_config()
+
+    def engagement_config(self) -> EngagementConfig:
+        """Thresholds of churn alerts and marketing triggers."""
+        try:
+            return EngagementConfig(
+                churn_threshold=self.churn_threshold,
+                cart_window_seconds=self.cart_window_seconds,
+                horizon_days=self.churn_horizon_days,
+                min_customers_to_fit=self.churn_min_customers,
+            )
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
     def recommender_config(self) -> RecommenderConfig:
         """The core configuration the worker runs with (refreshes are timed, not counted)."""
@@ -202,6 +221,16 @@ ENVIRONMENT: tuple[Setting, ...] = (
     Setting("RECOSTREAM_BATCH_SECONDS", "batch_seconds", float,
             "longest wait to fill a batch"),
     Setting("RECOSTREAM_DEDUP_IDS", "dedup_ids", int, "event ids remembered per user"),
+    Setting("RECOSTREAM_CHURN_SECONDS", "churn_seconds", float,
+            "seconds between churn scoring and trigger checks of a partition"),
+    Setting("RECOSTREAM_CHURN_THRESHOLD", "churn_threshold", float,
+            "churn alert when P(alive) falls below this"),
+    Setting("RECOSTREAM_CHURN_HORIZON_DAYS", "churn_horizon_days", float,
+            "expected purchases are counted over this many days"),
+    Setting("RECOSTREAM_CHURN_MIN_CUSTOMERS", "churn_min_customers", int,
+            "customers needed to fit BG/NBD (fewer: the CDNOW prior)"),
+    Setting("RECOSTREAM_CART_WINDOW_SECONDS", "cart_window_seconds", float,
+            "add_to_cart without a purchase for this long (event time) is abandoned"),
     Setting("RECOSTREAM_MAX_MESSAGE_BYTES", "max_message_bytes", int,
             "larger input messages are dead-lettered"),
     Setting("RECOSTREAM_SESSION_TIMEOUT", "session_timeout", float,

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.engagement import Engagement
 from core.ranking import trend_bump
 from core.ratings import UserProfile
 
@@ -45,6 +46,7 @@ class UserState:
     profile: UserProfile = field(default_factory=UserProfile)
     applied: AppliedOffsets = field(default_factory=AppliedOffsets)
     event_ids: list[str] = field(default_factory=list)
+    engagement: Engagement = field(default_factory=Engagement)
 
     def is_duplicate(self, source: str, offset: int, event_id: str | None) -> bool:
         return self.applied.seen(source, offset) or (
@@ -64,6 +66,7 @@ class UserState:
             "profile": self.profile.to_state(),
             "applied": dict(self.applied.offsets),
             "event_ids": list(self.event_ids),
+            "engagement": self.engagement.to_state(),
         }
 
     @classmethod
@@ -74,6 +77,7 @@ class UserState:
             profile=UserProfile.from_state(value["profile"]),
             applied=AppliedOffsets({str(k): int(v) for k, v in value["applied"].items()}),
             event_ids=[str(e) for e in value["event_ids"]],
+            engagement=Engagement.from_state(value.get("engagement")),
         )
 
 

@@ -52,6 +52,15 @@ def _run(args: argparse.Namespace) -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stream = RecoStream(settings)
+    if settings.security_protocol == "PLAINTEXT":
+        # Faust declares its internal topics while the consumer subscribes; when
+        # the broker's metadata lags, the subscription misses them until the next
+        # metadata refresh (minutes). Made here first, they are there from the start.
+        from streams.local_broker import TopicSpec, ensure_topics_sync
+
+        ensure_topics_sync(settings.bootstrap_servers,
+                           [TopicSpec(name) for name in stream.internal_topic_names()],
+                           settings.partitions)
     logging.getLogger("recostream").setLevel(args.loglevel.upper().replace("CRIT", "CRITICAL")
                                              .replace("WARN", "WARNING"))
     worker = faust.Worker(stream.app, loglevel=args.loglevel, quiet=True)

@@ -44,6 +44,8 @@ from core.events import InvalidEvent, parse_event
 from core.ranking import NeighborModel, Recommendations, trending_scale
 from core.recommender import DAY, learn_event
 from core.similarity import SimilarityParams, neighbors_for_rows
+from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from streams.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.state import CooccurrenceRow, RowUpdate, UserState, row_updates, source_key
 
@@ -102,6 +104,8 @@ class RecoStream:
         self.tau = self.config.popularity_half_life_days * DAY / 0.6931471805599453
         self.engagement_config = settings.engagement_config()
         self.counters = Counters()
+        self.lag: dict[tuple[str, int], int] = {}  # refreshed when /metrics is scraped
+        self.metrics = WorkerMetrics(self.counters, lambda: self.lag)
         # Event time per input topic partition (largest timestamp read there) and
         # the last offset read there: see partition_watermark.
         self.source_clock: dict[tuple[str, int], float] = {}
@@ -258,8 +262,11 @@ class RecoStream:
         # User states are read, changed and written back across awaits (the
         # deliveries); the churn scan does the same to the same states, so the two
         # take turns, or one would write back a stale copy over the other's change.
+        started = time.perf_counter()
         async with self.users_lock:
             await self._process_batch(stream, batch)
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _process_batch(
         self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]
@@ -429,6 +436,7 @@ class RecoStream:
                 )
         self.counters.refreshes += 1
         self.counters.last_refresh_seconds = time.perf_counter() - started
+        self.metrics.refresh_seconds.observe(self.counters.last_refresh_seconds)
         if time.monotonic() - self.churn_scanned.get(partition, 0.0) >= s.churn_seconds:
             self.churn_scanned[partition] = time.monotonic()
             await self.engagement_partition(partition)
@@ -471,6 +479,18 @@ class RecoStream:
         lagging = [clocks[name] for name, tp in topics.items()
                    if self.source_offset.get((name, partition), -1) + 1 < ends.get(tp, 0)]
         return min(lagging) if lagging else max(clocks.values())
+
+    async def refresh_lag(self) -> None:
+        """Unread input messages per assigned topic partition (for /metrics)."""
+        assigned = [tp for tp in self.app.assignor.assigned_actives()
+                    if tp.topic in self.contract_topic]
+        ends = await self.app.consumer.highwaters(*assigned) if assigned else {}
+        self.lag = {
+            (self.contract_topic[tp.topic], tp.partition): max(
+                0, end - 1 - self.source_offset.get((self.contract_topic[tp.topic],
+                                                     tp.partition), -1))
+            for tp, end in ends.items()
+        }
 
     def user_now(self, user_id: str) -> float:
         """The latest event time read on the partition a user lives in."""
@@ -553,6 +573,12 @@ class RecoStream:
                     "model_items": worker.model.n_items,
                     "counters": worker.counters.as_json(),
                 })
+
+        @app.page("/metrics")
+        class Metrics(View):
+            async def get(self, request: Request) -> Response:
+                await worker.refresh_lag()
+                return self.bytes(worker.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
 
         @app.page("/items/{item_id}/neighbors")
         class ItemNeighborsView(View):

@@ -8,11 +8,25 @@ These tests never skip: a machine without Java or Maven fails them, loudly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from core.events import Event
+from streams.datasets import load_events
 from streams.local_broker import LocalBroker
+from streams.settings import Settings
+from tests.integration.stream_harness import (
+    PARTITIONS,
+    WorkerProcess,
+    create_topics,
+    free_port,
+    worker_env,
+)
+
+SLICE = 3000  # ML-100k events in time order: ~60 users, ~900 items
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +44,47 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBrok
 def kafka_bootstrap(kafka_broker: LocalBroker) -> str:
     """Bootstrap servers (``127.0.0.1:PORT``) of the session's broker."""
     return kafka_broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def ml_slice() -> list[Event]:
+    events = sorted(load_events(dataset="ml-100k"), key=lambda e: e.ts)
+    return events[:SLICE]
+
+
+@pytest.fixture
+def stream_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    """Settings of a fresh worker: its own topics, group and tables."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"t{tag}."
+    create_topics(kafka_bootstrap, prefix)
+    return Settings(
+        broker=f"kafka://{kafka_bootstrap}",
+        app_id=f"rs-{tag}",
+        topic_prefix=prefix,
+        partitions=PARTITIONS,
+        store="memory://",
+        data_dir=tmp_path / "worker",
+        web_port=free_port(),
+        refresh_seconds=1.0,
+        session_timeout=10.0,
+        batch_seconds=0.1,
+    )
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    """Factory: start a worker with given settings; all are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        worker = WorkerProcess(worker_env(settings), tmp_path / f"worker{len(started)}.log",
+                               settings.web_port)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+

@@ -1,0 +1,61 @@
+"""GET /metrics on a running worker: Prometheus text that moves when events flow."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.events import Event
+from streams.settings import Settings
+from tests.integration.stream_harness import WorkerProcess, event_messages, produce
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(worker: WorkerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    try:
+        with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"/metrics answered {exc.code}:\n{worker.tail(30)}") from None
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+def test_metrics_move_when_events_flow(kafka_bootstrap: str, stream_settings: Settings,
+                                       start_worker: Callable[[Settings], WorkerProcess],
+                                       ml_slice: list[Event]) -> None:
+    worker = start_worker(stream_settings)
+    before = scrape(worker)
+    assert before[("recostream_events_applied_total", ())] == 0
+    first, second = ml_slice[:400], ml_slice[400:1000]
+    clicks = stream_settings.topic("clicks")
+    produce(kafka_bootstrap, [*event_messages(stream_settings.topic_prefix, first),
+                              (clicks, b"u", b"{broken")])
+    worker.wait_until_settled(len(first))
+    middle = scrape(worker)
+    assert middle[("recostream_events_in_total", (("topic", "clicks"),))] == len(first) + 1
+    assert middle[("recostream_events_applied_total", ())] == len(first)
+    assert middle[("recostream_dead_letters_total", (("reason", "invalid_json"),))] == 1
+    assert middle[("recostream_recommendations_out_total", ())] > 0
+    assert middle[("recostream_batch_size_count", ())] > 0
+    assert middle[("recostream_batch_size_sum", ())] == len(first) + 1
+    assert middle[("recostream_refresh_seconds_count", ())] > 0
+    lags = {k: v for k, v in middle.items() if k[0] == "recostream_consumer_lag"}
+    assert lags and all(v == 0 for v in lags.values())
+
+    produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, second))
+    worker.wait_until_settled(len(first) + len(second))
+    after = scrape(worker)
+    assert after[("recostream_events_applied_total", ())] == len(first) + len(second)
+    assert (after[("recostream_recommendations_out_total", ())]
+            > middle[("recostream_recommendations_out_total", ())])
+    assert after[("recostream_row_updates_applied_total", ())] == after[
+        ("recostream_row_updates_sent_total", ())] > 0

@@ -102,19 +102,13 @@ class Settings:
     ssl_cafile: str = ""
 
     def __post_init__(self) -> None:
-        if self.similarity not in ROW_LOCAL_SIMILARITIES:
-            raise SettingsError(
-                f"RECOSTREAM_SIMILARITY={self.similarity}: the stream refreshes each "
-                f"partition's rows alone, so it takes {' or '.join(sorted(ROW_LOCAL_SIMILARITIES))}"
-                " (ease is an offline option: recostream evaluate --similarity ease)"
-            )
-        if self.partitions < 1 or self.k < 1 or self.batch_size < 1:
-            raise SettingsError("partitions, k and batch size must be positive")
-        if self.security_protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
-            raise SettingsError(
-                f"RECOSTREAM_SECURITY_PROTOCOL={self.security_protocol} is not one of "
-                "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
-            )
+        # Each value is checked against its variable's rule, so the message names
+        # the variable a user would fix.
+        for setting in ENVIRONMENT:
+            rule = RULES.get(setting.field)
+            value = getattr(self, setting.field)
+            if rule is not None and not rule[0](value):
+                raise SettingsError(f"{setting.variable}={_format(value)}: {rule[1]}")
         self.recommender_config()  # validates the model knobs
         self.engagement_config()
 
@@ -181,10 +175,55 @@ class Settings:
                 values[setting.field] = setting.parse(raw)
             except ValueError as exc:
                 raise SettingsError(f"{setting.variable}={raw!r}: {exc}") from None
+            rule = RULES.get(setting.field)
+            if rule is not None and not rule[0](values[setting.field]):
+                raise SettingsError(f"{setting.variable}={raw}: {rule[1]}")
         broker = values.get("broker")
         if isinstance(broker, str) and "://" not in broker:
             values["broker"] = "kafka://" + broker
         return cls(**values)
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _at_least_one(value: int) -> bool:
+    return value >= 1
+
+
+#: field -> (is the value usable, what it must be)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "partitions": (_at_least_one, "must be at least 1"),
+    "web_port": (lambda v: 0 <= v <= 65535, "must be a port number"),
+    "k": (_at_least_one, "must be at least 1"),
+    "similarity": (lambda v: v in ROW_LOCAL_SIMILARITIES,
+                   "the stream refreshes each partition's rows alone, so it takes "
+                   f"{' or '.join(sorted(ROW_LOCAL_SIMILARITIES))} (ease is an offline "
+                   "option: recostream evaluate --similarity ease)"),
+    "neighbors": (_at_least_one, "must be at least 1"),
+    "history": (_at_least_one, "must be at least 1"),
+    "pair_window": (_at_least_one, "must be at least 1"),
+    "recency_decay": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "popularity_weight": (lambda v: v >= 0, "must not be negative"),
+    "popularity_half_life_days": (_positive, "must be positive"),
+    "max_row_width": (_at_least_one, "must be at least 1"),
+    "refresh_seconds": (_positive, "must be positive"),
+    "batch_size": (_at_least_one, "must be at least 1"),
+    "batch_seconds": (_positive, "must be positive"),
+    "dedup_ids": (lambda v: v >= 0, "must not be negative"),
+    "max_message_bytes": (_at_least_one, "must be at least 1"),
+    "session_timeout": (_positive, "must be positive"),
+    "churn_seconds": (lambda v: v >= 0, "must not be negative (0: at every refresh)"),
+    "churn_threshold": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "churn_horizon_days": (_positive, "must be positive"),
+    "churn_min_customers": (_at_least_one, "must be at least 1"),
+    "cart_window_seconds": (_positive, "must be positive"),
+    "security_protocol": (lambda v: v in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"},
+                          "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    "sasl_mechanism": (lambda v: v in {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"},
+                       "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+}
 
 
 ENVIRONMENT: tuple[Setting, ...] = (

@@ -1,0 +1,517 @@
+"""The stream's agents in ``agent.test_context()`` with the memory store: no broker.
+
+Each test builds a fresh :class:`streams.app.RecoStream` (see ``tests/stream/harness.py``
+for how messages go in and how sends are recorded) and checks what the agents did to
+the tables and what they sent. The real-broker path is covered by
+``tests/integration/test_stream.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import zlib
+from typing import Any
+
+import orjson
+import pytest
+
+from core.events import Event
+from core.recommender import Recommender
+from core.similarity import SimilarityParams, neighbors_for_rows
+from streams.app import item_partition
+from streams.state import CooccurrenceRow, UserState
+from tests.stream.harness import (
+    MESSAGE_TS,
+    PARTITIONS,
+    TS,
+    Harness,
+    MakeHarness,
+    Sent,
+    click,
+    run_async,
+    user_partition,
+    user_state,
+)
+
+
+def row(h: Harness, item: str) -> CooccurrenceRow:
+    value = h.stream.rows.get(item)
+    assert value is not None, f"no row for {item}"
+    return CooccurrenceRow.from_json(value)
+
+
+def updates_of(sends: list[Sent]) -> list[list[Any]]:
+    return [u for m in sends for u in m.json()["updates"]]
+
+
+# -- 1. a click updates the user ------------------------------------------------------------
+
+
+@run_async
+async def test_valid_click_updates_the_user_table(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    async with h.stream.agents[0].test_context() as agent:
+        await h.process(agent, click("u1", "i1", kind="click", event_id="e1"),
+                        partition=2, offset=7)
+        state = user_state(h, "u1")
+        assert state.profile.ratings == {"i1": 2.0}  # the click weight
+        assert state.profile.recent == ["i1"]
+        assert state.profile.last_ts == TS
+        assert state.applied.offsets == {"clicks/2": 7}
+        assert state.event_ids == ["e1"]
+
+        # a purchase of another item, from the other input topic
+        await h.process(agent, {"user_id": "u1", "item_id": "i2", "ts": TS + 5},
+                        partition=2, offset=3)
+        state = user_state(h, "u1")
+        assert state.profile.ratings == {"i1": 2.0, "i2": 5.0}
+        assert state.profile.recent == ["i1", "i2"]
+        assert state.profile.purchased == {"i2"}
+        assert state.applied.offsets == {"clicks/2": 7, "purchases/2": 3}
+
+    assert h.stream.counters.applied == 2
+    assert h.stream.counters.events_in == {"clicks": 1, "purchases": 1}
+    recs = h.sent_to("recommendations")
+    assert [(m.key, m.json()["trigger"], m.json()["ts"]) for m in recs] == [
+        (b"u1", "click", TS), (b"u1", "purchase", TS + 5)]
+    assert all(m.json()["user_id"] == "u1" for m in recs)
+    assert h.sent_to("dead-letters") == []
+
+
+@run_async
+async def test_user_state_is_written_to_its_events_partition(make_harness: MakeHarness) -> None:
+    """A batch of several users from several partitions: each key is read and
+    written under its own event, once per batch, and every event applied once."""
+    h = make_harness(batch_size=6, batch_seconds=5.0)  # exactly one batch of six
+    h.changelog("users")  # drop anything written while starting
+    where = {"u1": 0, "u2": 1, "u3": 3}
+    events = [("u1", "a"), ("u2", "a"), ("u1", "b"), ("u3", "c"), ("u2", "b"), ("u1", "c")]
+    async with h.stream.agents[0].test_context() as agent:
+        messages = [await h.put_event(agent, click(u, i), partition=where[u]) for u, i in events]
+        await h.settle(agent, messages)
+
+    writes = h.changelog("users")
+    assert sorted((w.key, w.partition) for w in writes) == [("u1", 0), ("u2", 1), ("u3", 3)]
+    assert h.stream.counters.applied == 6
+    for user, partition in where.items():
+        state = user_state(h, user)
+        assert state.profile.recent == [i for u, i in events if u == user]
+        assert state.applied.offsets == {f"clicks/{partition}": len(state.profile.recent) - 1}
+    # one list per changed user per batch
+    assert sorted(m.key or b"" for m in h.sent_to("recommendations")) == [b"u1", b"u2", b"u3"]
+
+
+@run_async
+async def test_rocksdb_store_reads_each_key_under_its_own_partition(
+    make_harness: MakeHarness,
+) -> None:
+    """The rocksdb store reads a key from its event's partition's database only (the
+    memory store cannot show this): state must survive batches mixing partitions."""
+    # batches of two (the pairs are put back to back; only an odd last one waits)
+    h = make_harness(store="rocksdb://", batch_size=2, batch_seconds=0.2)
+    stream = h.stream
+    async with (
+        stream.agents[0].test_context() as agent,
+        stream.agents[1].test_context() as rows_agent,
+    ):
+        for n in range(3):
+            batch = [await h.put_event(agent, click("u1", f"a{n}", TS + n), partition=0),
+                     await h.put_event(agent, click("u2", f"b{n}", TS + n), partition=1)]
+            await h.settle(agent, batch)
+        assert user_state(h, "u1").profile.recent == ["a0", "a1", "a2"]
+        assert user_state(h, "u2").profile.recent == ["b0", "b1", "b2"]
+        await h.relay(rows_agent, h.sent_to(stream.rows_topic.get_topic_name()))
+    assert row(h, "a1").pairs == {"a0": 1.0, "a2": 1.0}
+    assert row(h, "b0").pairs == {"b1": 1.0, "b2": 1.0}
+    assert stream.counters.row_updates_skipped == 0
+
+
+@run_async
+async def test_user_state_waits_for_its_row_updates_to_be_delivered(
+    make_harness: MakeHarness,
+) -> None:
+    """A crash between the two must replay the row updates, never lose them."""
+    h = make_harness()
+    rows_topic = h.stream.rows_topic.get_topic_name()
+    h.defer(rows_topic)
+    async with h.stream.agents[0].test_context() as agent:
+        message = await h.put_event(agent, click("u1", "i1"))
+        await h.wait_until(lambda: h.sent_to(rows_topic), "the row update send")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert h.stream.users.get("u1") is None
+        assert h.sent_to("recommendations") == []
+        assert not message.acked
+        assert h.deliver_deferred(rows_topic) == 1
+        await h.settle(agent, [message])
+    assert user_state(h, "u1").profile.recent == ["i1"]
+    assert len(h.sent_to("recommendations")) == 1
+
+
+@run_async
+async def test_message_arriving_during_a_batch_is_applied_once(make_harness: MakeHarness) -> None:
+    """``take_events`` buffers a message that arrives while the previous batch is being
+    processed only after that batch, reading the stream's current event then: the
+    batch must give the event it borrowed for table access back (``acting_as``)."""
+    h = make_harness(batch_size=1000, batch_seconds=0.01)
+    rows_topic = h.stream.rows_topic.get_topic_name()
+    gate = h.gate(rows_topic)
+    async with h.stream.agents[0].test_context() as agent:
+        first = await h.put_event(agent, click("u1", "i1"), partition=0)
+        await h.wait_until(lambda: h.calls[rows_topic] == 1, "the first batch's row send")
+        second = await h.put_event(agent, click("u2", "i2"), partition=1)
+        # the wrapper's recorder runs just before the take buffer, in the same step
+        await h.wait_until(lambda: agent.processed_offset == 2, "the second message")
+        gate.set()
+        await h.settle(agent, [first, second])
+    assert h.stream.counters.applied == 2
+    assert h.stream.counters.deduplicated == 0
+    assert user_state(h, "u1").profile.recent == ["i1"]
+    assert user_state(h, "u2").profile.recent == ["i2"]
+
+
+# -- 2. redelivery and retries change nothing ------------------------------------------------
+
+
+@run_async
+async def test_redelivered_message_and_retried_event_id_change_nothing(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness()
+    first = click("u1", "i1", event_id="e1")
+    async with h.stream.agents[0].test_context() as agent:
+        await h.process(agent, first, partition=1, offset=10)
+        before = user_state(h, "u1").to_json()
+        sends_before = list(h.sent)
+
+        # the same message again (a replay after a crash before the commit)
+        await h.process(agent, first, partition=1, offset=10)
+        assert h.stream.counters.deduplicated == 1
+        assert user_state(h, "u1").to_json() == before
+
+        # a producer retry: same event_id, new offset, even a different item
+        await h.process(agent, {**first, "item_id": "i9"}, partition=1, offset=11)
+        assert h.stream.counters.deduplicated == 2
+        assert user_state(h, "u1").to_json() == before
+
+        # an older offset of the same source is a replay too
+        await h.process(agent, click("u1", "i8"), partition=1, offset=4)
+        assert h.stream.counters.deduplicated == 3
+        assert user_state(h, "u1").to_json() == before
+
+        # and a fresh event still goes through
+        await h.process(agent, click("u1", "i2", event_id="e2"), partition=1, offset=12)
+
+    assert h.stream.counters.applied == 2
+    assert h.sent[: len(sends_before)] == sends_before
+    later = h.sent[len(sends_before):]
+    # nothing sent for the duplicates: only the fresh event's row updates and list
+    assert [m.json()["trigger"] for m in later if m.topic == "recommendations"] == ["view"]
+    assert {u[0] for u in updates_of([m for m in later if m.topic.endswith("-cooccurrence")])
+            } == {"i1", "i2"}
+    assert user_state(h, "u1").profile.recent == ["i1", "i2"]
+
+
+# -- 3. invalid messages go to the dead-letter topic -------------------------------------
+
+
+OVERSIZED_LIMIT = 300
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"user_id": "u1", "item_id": ', "invalid_json"),
+        (b"", "invalid_json"),
+        (b"\xff\xfe not utf-8", "invalid_json"),
+        (b"[1, 2]", "not_an_object"),
+        (orjson.dumps(click("u1", "i1", kind="hover")), "unknown_event_type"),
+        (orjson.dumps({"user_id": "u1", "ts": TS, "type": "view"}), "missing_field"),
+        (orjson.dumps(click("u1", "i1", pad="x" * OVERSIZED_LIMIT)), "oversized"),
+    ],
+    ids=["truncated-json", "empty", "not-utf8", "array", "unknown-type", "missing-item",
+         "oversized"],
+)
+@run_async
+async def test_invalid_message_is_dead_lettered_and_the_stream_goes_on(
+    make_harness: MakeHarness, raw: bytes, reason: str
+) -> None:
+    h = make_harness(max_message_bytes=OVERSIZED_LIMIT)
+    async with h.stream.agents[0].test_context() as agent:
+        bad = await h.put(agent, h.settings.topic("clicks"), raw, key=b"u1", partition=3,
+                          offset=41)
+        good = await h.put_event(agent, click("u1", "i1"), partition=3, offset=42)
+        await h.settle(agent, [bad, good])
+
+    [letter] = h.sent_to("dead-letters")
+    record = letter.json()
+    assert record["reason"] == reason
+    assert record["detail"]
+    assert (record["topic"], record["partition"], record["offset"]) == ("clicks", 3, 41)
+    assert base64.b64decode(record["payload_b64"]) == raw
+    assert base64.b64decode(record["key_b64"]) == b"u1"
+    assert record["ts"] == MESSAGE_TS
+    assert letter.key == b"u1"
+    assert h.stream.counters.dead_lettered == {reason: 1}
+    # the valid message after it was applied, the invalid one left no trace
+    state = user_state(h, "u1")
+    assert state.profile.recent == ["i1"]
+    assert state.applied.offsets == {"clicks/3": 42}
+    assert h.stream.counters.applied == 1
+
+
+@run_async
+async def test_dead_letters_keep_topic_key_and_count_by_reason(make_harness: MakeHarness) -> None:
+    """Several bad messages in one batch, from both topics, one of them unkeyed."""
+    h = make_harness(batch_size=4, batch_seconds=5.0)
+    purchases = h.settings.topic("purchases")
+    async with h.stream.agents[0].test_context() as agent:
+        messages = [
+            await h.put(agent, purchases, orjson.dumps({"user_id": "u1", "item_id": "i1",
+                                                        "ts": TS, "quantity": 0}),
+                        key=b"u1", partition=0, offset=5),
+            await h.put(agent, purchases, b"nope", key=None, partition=1, offset=6),
+            await h.put(agent, h.settings.topic("clicks"), b"{}", key=b"k", partition=2,
+                        offset=0),
+            await h.put_event(agent, click("u2", "i2"), partition=1, offset=1),
+        ]
+        await h.settle(agent, messages)
+    records = [m.json() for m in h.sent_to("dead-letters")]
+    assert [(r["reason"], r["topic"], r["partition"], r["offset"], r["key_b64"])
+            for r in records] == [
+        ("bad_quantity", "purchases", 0, 5, base64.b64encode(b"u1").decode()),
+        ("invalid_json", "purchases", 1, 6, None),
+        ("missing_field", "clicks", 2, 0, base64.b64encode(b"k").decode()),
+    ]
+    assert h.stream.counters.dead_lettered == {"bad_quantity": 1, "invalid_json": 1,
+                                               "missing_field": 1}
+    assert user_state(h, "u2").profile.recent == ["i2"]
+
+
+# -- 4. row updates through the repartition topic ------------------------------------------
+
+
+def test_item_partition_is_stable_across_processes() -> None:
+    """Every worker must send an item's updates to the same partition: crc32, not hash()."""
+    assert [item_partition(i, 4) for i in ("a", "b", "c", "item42")] == [
+        zlib.crc32(i.encode()) % 4 for i in ("a", "b", "c", "item42")]
+    assert [item_partition("item42", n) for n in (1, 3, 8)] == [0, 1, 3]
+
+
+@run_async
+async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    stream = h.stream
+    async with stream.agents[0].test_context() as agent:
+        await h.process(agent, click("u1", "a", TS), click("u1", "b", TS + 1),
+                        partition=0)
+        await h.process(agent, click("u1", "c", TS + 2), partition=0)
+        # no gain (already rated, weaker signal), no row update
+        await h.process(agent, click("u1", "a", TS + 3), partition=0)
+        await h.process(agent, click("u2", "a", TS + 4), click("u2", "c", TS + 5),
+                        partition=1)
+
+    row_sends = h.sent_to(stream.rows_topic.get_topic_name())
+    for message in row_sends:
+        # every update in a message belongs to the partition it was sent to
+        assert message.json()["updates"]
+        assert message.key is None
+        assert {item_partition(u[0], PARTITIONS) for u in message.json()["updates"]} == {
+            message.partition}
+    expected = [
+        ["a", [], "clicks/0", 0, TS, True],
+        ["b", ["a"], "clicks/0", 1, TS + 1, True],
+        ["a", ["b"], "clicks/0", 1, TS + 1, False],
+        ["c", ["a", "b"], "clicks/0", 2, TS + 2, True],
+        ["a", ["c"], "clicks/0", 2, TS + 2, False],
+        ["b", ["c"], "clicks/0", 2, TS + 2, False],
+        ["a", [], "clicks/1", 0, TS + 4, True],
+        ["c", ["a"], "clicks/1", 1, TS + 5, True],
+        ["a", ["c"], "clicks/1", 1, TS + 5, False],
+    ]
+    sent_updates = updates_of(row_sends)
+    assert sorted(sent_updates, key=orjson.dumps) == sorted(expected, key=orjson.dumps)
+    assert stream.counters.row_updates_sent == len(expected)
+
+    async with stream.agents[1].test_context() as rows_agent:
+        await h.relay(rows_agent, row_sends)
+        assert stream.counters.row_updates_applied == len(expected)
+        assert row(h, "a").pairs == {"b": 1.0, "c": 2.0}
+        assert row(h, "b").pairs == {"a": 1.0, "c": 1.0}
+        assert row(h, "c").pairs == {"a": 2.0, "b": 1.0}
+        counts = {i: row(h, i).count for i in "abc"}
+        assert counts == {"a": 2.0, "b": 1.0, "c": 2.0}
+        assert {i: stream.item_stats[i][0] for i in "abc"} == counts
+        assert {i: stream.item_stats[i] for i in "abc"} == {i: row(h, i).stats() for i in "abc"}
+        assert row(h, "a").applied.offsets == {"clicks/0": 2, "clicks/1": 1}
+        rows_before = {i: stream.rows[i] for i in "abc"}
+        stats_before = {i: stream.item_stats[i] for i in "abc"}
+
+        # the same update messages again (redelivered): nothing changes
+        await h.relay(rows_agent, row_sends)
+        assert stream.counters.row_updates_skipped == len(expected)
+        assert stream.counters.row_updates_applied == len(expected)
+        assert {i: stream.rows[i] for i in "abc"} == rows_before
+        assert {i: stream.item_stats[i] for i in "abc"} == stats_before
+
+
+@run_async
+async def test_row_writes_go_to_the_items_partition(make_harness: MakeHarness) -> None:
+    """One batch of row updates for items of every partition: each row and its stats
+    are written once, to the changelog partition the item belongs to."""
+    h = make_harness(batch_size=PARTITIONS, batch_seconds=5.0)
+    items: dict[int, str] = {}
+    for n in range(1000):  # one item per partition
+        items.setdefault(item_partition(f"item{n}", PARTITIONS), f"item{n}")
+        if len(items) == PARTITIONS:
+            break
+    stream = h.stream
+    h.changelog("rows")
+    async with stream.agents[1].test_context() as rows_agent:
+        sends = [Sent(stream.rows_topic.get_topic_name(), None,
+                      orjson.dumps({"updates": [[item, [], "clicks/0", p, TS, True]]}), p)
+                 for p, item in sorted(items.items())]
+        await h.relay(rows_agent, sends)
+    writes = h.stream.app.producer.buffer.pending
+    assert writes.qsize() == 2 * PARTITIONS  # a row and its stats per item
+    rows_log = h.changelog("rows")
+    assert sorted((w.key, w.partition) for w in rows_log) == sorted(
+        (item, p) for p, item in items.items())
+
+
+# -- 5. neighbour refresh and ranking equal the offline model ------------------------------
+
+
+def synthetic_events(seed: int = 7, users: int = 24, items: int = 30, n: int = 400
+                     ) -> list[Event]:
+    """Clicks and purchases with popular items, repeats and unrated removals."""
+    rng = random.Random(seed)
+    weights = [1.0 / (1 + i) for i in range(items)]
+    kinds = ["view"] * 6 + ["click"] * 3 + ["add_to_cart", "remove_from_cart", "purchase"]
+    events = []
+    for k in range(n):
+        user = f"u{rng.randrange(users)}"
+        item = f"i{rng.choices(range(items), weights)[0]}"
+        kind = rng.choice(kinds)
+        events.append(Event(user, item, TS + 60.0 * k + rng.random(), kind,
+                            event_id=f"e{k}"))
+    return events
+
+
+@run_async
+async def test_refresh_and_recommendations_equal_the_offline_replay(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness(batch_size=50, batch_seconds=0.01, k=8, neighbors=10, history=20,
+                     pair_window=5)
+    stream = h.stream
+    events = synthetic_events()
+    ticks_topic = stream.ticks_topic.get_topic_name()
+    async with (
+        stream.agents[0].test_context() as events_agent,
+        stream.agents[1].test_context() as rows_agent,
+        stream.agents[2].test_context() as ticks_agent,
+    ):
+        messages = [await h.put_event(events_agent, e) for e in events]
+        await h.settle(events_agent, messages)
+        assert stream.counters.applied == len(events)
+        await h.relay(rows_agent, h.sent_to(stream.rows_topic.get_topic_name()))
+        assert stream.counters.row_updates_skipped == 0
+
+        rows = {i: CooccurrenceRow.from_json(v) for i, v in stream.rows.items()}
+        counts = {i: float(v[0]) for i, v in stream.item_stats.items()}
+        assert set(rows) == set(counts) == {e.item_id for e in events if e.type !=
+                                            "remove_from_cart"}
+        # one partition's tick: its items get lists equal to the core function's
+        tick = Sent(ticks_topic, None, orjson.dumps({"round": 5}), 2)
+        await h.relay(ticks_agent, [tick])
+        mine = {i: r.pairs for i, r in rows.items() if item_partition(i, PARTITIONS) == 2}
+        assert mine and len(mine) < len(rows)
+        expected = neighbors_for_rows(mine, counts, 10, "cosine", SimilarityParams())
+        assert {i: stream.neighbors[i] for i in mine} == {
+            i: [[j, s] for j, s in pairs] for i, pairs in expected.items()}
+        assert set(stream.neighbors.keys()) == set(mine)
+        published = [m.json() for m in h.sent_to("item-neighbors")]
+        assert {p["item_id"] for p in published} == set(mine)
+        assert {p["model_version"] for p in published} == {5}
+        assert stream.model_round == 5
+
+        # the same tick again: the lists are unchanged, nothing is republished
+        await h.relay(ticks_agent, [tick])
+        assert len(h.sent_to("item-neighbors")) == len(published)
+
+        # every partition: the whole model
+        await h.relay(ticks_agent, [Sent(ticks_topic, None, orjson.dumps({"round": 6}), p)
+                                    for p in range(PARTITIONS)])
+        assert stream.counters.refreshes == PARTITIONS + 2
+        assert stream.model_round == 6
+
+    replay = Recommender(h.settings.recommender_config())
+    replay.observe_many(events)
+    replay.refresh()
+    for item in rows:
+        assert [(j, s) for j, s in stream.neighbors[item]] == replay.neighbors_of(item), item
+    users = sorted({e.user_id for e in events})
+    full_lists = 0
+    for user in [*users, "nobody"]:
+        value = stream.users.get(user)
+        state = UserState.from_json(value) if value is not None else None
+        got = stream.recommend(user, state, 8)
+        want = replay.recommend(user, 8)
+        assert got.item_ids == want.item_ids, user
+        assert got.scores == pytest.approx(want.scores, rel=1e-9, abs=1e-12), user
+        assert got.cold_start == want.cold_start
+        assert got.model_version == 6
+        if state is not None:
+            assert state.profile == replay.users[user]
+        full_lists += len(got.item_ids) == 8 and not got.cold_start
+    assert full_lists >= len(users) - 2  # the comparison is not vacuous
+
+
+# -- 6. events keyed by something else are forwarded ------------------------------------------
+
+
+@pytest.mark.parametrize("key", [None, b"session-9", b"u2"], ids=["unkeyed", "session", "other"])
+@run_async
+async def test_event_keyed_otherwise_is_forwarded_keyed_by_user(
+    make_harness: MakeHarness, key: bytes | None
+) -> None:
+    h = make_harness()
+    raw_click = orjson.dumps(click("u1", "i1", event_id="e1"))
+    raw_purchase = orjson.dumps({"user_id": "u1", "item_id": "i2", "ts": TS})
+    async with h.stream.agents[0].test_context() as agent:
+        messages = [
+            await h.put(agent, h.settings.topic("clicks"), raw_click, key=key, partition=2),
+            await h.put(agent, h.settings.topic("purchases"), raw_purchase, key=key,
+                        partition=0),
+        ]
+        await h.settle(agent, messages)
+    assert [(m.topic, m.key, m.value, m.partition) for m in h.sent] == [
+        ("clicks", b"u1", raw_click, None),
+        ("purchases", b"u1", raw_purchase, None),
+    ]
+    assert h.stream.counters.rekeyed == 2
+    assert h.stream.counters.applied == 0
+    assert h.stream.users.get("u1") is None
+
+
+@run_async
+async def test_forwarded_event_is_applied_where_its_user_lives(make_harness: MakeHarness) -> None:
+    """The forwarded copy, delivered back keyed by user, is applied (and only once)."""
+    h = make_harness(topic_prefix="shop1.")
+    raw = orjson.dumps(click("u1", "i1", event_id="e1"))
+    async with h.stream.agents[0].test_context() as agent:
+        first = await h.put(agent, "shop1.clicks", raw, key=b"s", partition=3)
+        await h.settle(agent, [first])
+        [forwarded] = h.sent
+        assert forwarded.topic == "shop1.clicks"
+        again = await h.put(agent, forwarded.topic, forwarded.value, key=forwarded.key,
+                            partition=user_partition("u1", PARTITIONS))
+        await h.settle(agent, [again])
+    state = user_state(h, "u1")
+    assert state.profile.recent == ["i1"]
+    assert state.applied.offsets == {f"clicks/{user_partition('u1', PARTITIONS)}": 0}
+    assert h.stream.counters.rekeyed == 1
+    assert h.stream.counters.applied == 1

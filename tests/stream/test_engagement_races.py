@@ -1,0 +1,119 @@
+"""Two writers of the ``users`` table: ``process_events`` and the churn scan.
+
+The churn scan (``RecoStream.engagement_partition``, run by ``refresh_neighbors`` on
+a tick) reads user states, awaits the trigger sends, then writes the states back;
+``process_batch`` reads its users' states, awaits the row-update sends, then writes
+them back. Both run on the same event loop, so either can write a state the other
+read before and changed in between: a lost update, unless they take turns
+(``RecoStream.users_lock``). These tests hold one side inside its send (see
+``Harness.gate``) while the other gets its input, then check that neither undid the
+other's change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tests.stream.harness import (
+    PARTITIONS,
+    TS,
+    Harness,
+    MakeHarness,
+    Sent,
+    click,
+    run_async,
+    user_partition,
+    user_state,
+)
+
+CART_WINDOW = 3600.0
+
+
+def neighbour_of(user: str) -> str:
+    """Another user whose events land in the same partition."""
+    partition = user_partition(user, PARTITIONS)
+    return next(f"v{n}" for n in range(1000)
+                if user_partition(f"v{n}", PARTITIONS) == partition)
+
+
+def tick(h: Harness, partition: int, round_: int) -> Sent:
+    return Sent(h.stream.ticks_topic.get_topic_name(), None,
+                orjson.dumps({"round": round_}), partition)
+
+
+def triggers(h: Harness, kind: str) -> list[dict[str, Any]]:
+    records = [m.json() for m in h.sent_to("marketing-triggers")]
+    return [r for r in records if r["kind"] == kind]
+
+
+def churn_harness(make_harness: MakeHarness) -> Harness:
+    """An app that scans a partition for due triggers on every tick."""
+    return make_harness(churn_seconds=0.0, cart_window_seconds=CART_WINDOW)
+
+
+@run_async
+async def test_churn_scan_does_not_undo_events_applied_while_it_sends(
+    make_harness: MakeHarness,
+) -> None:
+    h = churn_harness(make_harness)
+    stream = h.stream
+    partition = user_partition("u1", PARTITIONS)
+    triggers_topic = h.settings.topic("marketing-triggers")
+    async with (
+        stream.agents[0].test_context() as events_agent,
+        stream.agents[2].test_context() as ticks_agent,
+    ):
+        await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
+        # another user of the partition moves its event time past the cart window
+        await h.process(events_agent, click(neighbour_of("u1"), "y", TS + 2 * CART_WINDOW))
+        gate = h.gate(triggers_topic)
+        first_tick = tick(h, partition, 1)
+        scan = await h.put(ticks_agent, first_tick.topic, first_tick.value, partition=partition)
+        await h.wait_until(lambda: h.calls[triggers_topic] == 1, "the scan's trigger send")
+        # while the scan sends, the user does something; it may be applied now (or
+        # wait for the scan: the outcome must be the same)
+        late = await h.put_event(events_agent, click("u1", "z", TS + 2 * CART_WINDOW + 1))
+        await h.give_time(lambda: late.acked)
+        gate.set()
+        await h.settle(ticks_agent, [scan])
+        await h.settle(events_agent, [late])
+    assert len(triggers(h, "cart_abandoned")) == 1
+    state = user_state(h, "u1")
+    assert state.profile.recent == ["x", "z"], "the event applied during the scan was lost"
+    assert state.applied.offsets[f"clicks/{partition}"] == late.offset
+    assert state.engagement.cart == {}
+
+
+@run_async
+async def test_a_batch_does_not_undo_what_the_churn_scan_fired(make_harness: MakeHarness) -> None:
+    h = churn_harness(make_harness)
+    stream = h.stream
+    partition = user_partition("u1", PARTITIONS)
+    rows_topic = stream.rows_topic.get_topic_name()
+    async with (
+        stream.agents[0].test_context() as events_agent,
+        stream.agents[2].test_context() as ticks_agent,
+    ):
+        await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
+        await h.process(events_agent, click(neighbour_of("u1"), "y", TS + 2 * CART_WINDOW))
+        # the user's next event: its batch reads the state, then waits on its row send
+        gate = h.gate(rows_topic)
+        sends_before = h.calls[rows_topic]
+        late = await h.put_event(events_agent, click("u1", "z", TS + 2 * CART_WINDOW + 1))
+        await h.wait_until(lambda: h.calls[rows_topic] == sends_before + 1, "the row send")
+        # meanwhile a tick: its scan may run now (or wait for the batch)
+        first_tick = tick(h, partition, 1)
+        scan = await h.put(ticks_agent, first_tick.topic, first_tick.value, partition=partition)
+        await h.give_time(lambda: scan.acked)
+        gate.set()
+        await h.settle(events_agent, [late])
+        await h.settle(ticks_agent, [scan])
+        assert len(triggers(h, "cart_abandoned")) == 1
+        # the next scan must not fire the same cart again
+        await h.relay(ticks_agent, [tick(h, partition, 2)])
+    state = user_state(h, "u1")
+    assert state.engagement.cart == {}
+    assert state.profile.recent == ["x", "z"]
+    assert len(triggers(h, "cart_abandoned")) == 1, "the cart was abandoned twice"

@@ -1,0 +1,191 @@
+"""``streams.state``: table values, their JSON form and the idempotency bookkeeping."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from core.engagement import EngagementConfig
+from core.events import Event
+from core.ranking import trend_bump
+from core.ratings import UserProfile
+from streams.state import (
+    STATE_VERSION,
+    AppliedOffsets,
+    CooccurrenceRow,
+    RowUpdate,
+    UserState,
+    row_updates,
+    source_key,
+)
+
+TAU = 7 * 86_400.0 / math.log(2.0)
+TS = 1_700_000_000.0
+
+
+def through_json(value: object) -> object:
+    """What a table value looks like after the changelog (JSON bytes and back)."""
+    return orjson.loads(orjson.dumps(value))
+
+
+def test_source_key() -> None:
+    assert source_key("clicks", 3) == "clicks/3"
+
+
+def test_applied_offsets_remember_the_highest_offset_per_source() -> None:
+    applied = AppliedOffsets()
+    assert not applied.seen("clicks/0", 0)
+    applied.mark("clicks/0", 5)
+    assert applied.seen("clicks/0", 5) and applied.seen("clicks/0", 0)
+    assert not applied.seen("clicks/0", 6)
+    assert not applied.seen("clicks/1", 0)
+    applied.mark("clicks/0", 2)  # never moves back
+    assert applied.offsets == {"clicks/0": 5}
+    applied.mark("purchases/0", 0)
+    assert applied.offsets == {"clicks/0": 5, "purchases/0": 0}
+
+
+def make_user_state() -> UserState:
+    profile = UserProfile()
+    profile.observe("i1", 1.0, TS, history=10)
+    profile.observe("i2", 5.0, TS + 1, history=10)
+    profile.purchased.add("i2")
+    state = UserState(profile, AppliedOffsets({"clicks/1": 7, "purchases/1": 2}), ["e1", "e2"])
+    config = EngagementConfig()
+    state.engagement.observe(Event("u1", "i1", TS, "add_to_cart"), config)
+    state.engagement.observe(Event("u1", "i2", TS + 1, "purchase", price=9.5), config)
+    return state
+
+
+def test_user_state_json_round_trip() -> None:
+    state = make_user_state()
+    value = state.to_json()
+    assert value["v"] == STATE_VERSION
+    back = UserState.from_json(through_json(value))  # type: ignore[arg-type]
+    assert back == state
+    assert back.engagement.to_state() == state.engagement.to_state() != UserState(
+        ).engagement.to_state()
+    assert back.to_json() == value
+    # the JSON form is plain JSON (no sets, no tuples): it survives unchanged
+    assert through_json(value) == value
+
+
+def test_user_state_from_nothing_is_empty() -> None:
+    state = UserState.from_json(None)
+    assert state == UserState()
+    assert state.profile.recent == [] and state.applied.offsets == {} and state.event_ids == []
+
+
+def test_user_state_duplicates_by_offset_or_event_id() -> None:
+    state = UserState()
+    assert not state.is_duplicate("clicks/0", 0, "e0")
+    state.mark("clicks/0", 4, "e4", keep_ids=3)
+    assert state.is_duplicate("clicks/0", 4, None)  # replayed offset
+    assert state.is_duplicate("clicks/0", 3, "other")  # older offset
+    assert state.is_duplicate("clicks/0", 9, "e4")  # retried event id
+    assert not state.is_duplicate("clicks/0", 5, None)
+    assert not state.is_duplicate("clicks/1", 0, "e5")  # another source partition
+
+
+def test_user_state_keeps_only_the_latest_event_ids() -> None:
+    state = UserState()
+    for offset in range(5):
+        state.mark("clicks/0", offset, f"e{offset}", keep_ids=3)
+    state.mark("clicks/0", 5, None, keep_ids=3)
+    assert state.event_ids == ["e2", "e3", "e4"]
+    assert state.applied.offsets == {"clicks/0": 5}
+    assert not state.is_duplicate("clicks/0", 6, "e1")  # forgotten
+
+
+def test_row_update_json_round_trip() -> None:
+    update = RowUpdate("a", ("b", "c"), "clicks/2", 17, TS, gained=True)
+    value = update.to_json()
+    assert value == ["a", ["b", "c"], "clicks/2", 17, TS, True]
+    assert RowUpdate.from_json(through_json(value)) == update  # type: ignore[arg-type]
+
+
+def test_row_updates_of_a_gain() -> None:
+    updates = row_updates("c", ["a", "b"], "clicks/0", 9, TS)
+    assert updates == [
+        RowUpdate("c", ("a", "b"), "clicks/0", 9, TS, gained=True),
+        RowUpdate("a", ("c",), "clicks/0", 9, TS, gained=False),
+        RowUpdate("b", ("c",), "clicks/0", 9, TS, gained=False),
+    ]
+    assert row_updates("a", [], "clicks/0", 0, TS) == [
+        RowUpdate("a", (), "clicks/0", 0, TS, gained=True)]
+
+
+def test_row_applies_an_update_once() -> None:
+    row = CooccurrenceRow()
+    gain = RowUpdate("a", ("b", "c"), "clicks/0", 3, TS, gained=True)
+    assert row.apply(gain, TAU, max_width=10)
+    assert row.pairs == {"b": 1.0, "c": 1.0}
+    assert (row.count, row.trend_value, row.trend_time) == (1.0, 1.0, TS)
+    before = CooccurrenceRow.from_json(row.to_json())
+    assert not row.apply(gain, TAU, max_width=10)  # redelivered
+    assert not row.apply(RowUpdate("a", ("d",), "clicks/0", 2, TS, False), TAU, 10)  # older
+    assert row == before
+    # another history's pair: no count, no trending
+    assert row.apply(RowUpdate("a", ("b",), "clicks/1", 0, TS + 60, gained=False), TAU, 10)
+    assert row.pairs == {"b": 2.0, "c": 1.0}
+    assert (row.count, row.trend_value, row.trend_time) == (1.0, 1.0, TS)
+    # a second gain moves count and trending like core's trend_bump
+    assert row.apply(RowUpdate("a", (), "clicks/1", 1, TS + 3600, gained=True), TAU, 10)
+    assert row.count == 2.0
+    assert (row.trend_value, row.trend_time) == trend_bump(1.0, TS, TS + 3600, TAU)
+    assert row.stats() == [2.0, row.trend_value, TS + 3600]
+    assert row.applied.offsets == {"clicks/0": 3, "clicks/1": 1}
+
+
+def test_row_ignores_its_own_item_as_a_pair() -> None:
+    row = CooccurrenceRow()
+    row.apply(RowUpdate("a", ("a", "b"), "clicks/0", 0, TS, gained=True), TAU, 10)
+    assert row.pairs == {"b": 1.0}
+
+
+def test_row_json_round_trip() -> None:
+    row = CooccurrenceRow()
+    row.apply(RowUpdate("a", ("b", "c"), "clicks/0", 3, TS, True), TAU, 10)
+    row.apply(RowUpdate("a", ("b",), "purchases/1", 8, TS - 50, True), TAU, 10)
+    value = row.to_json()
+    assert value["v"] == STATE_VERSION
+    back = CooccurrenceRow.from_json(through_json(value))  # type: ignore[arg-type]
+    assert back == row
+    assert back.to_json() == value
+    assert CooccurrenceRow.from_json(None) == CooccurrenceRow()
+
+
+def test_pruning_keeps_the_strongest_pairs_ties_by_id() -> None:
+    # ids whose order reverses when read backwards, so only the id itself orders ties
+    a, b, c, d, m, z = "az", "by", "cv", "dx", "mm", "zw"
+    row = CooccurrenceRow()
+    offset = 0
+
+    def add(*pairs: str) -> None:
+        nonlocal offset
+        assert row.apply(RowUpdate("x", pairs, "clicks/0", offset, TS, False), TAU, 3)
+        offset += 1
+
+    add(m, z)
+    add(m, d)
+    add(b)
+    # four pairs, width three: m (2) stays, then the ties at 1 by id: b, d (z pruned,
+    # though it came before them)
+    assert row.pairs == {m: 2.0, b: 1.0, d: 1.0}
+    add(z, a)  # z comes back at 1, a at 1: m, then a, b
+    assert row.pairs == {m: 2.0, a: 1.0, b: 1.0}
+    add(d)  # a newcomer at 1 loses the tie to smaller ids
+    assert row.pairs == {m: 2.0, a: 1.0, b: 1.0}
+    add(b, c)  # b rises to 2; c at 1 loses to a
+    assert row.pairs == {a: 1.0, b: 2.0, m: 2.0}
+
+
+@pytest.mark.parametrize("width", [1, 2, 5])
+def test_pruning_never_exceeds_the_width(width: int) -> None:
+    row = CooccurrenceRow()
+    for offset in range(20):
+        row.apply(RowUpdate("x", (f"i{offset % 7}", f"i{offset % 3}"), "clicks/0", offset, TS,
+                            False), TAU, width)
+        assert len(row.pairs) <= width

@@ -94,14 +94,16 @@ class UserProfile:
         elif rating > old:
             self.ratings[item_id] = rating
             self.rating_sum += rating - old
-        self._touch(item_id, history)
+        self._touch(item_id, history, known=not gained)
         return gained
 
-    def _touch(self, item_id: str, history: int) -> None:
+    def _touch(self, item_id: str, history: int, *, known: bool) -> None:
         recent = self.recent
         if recent and recent[-1] == item_id:
             return
-        if item_id in recent:
+        # recent holds rated items only: a newly rated item cannot be in it, which
+        # spares the linear scan on the common path.
+        if known and item_id in recent:
             recent.remove(item_id)
         recent.append(item_id)
         if len(recent) > history:

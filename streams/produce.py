@@ -31,6 +31,7 @@ from core.events import TOPICS as EVENT_TOPICS
 from core.events import Event
 from streams.cli import CliError
 from streams.datasets import DATASETS, load_events
+from streams.settings import normalize_bootstrap, parse_bootstrap
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -185,31 +186,6 @@ class Pacer:
 
 
 # --- talking to Kafka -------------------------------------------------------------------
-
-
-def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
-    """``host:port[,host:port...]`` as pairs; CliError when malformed. Faust's URL form
-    (``kafka://host:port;host:port``, as ``$RECOSTREAM_BROKER`` may hold it) is accepted.
-
-    >>> parse_bootstrap("127.0.0.1:9092, kafka://kafka:29092")
-    [('127.0.0.1', 9092), ('kafka', 29092)]
-    """
-    pairs: list[tuple[str, int]] = []
-    for part in bootstrap.replace(";", ",").split(","):
-        host, sep, port = part.strip().split("://", 1)[-1].rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise CliError(f"bootstrap servers {bootstrap!r} are not host:port[,host:port...]")
-        pairs.append((host.strip("[]"), int(port)))
-    return pairs
-
-
-def normalize_bootstrap(bootstrap: str) -> str:
-    """The ``host:port,host:port`` form aiokafka takes.
-
-    >>> normalize_bootstrap("kafka://a:9092;kafka://b:9092")
-    'a:9092,b:9092'
-    """
-    return ",".join(f"{host}:{port}" for host, port in parse_bootstrap(bootstrap))
 
 
 async def check_reachable(bootstrap: str, timeout_s: float) -> None:

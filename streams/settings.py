@@ -17,7 +17,33 @@ from core.engagement import EngagementConfig
 from core.ratings import RatingWeights
 from core.recommender import RecommenderConfig
 from core.similarity import ROW_LOCAL_SIMILARITIES, SimilarityParams
+from streams.cli import CliError
 from streams.paths import cache_dir
+
+
+def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    """``host:port[,host:port...]`` as pairs; CliError when malformed. Faust's URL form
+    (``kafka://host:port;host:port``, as ``$RECOSTREAM_BROKER`` may hold it) is accepted.
+
+    >>> parse_bootstrap("127.0.0.1:9092, kafka://kafka:29092")
+    [('127.0.0.1', 9092), ('kafka', 29092)]
+    """
+    pairs: list[tuple[str, int]] = []
+    for part in bootstrap.replace(";", ",").split(","):
+        host, sep, port = part.strip().split("://", 1)[-1].rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise CliError(f"bootstrap servers {bootstrap!r} are not host:port[,host:port...]")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
+
+
+def normalize_bootstrap(bootstrap: str) -> str:
+    """The ``host:port,host:port`` form aiokafka takes.
+
+    >>> normalize_bootstrap("kafka://a:9092;kafka://b:9092")
+    'a:9092,b:9092'
+    """
+    return ",".join(f"{host}:{port}" for host, port in parse_bootstrap(bootstrap))
 
 
 class SettingsError(ValueError):
@@ -150,9 +176,7 @@ class Settings:
     @property
     def bootstrap_servers(self) -> str:
         """``host:port[,host:port]`` without Faust's ``kafka://`` scheme."""
-        return ",".join(
-            part.split("://", 1)[-1] for part in self.broker.split(";") for part in part.split(",")
-        )
+        return normalize_bootstrap(self.broker)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)

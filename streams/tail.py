@@ -33,9 +33,9 @@ from streams.produce import (
     check_reachable,
     default_bootstrap,
     default_topic_prefix,
-    normalize_bootstrap,
     quiet_aiokafka,
 )
+from streams.settings import normalize_bootstrap
 
 # A record's ts within this distance of its Kafka timestamp is live event time, and
 # "now - ts" is how long ago the user acted. Further apart, the ts is a replay of

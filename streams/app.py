@@ -191,13 +191,17 @@ class RecoStream:
         self.users = app.Table("users", default=None, partitions=s.partitions, **table_codecs)
         self.rows = app.Table("cooccurrence", default=None, partitions=s.partitions,
                               **table_codecs)
-        self.item_stats = app.GlobalTable("item-stats", default=None, partitions=s.partitions,
-                                          **table_codecs)
-        self.neighbors = app.GlobalTable("neighbors", default=None, partitions=s.partitions,
-                                         **table_codecs)
+        # Every worker reads every partition of a global table. faust-streaming 0.15.3
+        # lists them all as active changelog partitions, so the ones another worker
+        # writes are buffered by recovery_buffer_size (default 1000), and after
+        # recovery a buffer is applied only when full: apply each record as it comes,
+        # or the other worker's writes stay invisible here.
+        global_table: dict[str, Any] = {"partitions": s.partitions, "recovery_buffer_size": 1,
+                                        **table_codecs}
+        self.item_stats = app.GlobalTable("item-stats", default=None, **global_table)
+        self.neighbors = app.GlobalTable("neighbors", default=None, **global_table)
         # per partition: its customers' summary rows; key "model": the fitted churn model
-        self.churn = app.GlobalTable("churn", default=None, partitions=s.partitions,
-                                     **table_codecs)
+        self.churn = app.GlobalTable("churn", default=None, **global_table)
 
     def internal_topic_names(self) -> list[str]:
         """Topics the worker feeds itself (the repartition and refresh topics)."""
@@ -563,6 +567,11 @@ class RecoStream:
     def _declare_web(self) -> None:
         app = self.app
         worker = self
+        # A user's state lives in the partition its events arrive on: murmur2 of the
+        # raw user id in clicks (and co-partitioned purchases). table_route hashes the
+        # users table's JSON-encoded key ('"42"'), another partition for ~3/4 of ids,
+        # and so would ask a worker that may not have the user (404 / cold start).
+        user_topic = self.input_topics["clicks"]
 
         @app.page("/health")
         class Health(View):
@@ -603,7 +612,7 @@ class RecoStream:
 
         @app.page("/users/{user_id}")
         class UserProfileView(View):
-            @app.table_route(table=self.users, match_info="user_id")  # type: ignore[arg-type]
+            @app.topic_route(topic=user_topic, match_info="user_id")  # type: ignore[arg-type]
             async def get(self, request: Request, user_id: str) -> Response:
                 value = worker.users.get(user_id)
                 if value is None:
@@ -623,7 +632,7 @@ class RecoStream:
 
         @app.page("/users/{user_id}/churn")
         class UserChurnView(View):
-            @app.table_route(table=self.users, match_info="user_id")  # type: ignore[arg-type]
+            @app.topic_route(topic=user_topic, match_info="user_id")  # type: ignore[arg-type]
             async def get(self, request: Request, user_id: str) -> Response:
                 value = worker.users.get(user_id)
                 if value is None:
@@ -650,7 +659,7 @@ class RecoStream:
 
         @app.page("/users/{user_id}/recommendations")
         class UserRecommendations(View):
-            @app.table_route(table=self.users, match_info="user_id")  # type: ignore[arg-type]
+            @app.topic_route(topic=user_topic, match_info="user_id")  # type: ignore[arg-type]
             async def get(self, request: Request, user_id: str) -> Response:
                 try:
                     k = int(request.query.get("k", worker.settings.k))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from types import MappingProxyType
 from typing import Any
 
 from streams.cli import CliError
@@ -55,12 +56,17 @@ def _run(args: argparse.Namespace) -> int:
     if settings.security_protocol == "PLAINTEXT":
         # Faust declares its internal topics while the consumer subscribes; when
         # the broker's metadata lags, the subscription misses them until the next
-        # metadata refresh (minutes). Made here first, they are there from the start.
+        # metadata refresh (minutes), and a missing changelog topic at the first
+        # assignment leaves the worker out of the group. Made here first, they are
+        # there from the start.
         from streams.local_broker import TopicSpec, ensure_topics_sync
 
+        compacted = MappingProxyType({"cleanup.policy": "compact"})
+        changelogs = [TopicSpec(table.changelog_topic.get_topic_name(), compacted)
+                      for table in stream.app.tables.values()]
         ensure_topics_sync(settings.bootstrap_servers,
-                           [TopicSpec(name) for name in stream.internal_topic_names()],
-                           settings.partitions)
+                           [TopicSpec(name) for name in stream.internal_topic_names()]
+                           + changelogs, settings.partitions)
     logging.getLogger("recostream").setLevel(args.loglevel.upper().replace("CRIT", "CRITICAL")
                                              .replace("WARN", "WARNING"))
     worker = faust.Worker(stream.app, loglevel=args.loglevel, quiet=True)

@@ -202,6 +202,32 @@ class RecoStream:
         self.neighbors = app.GlobalTable("neighbors", default=None, **global_table)
         # per partition: its customers' summary rows; key "model": the fitted churn model
         self.churn = app.GlobalTable("churn", default=None, **global_table)
+        # A global table also reads back this worker's own writes, later than it
+        # made them, and an older record read back overwrites a newer value for a
+        # while. Each item has one writer (the owner of its partition), so for the
+        # items this worker owns its own last writes are the truth: kept here and
+        # laid over the tables when read (see shared_view).
+        self.own_item_stats: dict[str, list[float]] = {}
+        self.own_neighbors: dict[str, list[list[Any]]] = {}
+
+    def owned_item_partitions(self) -> set[int]:
+        topic = self.rows_topic.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def shared_view(self, table: Any, own: dict[str, Any]) -> dict[str, Any]:
+        """A global table's contents with this worker's own writes laid over it, for
+        the items whose partitions it still owns."""
+        view = dict(table.items())
+        owned = self.owned_item_partitions()
+        parts = self.settings.partitions
+        view.update((k, v) for k, v in own.items() if item_partition(k, parts) in owned)
+        return view
+
+    def shared_get(self, table: Any, own: dict[str, Any], item_id: str) -> Any:
+        if item_id in own and item_partition(item_id, self.settings.partitions) in (
+                self.owned_item_partitions()):
+            return own[item_id]
+        return table.get(item_id)
 
     def internal_topic_names(self) -> list[str]:
         """Topics the worker feeds itself (the repartition and refresh topics)."""
@@ -406,7 +432,7 @@ class RecoStream:
                 act_as(carrier[item_id])
                 self.rows[item_id] = row.to_json()
                 if row.stats() != stats_before[item_id]:
-                    self.item_stats[item_id] = row.stats()
+                    self.item_stats[item_id] = self.own_item_stats[item_id] = row.stats()
 
     # -- neighbour refresh ---------------------------------------------------------------
 
@@ -420,7 +446,8 @@ class RecoStream:
             for item_id, value in list(self.rows.items())
             if item_partition(item_id, s.partitions) == partition
         }
-        counts = {item_id: float(stats[0]) for item_id, stats in list(self.item_stats.items())}
+        counts = {item_id: float(stats[0]) for item_id, stats
+                  in self.shared_view(self.item_stats, self.own_item_stats).items()}
         loop = asyncio.get_running_loop()
         lists = await loop.run_in_executor(
             None, neighbors_for_rows, rows, counts, self.config.neighbors,
@@ -428,8 +455,8 @@ class RecoStream:
         )
         for item_id, pairs in lists.items():
             value = [[j, score] for j, score in pairs]
-            if self.neighbors.get(item_id) != value:
-                self.neighbors[item_id] = value
+            if self.own_neighbors.get(item_id) != value:
+                self.neighbors[item_id] = self.own_neighbors[item_id] = value
                 await self.item_neighbors_topic.send(
                     key=item_id.encode(),
                     value=orjson.dumps({
@@ -458,8 +485,10 @@ class RecoStream:
         """Rebuild the ranking snapshot from the global tables (in an executor)."""
         async with self._rebuild_lock:
             lists = {item_id: [(str(j), float(score)) for j, score in value]
-                     for item_id, value in list(self.neighbors.items()) if value}
-            stats = {item_id: value for item_id, value in list(self.item_stats.items()) if value}
+                     for item_id, value in self.shared_view(self.neighbors,
+                                                            self.own_neighbors).items() if value}
+            stats = {item_id: value for item_id, value
+                     in self.shared_view(self.item_stats, self.own_item_stats).items() if value}
             # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
             loop = asyncio.get_running_loop()
@@ -599,10 +628,10 @@ class RecoStream:
                 except ValueError:
                     return self.json({"error": "k must be an integer in [1, 10000]"}, status=400)
                 # answered from the replicated tables: any worker knows every item
-                stats = worker.item_stats.get(item_id)
+                stats = worker.shared_get(worker.item_stats, worker.own_item_stats, item_id)
                 if stats is None:
                     return self.json({"error": f"unknown item {item_id}"}, status=404)
-                pairs = worker.neighbors.get(item_id) or []
+                pairs = worker.shared_get(worker.neighbors, worker.own_neighbors, item_id) or []
                 return self.json({
                     "item_id": item_id,
                     "neighbors": [{"item_id": j, "score": score} for j, score in pairs[:k]],

@@ -621,11 +621,8 @@ class RecoStream:
         @app.page("/items/{item_id}/neighbors")
         class ItemNeighborsView(View):
             async def get(self, request: Request, item_id: str) -> Response:
-                try:
-                    k = int(request.query.get("k", worker.config.neighbors))
-                    if not 1 <= k <= 10_000:
-                        raise ValueError
-                except ValueError:
+                k = query_k(request, worker.config.neighbors, 10_000)
+                if k is None:
                     return self.json({"error": "k must be an integer in [1, 10000]"}, status=400)
                 # answered from the replicated tables: any worker knows every item
                 stats = worker.shared_get(worker.item_stats, worker.own_item_stats, item_id)
@@ -690,11 +687,8 @@ class RecoStream:
         class UserRecommendations(View):
             @app.topic_route(topic=user_topic, match_info="user_id")  # type: ignore[arg-type]
             async def get(self, request: Request, user_id: str) -> Response:
-                try:
-                    k = int(request.query.get("k", worker.settings.k))
-                    if not 1 <= k <= 1000:
-                        raise ValueError
-                except ValueError:
+                k = query_k(request, worker.settings.k, 1000)
+                if k is None:
                     return self.json({"error": "k must be an integer in [1, 1000]"}, status=400)
                 value = worker.users.get(user_id)
                 state = UserState.from_json(value) if value is not None else None
@@ -740,6 +734,15 @@ def build_model(
     scaled = trending_scale([stats[i][1] for i in ids], [stats[i][2] for i in ids], tau)
     trending = dict(zip(ids, scaled.tolist(), strict=True))
     return NeighborModel.from_neighbor_lists(version, lists, trending, k)
+
+
+def query_k(request: Request, default: int, maximum: int) -> int | None:
+    """The ``k`` query parameter, or None when it is not an integer in [1, maximum]."""
+    try:
+        k = int(request.query.get("k", default))
+    except ValueError:
+        return None
+    return k if 1 <= k <= maximum else None
 
 
 def user_partition(user_id: str, partitions: int) -> int:

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import importlib
 import math
-import subprocess
 import sys
 import time
 import warnings
@@ -36,13 +35,13 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import metadata
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import orjson
 import scipy.sparse as sp
+from provenance import REPO, revision
 
 from core.evaluation import (
     RankingMetrics,
@@ -59,7 +58,6 @@ from streams.cli import CliError
 from streams.datasets import load_events
 from streams.evaluate import RANKING_DEFAULTS
 
-REPO = Path(__file__).resolve().parents[1]
 INSTALL_HINT = (
     f"python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install -e {REPO} "
     "scikit-surprise==1.1.5 implicit==0.7.3 pandas==3.1.1"
@@ -114,19 +112,6 @@ def version_of(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "absent"
-
-
-def revision() -> str:
-    """The commit the figures came from, marked dirty if core/ or streams/ differ from it."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
-                              text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
-        return "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--", "core", "streams") else "")
 
 
 def timed(run: Callable[[], Any]) -> tuple[Any, float]:

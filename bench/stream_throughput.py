@@ -61,13 +61,13 @@ from typing import Any
 
 import numpy as np
 import orjson
+from provenance import REPO, revision
 
 from streams.local_broker import TOPICS, LocalBroker, TopicSpec, ensure_topics_sync
 from streams.produce import OutMessage, Pacer, produce_events
 from streams.settings import Settings
 from streams.worker_process import WorkerProcess, free_port, worker_env
 
-REPO = Path(__file__).resolve().parent.parent
 PARTS = ("bare", "noop", "naive", "worker", "rocksdb", "two", "latency")
 NAIVE_TOPIC = "naive-recommendations"
 # Event mix: 95% clicks of the four click types, 5% purchases.
@@ -910,19 +910,6 @@ def rounded(value: float | None, digits: int = 1) -> float | None:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
-
-
-def revision() -> str:
-    """The commit the figures came from, marked dirty if core/ or streams/ differ from it."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
-                              text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
-        return "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--", "core", "streams") else "")
 
 
 def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],

@@ -28,12 +28,11 @@ from typing import Any, ParamSpec, cast
 
 import orjson
 import pytest
-from aiokafka.partitioner import murmur2
 from faust.types import TP, ChannelT, Message, RecordMetadata, TopicT
 from faust.types.agents import AgentTestWrapperT
 
 from core.events import Event
-from streams.app import RecoStream
+from streams.app import RecoStream, user_partition
 from streams.settings import Settings
 from streams.state import UserState
 
@@ -287,9 +286,6 @@ def output_topics(stream: RecoStream) -> dict[str, TopicT]:
     return found
 
 
-def user_partition(user_id: str, partitions: int) -> int:
-    """Where Kafka's default partitioner (murmur2) puts a message keyed by the user."""
-    return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 #: The ``make_harness`` fixture (tests/stream/conftest.py): fresh app per call.

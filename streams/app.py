@@ -10,13 +10,14 @@ Data flow (P = ``settings.partitions``):
   user to ``recommendations``.
 - ``<app>-cooccurrence`` (by item partition) -> agent ``apply_cooccurrence``:
   rows of C, item counts and trending (table ``cooccurrence``; the small
-  per-item stats every worker needs go to the global table ``item-stats``).
+  per-item stats every worker needs go to the replicated table ``item-stats``,
+  see :mod:`streams.replicated`).
 - A leader timer sends one tick per partition to ``<app>-refresh`` every
   ``refresh_seconds``; agent ``refresh_neighbors`` recomputes neighbours of the
   items of that partition in an executor (never on the event loop), writes them
-  to the global table ``neighbors`` and ``item-neighbors`` (compacted).
+  to the replicated table ``neighbors`` and ``item-neighbors`` (compacted).
 - Every worker rebuilds its ranking snapshot (:class:`core.ranking.NeighborModel`)
-  from the two global tables after a refresh, so any worker can rank any user.
+  from the two replicated tables after a refresh, so any worker can rank any user.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ from core.recommender import DAY, learn_event
 from core.similarity import SimilarityParams, neighbors_for_rows
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import WorkerMetrics
+from streams.replicated import ReplicaReader, ReplicatedTable
 from streams.settings import Settings
 from streams.state import CooccurrenceRow, RowUpdate, UserState, row_updates, source_key
+from streams.transport import App
 
 log = logging.getLogger("recostream")
 
@@ -146,7 +149,7 @@ class RecoStream:
             credentials = faust.SSLCredentials(
                 ssl.create_default_context(cafile=s.ssl_cafile or None)
             )
-        return faust.App(
+        return App(
             s.app_id,
             broker=s.broker,
             broker_credentials=credentials,
@@ -187,47 +190,39 @@ class RecoStream:
         self.churn_alerts_topic = app.topic(s.topic("churn-alerts"), **raw)
         self.triggers_topic = app.topic(s.topic("marketing-triggers"), **raw)
         # Table keys and values use the app's table serializers (JSON).
-        table_codecs: dict[str, Any] = {}
-        self.users = app.Table("users", default=None, partitions=s.partitions, **table_codecs)
-        self.rows = app.Table("cooccurrence", default=None, partitions=s.partitions,
-                              **table_codecs)
-        # Every worker reads every partition of a global table. faust-streaming 0.15.3
-        # lists them all as active changelog partitions, so the ones another worker
-        # writes are buffered by recovery_buffer_size (default 1000), and after
-        # recovery a buffer is applied only when full: apply each record as it comes,
-        # or the other worker's writes stay invisible here.
-        global_table: dict[str, Any] = {"partitions": s.partitions, "recovery_buffer_size": 1,
-                                        **table_codecs}
-        self.item_stats = app.GlobalTable("item-stats", default=None, **global_table)
-        self.neighbors = app.GlobalTable("neighbors", default=None, **global_table)
-        # per partition: its customers' summary rows; key "model": the fitted churn model
-        self.churn = app.GlobalTable("churn", default=None, **global_table)
-        # A global table also reads back this worker's own writes, later than it
-        # made them, and an older record read back overwrites a newer value for a
-        # while. Each item has one writer (the owner of its partition), so for the
-        # items this worker owns its own last writes are the truth: kept here and
-        # laid over the tables when read (see shared_view).
-        self.own_item_stats: dict[str, list[float]] = {}
-        self.own_neighbors: dict[str, list[list[Any]]] = {}
+        self.users = app.Table("users", default=None, partitions=s.partitions)
+        self.rows = app.Table("cooccurrence", default=None, partitions=s.partitions)
+        # Small state every worker reads in full (see streams.replicated): per-item
+        # stats and neighbour lists, written by the owner of the item's partition;
+        # per partition its customers' summary rows ("p<n>") and the fitted churn
+        # model ("model", by the owner of partition 0).
+        parts = s.partitions
+        self.replica_topics: dict[str, faust.TopicT] = {}
+        replicas: dict[str, ReplicatedTable] = {}  # by topic name
+
+        def replicated(name: str, partition_of: Callable[[str], int],
+                       owned: Callable[[], set[int]]) -> ReplicatedTable:
+            topic = app.topic(f"{s.app_id}-{name}", partitions=parts, internal=True,
+                              compacting=True, **raw)
+            self.replica_topics[topic.get_topic_name()] = topic
+
+            def send(key: bytes, value: bytes | None) -> None:
+                topic.send_soon(key=key, value=value)
+
+            table = replicas[topic.get_topic_name()] = ReplicatedTable(
+                name, send, partition_of, owned)
+            return table
+
+        self.item_stats = replicated("item-stats", lambda item: item_partition(item, parts),
+                                     self.owned_item_partitions)
+        self.neighbors = replicated("neighbors", lambda item: item_partition(item, parts),
+                                    self.owned_item_partitions)
+        self.churn = replicated("churn", churn_key_partition, self.owned_tick_partitions)
+        self.replica_reader = ReplicaReader(replicas, parts, s.kafka_client_options())
 
     def owned_item_partitions(self) -> set[int]:
         topic = self.rows_topic.get_topic_name()
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
-
-    def shared_view(self, table: Any, own: dict[str, Any]) -> dict[str, Any]:
-        """A global table's contents with this worker's own writes laid over it, for
-        the items whose partitions it still owns."""
-        view = dict(table.items())
-        owned = self.owned_item_partitions()
-        parts = self.settings.partitions
-        view.update((k, v) for k, v in own.items() if item_partition(k, parts) in owned)
-        return view
-
-    def shared_get(self, table: Any, own: dict[str, Any], item_id: str) -> Any:
-        if item_id in own and item_partition(item_id, self.settings.partitions) in (
-                self.owned_item_partitions()):
-            return own[item_id]
-        return table.get(item_id)
 
     def internal_topic_names(self) -> list[str]:
         """Topics the worker feeds itself (the repartition and refresh topics)."""
@@ -260,6 +255,11 @@ class RecoStream:
             payload = orjson.dumps({"round": refresh_round})
             for partition in range(s.partitions):
                 await self.ticks_topic.send(value=payload, partition=partition)
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def read_replicas() -> None:
+            await self.replica_reader.run(
+                declare=[topic.maybe_declare for topic in self.replica_topics.values()])
 
         @app.timer(s.refresh_seconds)  # type: ignore[untyped-decorator]
         async def rebuild_model() -> None:
@@ -432,7 +432,7 @@ class RecoStream:
                 act_as(carrier[item_id])
                 self.rows[item_id] = row.to_json()
                 if row.stats() != stats_before[item_id]:
-                    self.item_stats[item_id] = self.own_item_stats[item_id] = row.stats()
+                    self.item_stats.set(item_id, row.stats())
 
     # -- neighbour refresh ---------------------------------------------------------------
 
@@ -447,7 +447,7 @@ class RecoStream:
             if item_partition(item_id, s.partitions) == partition
         }
         counts = {item_id: float(stats[0]) for item_id, stats
-                  in self.shared_view(self.item_stats, self.own_item_stats).items()}
+                  in self.item_stats.view().items()}
         loop = asyncio.get_running_loop()
         lists = await loop.run_in_executor(
             None, neighbors_for_rows, rows, counts, self.config.neighbors,
@@ -455,8 +455,8 @@ class RecoStream:
         )
         for item_id, pairs in lists.items():
             value = [[j, score] for j, score in pairs]
-            if self.own_neighbors.get(item_id) != value:
-                self.neighbors[item_id] = self.own_neighbors[item_id] = value
+            if self.neighbors.own_value(item_id) != value:
+                self.neighbors.set(item_id, value)
                 await self.item_neighbors_topic.send(
                     key=item_id.encode(),
                     value=orjson.dumps({
@@ -485,10 +485,9 @@ class RecoStream:
         """Rebuild the ranking snapshot from the global tables (in an executor)."""
         async with self._rebuild_lock:
             lists = {item_id: [(str(j), float(score)) for j, score in value]
-                     for item_id, value in self.shared_view(self.neighbors,
-                                                            self.own_neighbors).items() if value}
+                     for item_id, value in self.neighbors.view().items() if value}
             stats = {item_id: value for item_id, value
-                     in self.shared_view(self.item_stats, self.own_item_stats).items() if value}
+                     in self.item_stats.view().items() if value}
             # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
             loop = asyncio.get_running_loop()
@@ -544,14 +543,14 @@ class RecoStream:
         """
         async with self.users_lock:
             rows = await self._scan_partition(partition)
-        self.churn[f"p{partition}"] = compress_rows(rows)
+        self.churn.set(f"p{partition}", compress_rows(rows))
         if partition == 0:
-            all_rows = [row for key, value in list(self.churn.items())
+            all_rows = [row for key, value in self.churn.view().items()
                         if key.startswith("p") and value for row in value]
             loop = asyncio.get_running_loop()
             fitted = await loop.run_in_executor(
                 None, fit_churn_model, all_rows, self.engagement_config)
-            self.churn["model"] = fitted.to_state()
+            self.churn.set("model", fitted.to_state())
 
     async def _scan_partition(self, partition: int) -> list[list[float]]:
         """Fire what is due for a partition's users; their summary rows for the fit."""
@@ -609,6 +608,8 @@ class RecoStream:
                     "status": "ok",
                     "model_version": worker.model_round,
                     "model_items": worker.model.n_items,
+                    "replicas": {"records": worker.replica_reader.records,
+                                 "caught_up": worker.replica_reader.caught_up.is_set()},
                     "counters": worker.counters.as_json(),
                 })
 
@@ -625,10 +626,10 @@ class RecoStream:
                 if k is None:
                     return self.json({"error": "k must be an integer in [1, 10000]"}, status=400)
                 # answered from the replicated tables: any worker knows every item
-                stats = worker.shared_get(worker.item_stats, worker.own_item_stats, item_id)
+                stats = worker.item_stats.get(item_id)
                 if stats is None:
                     return self.json({"error": f"unknown item {item_id}"}, status=404)
-                pairs = worker.shared_get(worker.neighbors, worker.own_neighbors, item_id) or []
+                pairs = worker.neighbors.get(item_id) or []
                 return self.json({
                     "item_id": item_id,
                     "neighbors": [{"item_id": j, "score": score} for j, score in pairs[:k]],
@@ -748,6 +749,12 @@ def query_k(request: Request, default: int, maximum: int) -> int | None:
 def user_partition(user_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a user-keyed message."""
     return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def churn_key_partition(key: str) -> int:
+    """The partition a ``churn`` key belongs to: ``p<n>`` is partition n's summary
+    rows; the fitted model is written by the owner of partition 0."""
+    return int(key[1:]) if key.startswith("p") else 0
 
 
 def compress_rows(rows: Sequence[Sequence[float]]) -> list[list[float]]:

@@ -178,6 +178,20 @@ class Settings:
         """``host:port[,host:port]`` without Faust's ``kafka://`` scheme."""
         return normalize_bootstrap(self.broker)
 
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Connection options of an aiokafka client for this broker (security included)."""
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers,
+                                   "security_protocol": self.security_protocol}
+        if self.security_protocol in {"SASL_PLAINTEXT", "SASL_SSL"}:
+            options.update(sasl_mechanism=self.sasl_mechanism,
+                           sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        if self.security_protocol in {"SSL", "SASL_SSL"}:
+            import ssl
+
+            options["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile or None)
+        return options
+
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 

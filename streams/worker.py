@@ -63,11 +63,12 @@ def _run(args: argparse.Namespace) -> int:
         from streams.local_broker import TopicSpec, ensure_topics_sync
 
         compacted = MappingProxyType({"cleanup.policy": "compact"})
-        changelogs = [TopicSpec(table.changelog_topic.get_topic_name(), compacted)
-                      for table in stream.app.tables.values()]
+        compacted_topics = [TopicSpec(table.changelog_topic.get_topic_name(), compacted)
+                            for table in stream.app.tables.values()]
+        compacted_topics += [TopicSpec(name, compacted) for name in stream.replica_topics]
         ensure_topics_sync(settings.bootstrap_servers,
                            [TopicSpec(name) for name in stream.internal_topic_names()]
-                           + changelogs, settings.partitions)
+                           + compacted_topics, settings.partitions)
     logging.getLogger("recostream").setLevel(args.loglevel.upper().replace("CRIT", "CRITICAL")
                                              .replace("WARN", "WARNING"))
     # Worker state is many small long-lived objects: with default thresholds a

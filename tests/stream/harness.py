@@ -158,10 +158,10 @@ class Harness:
         writes = []
         while not pending.empty():
             message = pending.get_nowait().message
-            topic = message.channel.get_topic_name()
-            writes.append(ChangelogWrite(topic, _json(message.key), _json(message.value),
-                                         message.partition))
-        return [w for w in writes if w.topic == name]
+            if message.channel.get_topic_name() == name:
+                writes.append(ChangelogWrite(name, _json(message.key), _json(message.value),
+                                             message.partition))
+        return writes
 
     # -- what goes in -------------------------------------------------------------------
 

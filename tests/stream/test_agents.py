@@ -343,18 +343,18 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
         assert row(h, "c").pairs == {"a": 2.0, "b": 1.0}
         counts = {i: row(h, i).count for i in "abc"}
         assert counts == {"a": 2.0, "b": 1.0, "c": 2.0}
-        assert {i: stream.item_stats[i][0] for i in "abc"} == counts
-        assert {i: stream.item_stats[i] for i in "abc"} == {i: row(h, i).stats() for i in "abc"}
+        assert {i: stream.item_stats.get(i)[0] for i in "abc"} == counts
+        assert {i: stream.item_stats.get(i) for i in "abc"} == {i: row(h, i).stats() for i in "abc"}
         assert row(h, "a").applied.offsets == {"clicks/0": 2, "clicks/1": 1}
         rows_before = {i: stream.rows[i] for i in "abc"}
-        stats_before = {i: stream.item_stats[i] for i in "abc"}
+        stats_before = {i: stream.item_stats.get(i) for i in "abc"}
 
         # the same update messages again (redelivered): nothing changes
         await h.relay(rows_agent, row_sends)
         assert stream.counters.row_updates_skipped == len(expected)
         assert stream.counters.row_updates_applied == len(expected)
         assert {i: stream.rows[i] for i in "abc"} == rows_before
-        assert {i: stream.item_stats[i] for i in "abc"} == stats_before
+        assert {i: stream.item_stats.get(i) for i in "abc"} == stats_before
 
 
 @run_async
@@ -421,7 +421,7 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
         assert stream.counters.row_updates_skipped == 0
 
         rows = {i: CooccurrenceRow.from_json(v) for i, v in stream.rows.items()}
-        counts = {i: float(v[0]) for i, v in stream.item_stats.items()}
+        counts = {i: float(v[0]) for i, v in stream.item_stats.view().items()}
         assert set(rows) == set(counts) == {e.item_id for e in events if e.type !=
                                             "remove_from_cart"}
         # one partition's tick: its items get lists equal to the core function's
@@ -430,9 +430,9 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
         mine = {i: r.pairs for i, r in rows.items() if item_partition(i, PARTITIONS) == 2}
         assert mine and len(mine) < len(rows)
         expected = neighbors_for_rows(mine, counts, 10, "cosine", SimilarityParams())
-        assert {i: stream.neighbors[i] for i in mine} == {
+        assert {i: stream.neighbors.get(i) for i in mine} == {
             i: [[j, s] for j, s in pairs] for i, pairs in expected.items()}
-        assert set(stream.neighbors.keys()) == set(mine)
+        assert set(stream.neighbors.view()) == set(mine)
         published = [m.json() for m in h.sent_to("item-neighbors")]
         assert {p["item_id"] for p in published} == set(mine)
         assert {p["model_version"] for p in published} == {5}
@@ -452,7 +452,7 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
     replay.observe_many(events)
     replay.refresh()
     for item in rows:
-        assert [(j, s) for j, s in stream.neighbors[item]] == replay.neighbors_of(item), item
+        assert [(j, s) for j, s in stream.neighbors.get(item)] == replay.neighbors_of(item), item
     users = sorted({e.user_id for e in events})
     full_lists = 0
     for user in [*users, "nobody"]:

@@ -8,6 +8,7 @@ workers must answer what one would.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -315,3 +316,60 @@ def test_two_workers_share_the_partitions_and_answer_like_one(
         for worker in workers:
             answer = worker.get(f"/items/{item}/neighbors?k=5")
             assert [n["item_id"] for n in answer["neighbors"]] == expected, (worker.port, item)
+
+
+def test_no_event_is_lost_while_a_worker_joins_and_another_leaves_mid_stream(
+    kafka_bootstrap: str, stream_settings: Settings, tmp_path: Path,
+    start_worker: Callable[[Settings], WorkerProcess], ml_slice: list[Event],
+) -> None:
+    """Events keep coming while a second worker joins and then the first one leaves;
+    the survivor ends with every user's profile and list as the replay of all events
+    (two rebalances, table recovery from the changelogs, nothing dropped)."""
+    first_settings = replace(stream_settings, session_timeout=10.0)
+    port = free_port()
+    while port == first_settings.web_port:
+        port = free_port()
+    second_settings = replace(first_settings, web_port=port, data_dir=tmp_path / "worker-b")
+    messages = event_messages(first_settings.topic_prefix, ml_slice)
+    chunks = [messages[i:i + 50] for i in range(0, len(messages), 50)]
+
+    def produce_paced() -> None:  # ~15 s of input
+        for chunk in chunks:
+            produce(kafka_bootstrap, chunk)
+            time.sleep(0.25)
+
+    first = start_worker(first_settings)
+    wait_for_group(kafka_bootstrap, first_settings.app_id, members=1)
+    producer = threading.Thread(target=produce_paced)
+    producer.start()
+    try:
+        time.sleep(2.0)
+        second = start_worker(second_settings)
+        wait_for_group(kafka_bootstrap, first_settings.app_id, members=2)
+        assert producer.is_alive(), "the input ended before the second worker joined"
+        first.stop()
+        wait_for_group(kafka_bootstrap, first_settings.app_id, members=1)
+        assert producer.is_alive(), "the input ended before the first worker left"
+    finally:
+        producer.join()
+
+    model = replay(first_settings, ml_slice)
+    users = sorted({e.user_id for e in ml_slice})
+    expected_events = {user: model.users[user].events for user in users}
+
+    def profile_events() -> dict[str, int | None]:
+        answers = {user: second.get_status(f"/users/{user}") for user in users}
+        return {user: body["events"] if status == 200 else None
+                for user, (status, body) in answers.items()}
+
+    deadline = time.monotonic() + 90.0
+    got = profile_events()
+    while got != expected_events and time.monotonic() < deadline:
+        time.sleep(0.5)
+        got = profile_events()
+    assert got == expected_events, {u: (got[u], expected_events[u]) for u in users
+                                    if got[u] != expected_events[u]}
+    [health] = settle([second], 0, rounds=1)
+    assert health["counters"]["dead_lettered"] == {}
+    mismatched = recommendation_mismatches(second, model, users, first_settings.k)
+    assert not mismatched, f"{len(mismatched)}/{len(users)} users differ, first: {mismatched[0]}"

@@ -7,6 +7,21 @@ neighbour lists and item statistics that all workers share
 (:meth:`NeighborModel.from_neighbor_lists`). Both then rank with the same code,
 which is why a replay and the stream agree item for item.
 
+Ranking a user means scoring every item of the snapshot and listing the best by
+(-score, id); users are ranked in batches (:meth:`NeighborModel.rank_many`), one
+user being a batch of one. Only a neighbour of one of the user's recent items
+(a *candidate*) gets a similarity; every other item scores its trending prior
+alone, so among those the order is the trending order, fixed per snapshot. The
+top ``n`` therefore lies among the candidates plus the first ``n`` items of the
+trending order that are neither candidates nor banned, whatever the ties: a
+user with few neighbour entries (recent items times neighbours per item) is
+ranked from those alone, at a cost that does not grow with the catalogue. A user
+with many (``n_items / 16`` or more) is scored over every item, which is then
+the cheaper way. Either way every
+candidate's similarities are added one by one from 0.0 in history order (most
+recent first, then neighbour slot), so a user gets the very same floats alone
+or in any batch, and ties fall the same way.
+
 >>> model = NeighborModel.from_neighbor_lists(
 ...     1, {"a": [("b", 0.5), ("c", 0.25)], "b": [("a", 0.5)]}, {"a": 1.0, "c": 0.5}, k=2)
 >>> from core.ratings import UserProfile
@@ -18,8 +33,8 @@ which is why a replay and the stream agree item for item.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +50,16 @@ if TYPE_CHECKING:
 # Trending scores are rounded so that sums folded in another order (another
 # worker, a replay) compare equal; far below anything that matters for ranking.
 TRENDING_DECIMALS = 9
+
+# Neighbour entries (history items x neighbours) gathered together: bounds the
+# temporary arrays of a batch (about 20 bytes an entry).
+_CHUNK_ENTRIES = 1 << 15
+# A user with at least n_items / _DENSE_SHARE neighbour entries is scored over
+# every item (fewer, longer steps: cheaper then); any other user over the
+# candidates and the trending order. Both add the same floats in the same order.
+_DENSE_SHARE = 16
+_NO_ITEMS = np.zeros(0, dtype=np.int64)
+_NO_POSITIONS: list[int] = []
 
 
 def trend_bump(value: float, time: float, ts: float, tau: float) -> tuple[float, float]:
@@ -84,6 +109,96 @@ def id_ranks(ids: Sequence[str]) -> np.ndarray:
     return ranks
 
 
+class _TrendingTail:
+    """Every item's prior (``popularity_weight * trending``) and the items in
+    ranking order by it, (-prior, id), over those whose prior could be listed.
+
+    The order is built as far as asked: an exact prefix, extended by doubling.
+
+    >>> tail = _TrendingTail(np.array([0.5, 0.0, 0.5, 1.0]), ["d", "c", "b", "a"])
+    >>> tail.prefix(2).tolist()
+    [3, 2, 0]
+    >>> tail.first_free(2, stamp=np.array([0, 0, 5, 0]), floor=5).tolist()
+    [3, 0]
+    """
+
+    def __init__(self, values: np.ndarray, ids: Sequence[str]) -> None:
+        self.values = values
+        self._ids = ids
+        self._usable = np.flatnonzero(np.isfinite(values) & (values > 0))
+        self._order = _NO_ITEMS
+
+    def prefix(self, length: int) -> np.ndarray:
+        """The first ``length`` or more items of the order (all of it when shorter)."""
+        order, usable = self._order, self._usable
+        if length <= order.size or order.size == usable.size:
+            return order
+        want = min(max(length, 2 * order.size, 64), usable.size)
+        chosen = usable
+        if want < usable.size:
+            values = self.values[usable]
+            # Everything at or above the want-th largest prior: ties at the cut
+            # come along, so the prefix is exact whatever the ids.
+            threshold = np.partition(values, values.size - want)[values.size - want]
+            chosen = usable[values >= threshold]
+        positions = chosen.tolist()
+        keys = zip((-self.values[chosen]).tolist(), [self._ids[p] for p in positions],
+                   positions, strict=True)
+        order = np.asarray([p for _, _, p in sorted(keys)], dtype=np.int64)
+        self._order = order
+        return order
+
+    def first_free(self, n: int, stamp: np.ndarray, floor: int) -> np.ndarray:
+        """The first ``n`` items of the order whose ``stamp`` is below ``floor``."""
+        step = 2 * n + 16
+        chunk = self.prefix(step)[:step]
+        taken: np.ndarray = chunk[stamp[chunk] < floor][:n]
+        if taken.size == n or chunk.size < step:
+            return taken
+        found = [taken]
+        need, start = n - taken.size, step
+        while need > 0:
+            step *= 2
+            chunk = self.prefix(start + step)[start : start + step]
+            if chunk.size == 0:
+                break
+            taken = chunk[stamp[chunk] < floor][:need]
+            found.append(taken)
+            need -= taken.size
+            start += step
+        return np.concatenate(found)
+
+
+def _sums_sparse(
+    items: np.ndarray, values: np.ndarray, mark: np.ndarray, entry: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct items of one user's entries and each one's sum, in O(entries).
+
+    ``items`` (-1 for padding) and ``values`` are the entries; ``mark`` is
+    scratch with one slot per item plus a last one for the padding, and
+    ``entry`` holds 0, 1, ... at least as long as ``items``. Every entry gets a
+    representative (one entry of its item, whichever the scatter kept), and one
+    bincount over representatives adds each item's values in entry order.
+
+    >>> items, sums = _sums_sparse(np.array([2, -1, 0, 2]), np.array([0.5, 9.0, 1.0, 0.25]),
+    ...                            np.empty(4, dtype=np.int64), np.arange(4))
+    >>> sorted(zip(items.tolist(), sums.tolist()))
+    [(0, 1.0), (2, 0.75)]
+    """
+    padding_slot = mark.size - 1
+    entries = entry[: items.size]
+    mark[padding_slot] = entries.size  # stays out of range unless there is padding
+    mark[items] = entries  # -1 lands in the padding slot
+    representative = mark[items]
+    stands_for_item = representative == entries
+    padding = int(mark[padding_slot])
+    if padding < entries.size:
+        stands_for_item[padding] = False
+    sums = np.bincount(representative, weights=values, minlength=entries.size)
+    kept = np.flatnonzero(stands_for_item)
+    return items[kept], sums[kept]
+
+
 @dataclass(frozen=True)
 class Recommendations:
     """A ranked list for one user; ``cold_start`` when it is trending items only."""
@@ -110,6 +225,14 @@ class NeighborModel:
     neighbors: ItemNeighbors
     trending: np.ndarray
     version: int
+    # Derived once per snapshot, on first use: recency weights per decay, and
+    # the trending order per popularity weight. Arrays above are not mutated.
+    _powers: dict[float, np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _tails: dict[float, _TrendingTail] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def n_items(self) -> int:
@@ -146,40 +269,6 @@ class NeighborModel:
             trend[positions[item_id]] = value
         return cls(items, ItemNeighbors(indices, scores), trend, version)
 
-    def scores(
-        self, recent: Sequence[str], recency_decay: float, popularity_weight: float
-    ) -> np.ndarray:
-        """Score of every item in the snapshot for a user whose recent items are given.
-
-        The r-th most recent item contributes its neighbours' similarities times
-        ``recency_decay ** r``; the trending prior is added with its weight.
-        """
-        n = self.n_items
-        scores: np.ndarray = np.zeros(n, dtype=np.float64)
-        if recent and n:
-            positions = self.items.positions
-            hist: list[int] = []
-            weights: list[float] = []
-            weight = 1.0
-            for item_id in reversed(recent):
-                position = positions.get(item_id, n)
-                if position < n:
-                    hist.append(position)
-                    weights.append(weight)
-                weight *= recency_decay
-            if hist:
-                neighbor_idx = self.neighbors.indices[hist]
-                neighbor_score = self.neighbors.scores[hist] * np.asarray(weights)[:, None]
-                # -1 padding lands in the extra last bin, dropped below.
-                scores = np.bincount(
-                    np.where(neighbor_idx >= 0, neighbor_idx, n).ravel(),
-                    weights=neighbor_score.ravel(),
-                    minlength=n + 1,
-                )[:n]
-        if popularity_weight and self.trending.size:
-            scores += popularity_weight * self.trending[:n]
-        return scores
-
     def rank(
         self,
         profile: UserProfile | None,
@@ -189,17 +278,99 @@ class NeighborModel:
         popularity_weight: float,
         banned: Iterable[str] = (),
     ) -> list[tuple[str, float]]:
-        """The user's top-``n`` (item id, score), leaving out ``banned`` items."""
-        recent = profile.recent if profile is not None else []
-        scores = self.scores(recent, recency_decay, popularity_weight)
-        size = scores.size
-        positions = self.items.positions
-        for item_id in banned:
-            position = positions.get(item_id, size)
-            if position < size:
-                scores[position] = -np.inf
+        """The user's top-``n`` (item id, score), leaving out ``banned`` items.
+
+        :meth:`rank_many` for a batch of one: there is one way to rank.
+
+        >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {"c": 1.0}, k=1)
+        >>> model.rank(UserProfile(recent=["a"]), 3, recency_decay=1.0, popularity_weight=0.1)
+        [('b', 0.5), ('c', 0.1)]
+        """
+        return self.rank_many(
+            [profile],
+            n,
+            recency_decay=recency_decay,
+            popularity_weight=popularity_weight,
+            banned=[banned],
+        )[0]
+
+    def rank_many(
+        self,
+        profiles: Sequence[UserProfile | None],
+        n: int,
+        *,
+        recency_decay: float,
+        popularity_weight: float,
+        banned: Sequence[Iterable[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Each user's top-``n`` (item id, score), best first, one list per profile.
+
+        An item's score is the sum, over the user's recent items known to the
+        snapshot (most recent first, the r-th weighted ``recency_decay ** r``),
+        of its similarity as their neighbour, plus ``popularity_weight`` times
+        its trending score. Only finite, positive scores are listed, equal
+        scores in item id order. A user's list depends on nothing else in the
+        batch; the batch shares the setup and the gathering of neighbour rows.
+        See the module docstring for why few items need looking at.
+
+        Parameters
+        ----------
+        profiles
+            The users, ``None`` for one without a profile (trending items only).
+        n
+            Items per list.
+        recency_decay, popularity_weight
+            As in :class:`core.recommender.RecommenderConfig`.
+        banned
+            Per profile, item ids to leave out; as long as ``profiles``.
+
+        Returns
+        -------
+        list of list of (str, float)
+            Per profile, in the order given. Each list depends on that profile
+            alone, not on the rest of the batch or its order.
+
+        Examples
+        --------
+        >>> model = NeighborModel.from_neighbor_lists(
+        ...     1, {"a": [("b", 0.5), ("c", 0.5)]}, {"a": 1.0, "d": 0.5}, k=2)
+        >>> model.rank_many([UserProfile(recent=["a"]), None], 2, recency_decay=1.0,
+        ...                 popularity_weight=0.0, banned=[{"b"}, ()])
+        [[('c', 0.5)], []]
+        """
+        if banned is not None and len(banned) != len(profiles):
+            raise ValueError("banned must hold one collection per profile")
+        ranked: list[list[tuple[str, float]]] = [[] for _ in profiles]
+        size = self.n_items
+        if n <= 0 or size == 0:
+            return ranked
         ids = self.items.ids
-        return [(ids[p], s) for p, s in top_k(scores, n, ids=ids)]
+        get = self.items.positions.get
+        tail = self._tail(popularity_weight)
+        # User u stamps the items it bans 2u + 1 and its candidates 2u + 2, so
+        # "stamped by this user" is stamp >= 2u + 1: nothing needs clearing.
+        stamp = np.zeros(size, dtype=np.int64)
+        scored = self._scores(profiles, recency_decay, tail)
+        for user, (items, scores) in enumerate(scored):
+            out = _NO_POSITIONS
+            if banned is not None:
+                out = [p for p in map(get, banned[user]) if p is not None and p < size]
+            if items is None:  # scores of every item
+                if out:
+                    scores[out] = -np.inf  # top_k lists finite scores only
+                ranked[user] = [(ids[p], s) for p, s in top_k(scores, n, ids=ids)]
+                continue
+            floor = 2 * user + 1
+            if out:
+                stamp[out] = floor
+                scores[stamp[items] == floor] = -np.inf
+            if tail is not None:
+                stamp[items] = floor + 1
+                extra = tail.first_free(n, stamp, floor)
+                items = np.concatenate((items, extra))
+                scores = np.concatenate((scores, tail.values[extra]))
+            ranked[user] = [(ids[p], s) for p, s in top_k(scores, n, ids=ids, positions=items)]
+        return ranked
 
     def recommend(
         self,
@@ -212,27 +383,212 @@ class NeighborModel:
         filter_purchased: bool = True,
         exclude: Iterable[str] = (),
     ) -> Recommendations:
-        """:meth:`rank` with the usual exclusions, as a :class:`Recommendations`."""
-        banned: set[str] = set(exclude)
-        if profile is not None:
-            if filter_already_liked_items:
-                banned.update(profile.ratings)
-            if filter_purchased:
-                banned.update(profile.purchased)
-        ranked = self.rank(
-            profile,
+        """:meth:`recommend_many` for one user, leaving out ``exclude`` too.
+
+        >>> from core.recommender import RecommenderConfig
+        >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {"a": 1.0}, k=1)
+        >>> profile = UserProfile(ratings={"a": 1.0}, recent=["a"], purchased={"a"})
+        >>> model.recommend("u", profile, 2, RecommenderConfig()).item_ids
+        ('b',)
+        """
+        return self.recommend_many(
+            [(user_id, profile)],
+            n,
+            config,
+            filter_already_liked_items=filter_already_liked_items,
+            filter_purchased=filter_purchased,
+            exclude={user_id: exclude},
+        )[0]
+
+    def recommend_many(
+        self,
+        requests: Sequence[tuple[str, UserProfile | None]],
+        n: int,
+        config: RecommenderConfig,
+        *,
+        filter_already_liked_items: bool = False,
+        filter_purchased: bool = True,
+        exclude: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[Recommendations]:
+        """Top-``n`` lists for many users at once, with the usual exclusions.
+
+        Each list equals what :meth:`recommend` gives that user alone (it is the
+        same code), whatever else is in the batch and in what order.
+
+        Parameters
+        ----------
+        requests
+            (user id, profile or ``None``) pairs; a user may appear more than once.
+        n
+            Items per list.
+        config
+            Supplies ``recency_decay`` and ``popularity_weight``.
+        filter_already_liked_items, filter_purchased
+            Leave out every rated item; every bought item (the default).
+        exclude
+            Per user id, further item ids to leave out.
+
+        Returns
+        -------
+        list of Recommendations
+            One per request, in the order given.
+
+        Examples
+        --------
+        >>> from core.recommender import RecommenderConfig
+        >>> model = NeighborModel.from_neighbor_lists(
+        ...     3, {"a": [("b", 0.5), ("c", 0.25)]}, {"a": 1.0, "c": 0.5}, k=2)
+        >>> recs = model.recommend_many(
+        ...     [("u", UserProfile(ratings={"a": 1.0}, recent=["a"])), ("v", None)], 2,
+        ...     RecommenderConfig(popularity_weight=0.0),
+        ...     filter_already_liked_items=True, exclude={"u": ["b"]})
+        >>> [(r.user_id, r.item_ids, r.cold_start) for r in recs]
+        [('u', ('c',), False), ('v', (), True)]
+        """
+        banned: list[set[str]] = []
+        for user_id, profile in requests:
+            out: set[str] = set(exclude.get(user_id, ())) if exclude else set()
+            if profile is not None:
+                if filter_already_liked_items:
+                    out.update(profile.ratings)
+                if filter_purchased:
+                    out.update(profile.purchased)
+            banned.append(out)
+        ranked = self.rank_many(
+            [profile for _, profile in requests],
             n,
             recency_decay=config.recency_decay,
             popularity_weight=config.popularity_weight,
             banned=banned,
         )
-        return Recommendations(
-            user_id=user_id,
-            item_ids=tuple(i for i, _ in ranked),
-            scores=tuple(s for _, s in ranked),
-            cold_start=profile is None or not profile.recent,
-            model_version=self.version,
-        )
+        results = []
+        for (user_id, profile), pairs in zip(requests, ranked, strict=True):
+            item_ids, scores = zip(*pairs, strict=True) if pairs else ((), ())
+            results.append(Recommendations(
+                user_id=user_id,
+                item_ids=item_ids,
+                scores=scores,
+                cold_start=profile is None or not profile.recent,
+                model_version=self.version,
+            ))
+        return results
+
+    # -- ranking internals ---------------------------------------------------------
+
+    def _scores(
+        self,
+        profiles: Sequence[UserProfile | None],
+        recency_decay: float,
+        tail: _TrendingTail | None,
+    ) -> Iterator[tuple[np.ndarray | None, np.ndarray]]:
+        """Per profile, (items, scores): its candidates and their scores, or
+        (None, scores of every item) for a user with many neighbour entries.
+
+        A candidate is a neighbour of a recent item, listed once, in no set
+        order. Its score is its weighted similarities added one by one from 0.0
+        in history order (most recent first, then neighbour slot), plus its
+        prior when there is one: the very floats of a ``np.bincount`` over
+        every item, which is how the full vector is computed. Scores are fresh
+        arrays, the caller's to change.
+        """
+        size = self.n_items
+        width = self.neighbors.k
+        mark = np.empty(size + 1, dtype=np.int64)  # scratch of _sums_sparse
+        entry = _NO_ITEMS
+        for start, stop in self._chunks(profiles):
+            hist, weights, rows = self._history(profiles[start:stop], recency_decay)
+            neighbor_idx = self.neighbors.indices[hist].ravel()
+            contribution = (self.neighbors.scores[hist] * weights[:, None]).ravel()
+            bounds = [row * width for row in rows]
+            for user in range(stop - start):
+                first, last = bounds[user], bounds[user + 1]
+                items, values = neighbor_idx[first:last], contribution[first:last]
+                if (last - first) * _DENSE_SHARE >= size and first < last:
+                    # -1 padding goes to bin 0, dropped.
+                    dense = np.bincount(items + 1, weights=values, minlength=size + 1)[1:]
+                    if tail is not None:
+                        dense += tail.values
+                    yield None, dense
+                    continue
+                if first == last:
+                    yield _NO_ITEMS, np.zeros(0)
+                    continue
+                if entry.size < last - first:
+                    entry = np.arange(last - first, dtype=np.int64)
+                items, sums = _sums_sparse(items, values, mark, entry)
+                if tail is not None:
+                    sums += tail.values[items]
+                yield items, sums
+
+    def _chunks(self, profiles: Sequence[UserProfile | None]) -> Iterator[tuple[int, int]]:
+        """Runs of users whose neighbour entries together stay near ``_CHUNK_ENTRIES``."""
+        width = max(self.neighbors.k, 1)
+        start = entries = 0
+        for user, profile in enumerate(profiles):
+            if profile is not None:
+                entries += len(profile.recent) * width
+            if entries >= _CHUNK_ENTRIES:
+                yield start, user + 1
+                start, entries = user + 1, 0
+        if start < len(profiles):
+            yield start, len(profiles)
+
+    def _history(
+        self, profiles: Sequence[UserProfile | None], recency_decay: float
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """The users' recent items known to the snapshot, most recent first.
+
+        Returns (positions, weights, rows): user ``u``'s are
+        ``positions[rows[u]:rows[u + 1]]``. The r-th most recent item weighs
+        ``recency_decay ** r``, unknown items counted in r (they age the rest).
+        """
+        size = self.n_items
+        get = self.items.positions.get
+        hist: list[int] = []
+        ages: list[int] = []
+        rows = [0]
+        longest = 0
+        for profile in profiles:
+            recent = profile.recent if profile is not None else ()
+            if recent:
+                positions = [get(item_id, size) for item_id in reversed(recent)]
+                if max(positions) < size:
+                    hist += positions
+                    ages += range(len(positions))
+                else:
+                    for age, position in enumerate(positions):
+                        if position < size:
+                            hist.append(position)
+                            ages.append(age)
+                longest = max(longest, len(positions))
+            rows.append(len(hist))
+        weights = self._decay_powers(recency_decay, longest)[np.asarray(ages, dtype=np.int64)]
+        return np.asarray(hist, dtype=np.int64), weights, rows
+
+    def _decay_powers(self, decay: float, length: int) -> np.ndarray:
+        """``decay ** r`` for r < length, as repeated products (1.0, d, d*d, ...)."""
+        powers = self._powers.get(decay)
+        if powers is None or powers.size < length:
+            values = [1.0]
+            weight = 1.0
+            for _ in range(max(length, 256) - 1):
+                weight *= decay
+                values.append(weight)
+            powers = self._powers[decay] = np.asarray(values)
+        return powers
+
+    def _tail(self, popularity_weight: float) -> _TrendingTail | None:
+        """Items by prior for this weight, or None when scores carry no prior."""
+        if not popularity_weight or not self.trending.size:
+            return None
+        tail = self._tails.get(popularity_weight)
+        if tail is None:
+            size = self.n_items
+            values = np.zeros(size, dtype=np.float64)
+            m = min(size, self.trending.size)
+            values[:m] = popularity_weight * self.trending[:m]
+            tail = self._tails[popularity_weight] = _TrendingTail(values, self.items.ids)
+        return tail
 
     def neighbors_of(self, item_id: str, k: int | None = None) -> list[tuple[str, float]]:
         """An item's most similar items in this snapshot, best first."""

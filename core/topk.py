@@ -16,16 +16,26 @@ import scipy.sparse as sp
 
 
 def top_k(
-    scores: np.ndarray, k: int, *, ids: Sequence[str] | None = None
+    scores: np.ndarray,
+    k: int,
+    *,
+    ids: Sequence[str] | None = None,
+    positions: np.ndarray | None = None,
 ) -> list[tuple[int, float]]:
     """The ``k`` best finite, positive entries as (position, score), best first.
 
     Equal scores are ordered by ``ids[position]`` when ids are given (stable
-    across processes whose positions differ), else by position.
+    across processes whose positions differ), else by position. With
+    ``positions`` the vector is sparse: ``scores[i]`` is the score of item
+    ``positions[i]`` (distinct positions), and both the result and the tie-break
+    refer to those positions.
+
+    >>> top_k(np.array([1.0, 2.0, 1.0]), 2, ids=["x", "c", "b", "a"], positions=np.array([2, 1, 3]))
+    [(1, 2.0), (3, 1.0)]
     """
     if k <= 0 or scores.size == 0:
         return []
-    usable = np.flatnonzero(np.isfinite(scores) & (scores > 0))
+    usable = _usable_at_or_above_kth(scores, k)
     if usable.size == 0:
         return []
     if usable.size > k:
@@ -34,12 +44,37 @@ def top_k(
         # boundary are all candidates and the id tie-break decides.
         threshold = np.partition(values, values.size - k)[values.size - k]
         usable = usable[values >= threshold]
-    candidates = [(int(p), float(scores[p])) for p in usable]
+    where = usable if positions is None else positions[usable]
+    candidates = list(zip(where.tolist(), scores[usable].tolist(), strict=True))
     if ids is None:
         candidates.sort(key=lambda c: (-c[1], c[0]))
     else:
         candidates.sort(key=lambda c: (-c[1], ids[c[0]]))
     return candidates[:k]
+
+
+_SAMPLE_STRIDE = 16
+
+
+def _usable_at_or_above_kth(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of finite, positive scores: all of them, or, on long vectors,
+    a subset that surely holds every one at or above the k-th largest.
+
+    The floor is the k-th largest usable value among every ``_SAMPLE_STRIDE``-th
+    score: k usable scores reach it, so the k-th largest does too.
+
+    >>> _usable_at_or_above_kth(np.array([0.0, np.nan, 3.0, -1.0, np.inf, 2.0]), 1).tolist()
+    [2, 5]
+    """
+    if scores.size >= _SAMPLE_STRIDE * 2 * k:
+        sample = scores[::_SAMPLE_STRIDE]
+        sample = sample[np.isfinite(sample) & (sample > 0)]
+        if sample.size >= k:
+            floor = np.partition(sample, sample.size - k)[sample.size - k]
+            reach = np.flatnonzero(scores >= floor)
+            finite: np.ndarray = reach[np.isfinite(scores[reach])]
+            return finite
+    return np.flatnonzero(np.isfinite(scores) & (scores > 0))
 
 
 def top_k_per_row_dense(

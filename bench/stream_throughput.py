@@ -591,6 +591,7 @@ def start_profiler(bench: Bench, worker: WorkerProcess,
     out.parent.mkdir(parents=True, exist_ok=True)
     log = (bench.tmp / f"{name}-py-spy.log").open("wb")
     proc = subprocess.Popen([spy, "record", "--format", "raw", "--nonblocking", "--rate", "100",
+                             "--idle", "--threads",
                              "--output", str(out), "--pid", str(worker.proc.pid)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     bench.cleanups.append(lambda: stop_child(proc))

@@ -390,8 +390,10 @@ class RecoStream:
             for user_id, state, last_event in writes:
                 act_as(last_event)
                 self.users[user_id] = state.to_json()
-        for user_id, state, trigger, trigger_ts in changed_users:
-            recs = self.recommend(user_id, state, s.k)
+        ranked = self.model.recommend_many(
+            [(user_id, state.profile) for user_id, state, _, _ in changed_users], s.k,
+            self.config)
+        for (user_id, _, trigger, trigger_ts), recs in zip(changed_users, ranked, strict=True):
             await self.recommendations_topic.send(
                 key=user_id.encode(), value=orjson.dumps(recommendation_record(recs, trigger,
                                                                                trigger_ts)))

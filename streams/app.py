@@ -38,6 +38,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT, StreamT
 from faust.web import Request, Response, View
+from mode.types.signals import BaseSignalT
 
 from core.churn import score_customer
 from core.engagement import PRIOR_MODEL, ChurnModel, Trigger, fit_churn_model
@@ -49,7 +50,14 @@ from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import WorkerMetrics
 from streams.replicated import ReplicaReader, ReplicatedTable
 from streams.settings import Settings
-from streams.state import CooccurrenceRow, RowUpdate, UserState, row_updates, source_key
+from streams.state import (
+    CooccurrenceRow,
+    DecodedCache,
+    RowUpdate,
+    UserState,
+    row_updates,
+    source_key,
+)
 from streams.transport import App
 
 log = logging.getLogger("recostream")
@@ -120,6 +128,10 @@ class RecoStream:
         self.partition_rounds: dict[int, int] = {}
         self._rebuild_lock = asyncio.Lock()
         self.users_lock = asyncio.Lock()
+        # Decoded users and rows this worker wrote (see DecodedCache): emptied on
+        # every rebalance and after a failed batch.
+        self.user_cache: DecodedCache[UserState] = DecodedCache(settings.cache_keys)
+        self.row_cache: DecodedCache[CooccurrenceRow] = DecodedCache(settings.cache_keys)
         self.app = self._make_app()
         self._declare_topics_and_tables()
         self._declare_agents()
@@ -242,7 +254,11 @@ class RecoStream:
         async def apply_cooccurrence(updates: StreamT[Any]) -> None:
             stream = cast(faust.Stream[bytes], updates)
             async for batch in stream.take_events(s.batch_size, within=s.batch_seconds):
-                self.apply_row_batch(stream, batch)
+                try:
+                    self.apply_row_batch(stream, batch)
+                except BaseException:
+                    self.row_cache.clear()  # may hold changes that were never written
+                    raise
 
         @app.agent(self.ticks_topic, name="refresh_neighbors")
         async def refresh_neighbors(ticks: StreamT[Any]) -> None:
@@ -267,6 +283,33 @@ class RecoStream:
             await self.rebuild_model(self.model_round)
 
         self.agents = (process_events, apply_cooccurrence, refresh_neighbors)
+        app.on_partitions_revoked.connect(self._forget_cached)
+        app.on_partitions_assigned.connect(self._forget_cached)
+
+    async def _forget_cached(self, sender: Any, /, *args: Any,
+                             signal: BaseSignalT[Any], **kwargs: Any) -> None:
+        # another worker may have written these keys while they were not ours
+        self.user_cache.clear()
+        self.row_cache.clear()
+
+    def user_state(self, user_id: str) -> UserState:
+        """A user's state: cached, or read from the table (under the key's own event)."""
+        state = self.user_cache.get(user_id)
+        if state is None:
+            state = UserState.from_json(self.users.get(user_id))
+            self.user_cache.put(user_id, state)
+        return state
+
+    def write_user(self, user_id: str, state: UserState) -> None:
+        self.users[user_id] = state.to_json()
+        self.user_cache.put(user_id, state)
+
+    def row_state(self, item_id: str) -> CooccurrenceRow:
+        row = self.row_cache.get(item_id)
+        if row is None:
+            row = CooccurrenceRow.from_json(self.rows.get(item_id))
+            self.row_cache.put(item_id, row)
+        return row
 
     # -- events -> user state -----------------------------------------------------
 
@@ -294,7 +337,11 @@ class RecoStream:
         # take turns, or one would write back a stale copy over the other's change.
         started = time.perf_counter()
         async with self.users_lock:
-            await self._process_batch(stream, batch)
+            try:
+                await self._process_batch(stream, batch)
+            except BaseException:
+                self.user_cache.clear()  # may hold changes that were never written
+                raise
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
@@ -339,7 +386,7 @@ class RecoStream:
         with acting_as(stream) as act_as:
             for user_id, items in by_user.items():
                 act_as(items[-1][0])
-                states[user_id] = UserState.from_json(self.users.get(user_id))
+                states[user_id] = self.user_state(user_id)
         for user_id, items in by_user.items():
             state = states[user_id]
             changed = False
@@ -389,7 +436,7 @@ class RecoStream:
         with acting_as(stream) as act_as:
             for user_id, state, last_event in writes:
                 act_as(last_event)
-                self.users[user_id] = state.to_json()
+                self.write_user(user_id, state)
         ranked = self.model.recommend_many(
             [(user_id, state.profile) for user_id, state, _, _ in changed_users], s.k,
             self.config)
@@ -420,7 +467,7 @@ class RecoStream:
         with acting_as(stream) as act_as:
             for item_id in pending:
                 act_as(carrier[item_id])
-                rows[item_id] = CooccurrenceRow.from_json(self.rows.get(item_id))
+                rows[item_id] = self.row_state(item_id)
         for item_id, updates in pending.items():
             row = rows[item_id]
             stats_before[item_id] = row.stats()
@@ -433,6 +480,7 @@ class RecoStream:
             for item_id, row in changed_rows:
                 act_as(carrier[item_id])
                 self.rows[item_id] = row.to_json()
+                self.row_cache.put(item_id, row)
                 if row.stats() != stats_before[item_id]:
                     self.item_stats.set(item_id, row.stats())
 
@@ -443,8 +491,9 @@ class RecoStream:
         partition = event.message.partition
         refresh_round = int(orjson.loads(event.message.value or b"{}").get("round", 0))
         started = time.perf_counter()
+        # copies: the executor reads them while batches change the cached rows
         rows = {
-            item_id: CooccurrenceRow.from_json(value).pairs
+            item_id: dict((self.row_cache.get(item_id) or CooccurrenceRow.from_json(value)).pairs)
             for item_id, value in list(self.rows.items())
             if item_partition(item_id, s.partitions) == partition
         }
@@ -544,7 +593,11 @@ class RecoStream:
         partition 0 refits the model from all partitions' rows, off the loop.
         """
         async with self.users_lock:
-            rows = await self._scan_partition(partition)
+            try:
+                rows = await self._scan_partition(partition)
+            except BaseException:
+                self.user_cache.clear()
+                raise
         self.churn.set(f"p{partition}", compress_rows(rows))
         if partition == 0:
             all_rows = [row for key, value in self.churn.view().items()
@@ -564,7 +617,7 @@ class RecoStream:
         for user_id, value in list(self.users.items()):
             if value is None or user_partition(user_id, s.partitions) != partition:
                 continue
-            state = UserState.from_json(value)
+            state = self.user_cache.get(user_id) or UserState.from_json(value)
             engagement = state.engagement
             if engagement.customer.is_empty and not engagement.cart:
                 continue
@@ -577,7 +630,7 @@ class RecoStream:
                 rows.append(row)
         await self.send_triggers(due)
         for user_id, state in changed:
-            self.users[user_id] = state.to_json()
+            self.write_user(user_id, state)
         return rows
 
     async def send_triggers(self, due: Sequence[tuple[str, UserState, Trigger]]) -> None:

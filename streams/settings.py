@@ -114,6 +114,7 @@ class Settings:
     batch_size: int = 1000
     batch_seconds: float = 0.2
     dedup_ids: int = 256
+    cache_keys: int = 100_000
     churn_seconds: float = 60.0
     churn_threshold: float = EngagementConfig.churn_threshold
     churn_horizon_days: float = EngagementConfig.horizon_days
@@ -250,6 +251,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (_at_least_one, "must be at least 1"),
     "batch_seconds": (_positive, "must be positive"),
     "dedup_ids": (lambda v: v >= 0, "must not be negative"),
+    "cache_keys": (lambda v: v >= 0, "must not be negative"),
     "max_message_bytes": (_at_least_one, "must be at least 1"),
     "session_timeout": (_positive, "must be positive"),
     "churn_seconds": (lambda v: v >= 0, "must not be negative (0: at every refresh)"),
@@ -298,6 +300,8 @@ ENVIRONMENT: tuple[Setting, ...] = (
     Setting("RECOSTREAM_BATCH_SECONDS", "batch_seconds", float,
             "longest wait to fill a batch"),
     Setting("RECOSTREAM_DEDUP_IDS", "dedup_ids", int, "event ids remembered per user"),
+    Setting("RECOSTREAM_CACHE_KEYS", "cache_keys", int,
+            "decoded users and rows kept in memory, each (0: none)"),
     Setting("RECOSTREAM_CHURN_SECONDS", "churn_seconds", float,
             "seconds between churn scoring and trigger checks of a partition"),
     Setting("RECOSTREAM_CHURN_THRESHOLD", "churn_threshold", float,

@@ -17,6 +17,7 @@ from streams.state import (
     CooccurrenceRow,
     RowUpdate,
     UserState,
+    prune_above,
     row_updates,
     source_key,
 )
@@ -188,4 +189,16 @@ def test_pruning_never_exceeds_the_width(width: int) -> None:
     for offset in range(20):
         row.apply(RowUpdate("x", (f"i{offset % 7}", f"i{offset % 3}"), "clicks/0", offset, TS,
                             False), TAU, width)
-        assert len(row.pairs) <= width
+        assert len(row.pairs) <= prune_above(width)
+
+
+def test_a_full_row_is_pruned_back_to_its_width_only_past_a_quarter_of_slack() -> None:
+    row = CooccurrenceRow()
+    strong = [f"s{n}" for n in range(8)]
+    row.apply(RowUpdate("x", tuple(strong), "clicks/0", 0, TS, False), TAU, 8)
+    row.apply(RowUpdate("x", tuple(strong), "clicks/0", 1, TS, False), TAU, 8)
+    for offset, weak in enumerate(("w0", "w1"), start=2):  # 10 pairs: within the slack
+        row.apply(RowUpdate("x", (weak,), "clicks/0", offset, TS, False), TAU, 8)
+    assert len(row.pairs) == 10 == prune_above(8)
+    row.apply(RowUpdate("x", ("w2",), "clicks/0", 4, TS, False), TAU, 8)  # 11: pruned
+    assert row.pairs == dict.fromkeys(strong, 2.0)

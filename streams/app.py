@@ -294,22 +294,17 @@ class RecoStream:
 
     def user_state(self, user_id: str) -> UserState:
         """A user's state: cached, or read from the table (under the key's own event)."""
-        state = self.user_cache.get(user_id)
-        if state is None:
-            state = UserState.from_json(self.users.get(user_id))
-            self.user_cache.put(user_id, state)
-        return state
+        return self.user_cache.get_or_load(
+            user_id, lambda: UserState.from_json(self.users.get(user_id)))
 
     def write_user(self, user_id: str, state: UserState) -> None:
         self.users[user_id] = state.to_json()
         self.user_cache.put(user_id, state)
 
     def row_state(self, item_id: str) -> CooccurrenceRow:
-        row = self.row_cache.get(item_id)
-        if row is None:
-            row = CooccurrenceRow.from_json(self.rows.get(item_id))
-            self.row_cache.put(item_id, row)
-        return row
+        """An item's row of C: cached, or read from the table (under its own event)."""
+        return self.row_cache.get_or_load(
+            item_id, lambda: CooccurrenceRow.from_json(self.rows.get(item_id)))
 
     # -- events -> user state -----------------------------------------------------
 

@@ -10,7 +10,7 @@ the same offsets changes nothing) and, for users, the recent ``event_id`` values
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -209,6 +209,14 @@ class DecodedCache(Generic[V]):
         value = self._values.get(key)
         if value is not None:
             self._values.move_to_end(key)
+        return value
+
+    def get_or_load(self, key: str, load: Callable[[], V]) -> V:
+        """The cached value, or ``load()``'s, which is then cached."""
+        value = self.get(key)
+        if value is None:
+            value = load()
+            self.put(key, value)
         return value
 
     def put(self, key: str, value: V) -> None:

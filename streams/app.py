@@ -143,24 +143,14 @@ class RecoStream:
         s = self.settings
         credentials: Any = None
         if s.security_protocol in {"SASL_PLAINTEXT", "SASL_SSL"}:
-            import ssl
-
             credentials = faust.SASLCredentials(
                 username=s.sasl_username,
                 password=s.sasl_password,
                 mechanism=s.sasl_mechanism,
-                ssl_context=(
-                    ssl.create_default_context(cafile=s.ssl_cafile or None)
-                    if s.security_protocol == "SASL_SSL"
-                    else None
-                ),
+                ssl_context=s.ssl_context(),
             )
         elif s.security_protocol == "SSL":
-            import ssl
-
-            credentials = faust.SSLCredentials(
-                ssl.create_default_context(cafile=s.ssl_cafile or None)
-            )
+            credentials = faust.SSLCredentials(s.ssl_context())
         return App(
             s.app_id,
             broker=s.broker,
@@ -296,6 +286,11 @@ class RecoStream:
         """A user's state: cached, or read from the table (under the key's own event)."""
         return self.user_cache.get_or_load(
             user_id, lambda: UserState.from_json(self.users.get(user_id)))
+
+    def stored_user(self, user_id: str) -> UserState | None:
+        """A user's state as the table holds it (for HTTP; None when unknown)."""
+        value = self.users.get(user_id)
+        return None if value is None else UserState.from_json(value)
 
     def write_user(self, user_id: str, state: UserState) -> None:
         self.users[user_id] = state.to_json()
@@ -691,10 +686,9 @@ class RecoStream:
         class UserProfileView(View):
             @app.topic_route(topic=user_topic, match_info="user_id")  # type: ignore[arg-type]
             async def get(self, request: Request, user_id: str) -> Response:
-                value = worker.users.get(user_id)
-                if value is None:
+                state = worker.stored_user(user_id)
+                if state is None:
                     return self.json({"error": f"unknown user {user_id}"}, status=404)
-                state = UserState.from_json(value)
                 profile = state.profile
                 return self.json({
                     "user_id": user_id,
@@ -711,10 +705,10 @@ class RecoStream:
         class UserChurnView(View):
             @app.topic_route(topic=user_topic, match_info="user_id")  # type: ignore[arg-type]
             async def get(self, request: Request, user_id: str) -> Response:
-                value = worker.users.get(user_id)
-                if value is None:
+                state = worker.stored_user(user_id)
+                if state is None:
                     return self.json({"error": f"unknown user {user_id}"}, status=404)
-                engagement = UserState.from_json(value).engagement
+                engagement = state.engagement
                 customer = engagement.customer
                 answer: dict[str, Any] = {
                     "user_id": user_id,
@@ -741,9 +735,7 @@ class RecoStream:
                 k = query_k(request, worker.settings.k, 1000)
                 if k is None:
                     return self.json({"error": "k must be an integer in [1, 1000]"}, status=400)
-                value = worker.users.get(user_id)
-                state = UserState.from_json(value) if value is not None else None
-                recs = worker.recommend(user_id, state, k)
+                recs = worker.recommend(user_id, worker.stored_user(user_id), k)
                 return self.json(recommendation_record(recs, "lookup", None))
 
 

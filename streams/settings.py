@@ -8,6 +8,7 @@ fail at start-up with a one-line message naming the variable.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -187,11 +188,16 @@ class Settings:
             options.update(sasl_mechanism=self.sasl_mechanism,
                            sasl_plain_username=self.sasl_username,
                            sasl_plain_password=self.sasl_password)
-        if self.security_protocol in {"SSL", "SASL_SSL"}:
-            import ssl
-
-            options["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile or None)
+        context = self.ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
         return options
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of SSL and SASL_SSL connections (None otherwise)."""
+        if self.security_protocol not in {"SSL", "SASL_SSL"}:
+            return None
+        return ssl.create_default_context(cafile=self.ssl_cafile or None)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)

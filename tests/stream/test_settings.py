@@ -217,3 +217,15 @@ def test_unknown_security_protocol_is_refused() -> None:
 def test_an_out_of_range_value_names_its_variable(variable: str, raw: str) -> None:
     with pytest.raises(SettingsError, match=rf"^{variable}={raw}: "):
         Settings.from_env({variable: raw})
+
+
+def test_tls_is_used_exactly_for_the_ssl_protocols() -> None:
+    import ssl
+
+    for protocol, tls in (("PLAINTEXT", False), ("SASL_PLAINTEXT", False), ("SSL", True),
+                          ("SASL_SSL", True)):
+        settings = Settings(security_protocol=protocol)
+        assert isinstance(settings.ssl_context(), ssl.SSLContext) is tls, protocol
+        assert ("ssl_context" in settings.kafka_client_options()) is tls, protocol
+        assert ("sasl_mechanism" in settings.kafka_client_options()) is protocol.startswith(
+            "SASL"), protocol

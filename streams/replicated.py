@@ -117,7 +117,7 @@ class ReplicaReader:
         self.caught_up = asyncio.Event()
 
     async def run(self, declare: Sequence[Callable[[], Any]] = ()) -> None:
-        """Read until cancelled. ``declare``: coroutines functions creating the topics."""
+        """Read until cancelled. ``declare``: coroutine functions that create the topics."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         for create in declare:

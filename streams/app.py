@@ -70,6 +70,10 @@ def item_partition(item_id: str, partitions: int) -> int:
     return zlib.crc32(item_id.encode()) % partitions
 
 
+class RowsLeftHalfUpdated(RuntimeError):
+    """Applying a batch to the cached co-occurrence rows failed midway."""
+
+
 @dataclass
 class Counters:
     """What the worker has done, for /health, the metrics and the tests."""
@@ -129,9 +133,13 @@ class RecoStream:
         self._rebuild_lock = asyncio.Lock()
         self.users_lock = asyncio.Lock()
         # Decoded users and rows this worker wrote (see DecodedCache): emptied on
-        # every rebalance and after a failed batch.
-        self.user_cache: DecodedCache[UserState] = DecodedCache(settings.cache_keys)
-        self.row_cache: DecodedCache[CooccurrenceRow] = DecodedCache(settings.cache_keys)
+        # every rebalance and after a failed batch. Changed rows are written to the
+        # table once per commit, not once per batch: each dirty row keeps the event
+        # whose partition it belongs to (see write_pending_rows).
+        self.user_cache: DecodedCache[UserState, None] = DecodedCache(settings.cache_keys)
+        self.row_cache: DecodedCache[CooccurrenceRow, EventT[bytes]] = DecodedCache(
+            settings.cache_keys)
+        self._rows_stream: faust.Stream[bytes] | None = None
         self.app = self._make_app()
         self._declare_topics_and_tables()
         self._declare_agents()
@@ -243,11 +251,15 @@ class RecoStream:
         @app.agent(self.rows_topic, name="apply_cooccurrence")
         async def apply_cooccurrence(updates: StreamT[Any]) -> None:
             stream = cast(faust.Stream[bytes], updates)
+            self._rows_stream = stream
             async for batch in stream.take_events(s.batch_size, within=s.batch_seconds):
                 try:
                     self.apply_row_batch(stream, batch)
-                except BaseException:
-                    self.row_cache.clear()  # may hold changes that were never written
+                except RowsLeftHalfUpdated as exc:
+                    # The cache held unwritten changes of earlier batches too, whose
+                    # offsets may be committed next: stop this worker instead (it
+                    # resumes from the last commit).
+                    await self.app.crash(exc)
                     raise
 
         @app.agent(self.ticks_topic, name="refresh_neighbors")
@@ -275,10 +287,14 @@ class RecoStream:
         self.agents = (process_events, apply_cooccurrence, refresh_neighbors)
         app.on_partitions_revoked.connect(self._forget_cached)
         app.on_partitions_assigned.connect(self._forget_cached)
+        cast(App, app).before_commit.append(self.write_pending_rows)
 
     async def _forget_cached(self, sender: Any, /, *args: Any,
                              signal: BaseSignalT[Any], **kwargs: Any) -> None:
-        # another worker may have written these keys while they were not ours
+        # Another worker may write these keys while they are not ours. Rows changed
+        # since the last commit are written first: if the partition comes back to
+        # this worker, the offsets acked meanwhile may be committed.
+        self.write_pending_rows()
         self.user_cache.clear()
         self.row_cache.clear()
 
@@ -443,36 +459,50 @@ class RecoStream:
     # -- rows of C --------------------------------------------------------------------
 
     def apply_row_batch(self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]) -> None:
+        """Apply a batch of row updates to the cached rows; they are written to the
+        table by :meth:`write_pending_rows` (at the next commit at the latest). The
+        small per-item stats every worker reads go out now."""
         s = self.settings
         pending: dict[str, list[RowUpdate]] = defaultdict(list)
         carrier: dict[str, EventT[bytes]] = {}
-        for event in batch:
+        for event in batch:  # decoded in full before any row changes
             for value in orjson.loads(event.message.value or b"{}").get("updates", ()):
                 update = RowUpdate.from_json(value)
                 pending[update.item_id].append(update)
                 carrier[update.item_id] = event
-        changed_rows: list[tuple[str, CooccurrenceRow]] = []
-        stats_before: dict[str, list[float]] = {}
         rows: dict[str, CooccurrenceRow] = {}
         with acting_as(stream) as act_as:
             for item_id in pending:
                 act_as(carrier[item_id])
                 rows[item_id] = self.row_state(item_id)
-        for item_id, updates in pending.items():
-            row = rows[item_id]
-            stats_before[item_id] = row.stats()
-            applied = sum(row.apply(update, self.tau, s.max_row_width) for update in updates)
-            self.counters.row_updates_applied += applied
-            self.counters.row_updates_skipped += len(updates) - applied
-            if applied:
-                changed_rows.append((item_id, row))
-        with acting_as(stream) as act_as:
-            for item_id, row in changed_rows:
-                act_as(carrier[item_id])
+        try:
+            for item_id, updates in pending.items():
+                row = rows[item_id]
+                stats_before = row.stats()
+                applied = sum(row.apply(update, self.tau, s.max_row_width)
+                              for update in updates)
+                self.counters.row_updates_applied += applied
+                self.counters.row_updates_skipped += len(updates) - applied
+                if applied:
+                    self.row_cache.mark_dirty(item_id, carrier[item_id])
+                    if row.stats() != stats_before:
+                        self.item_stats.set(item_id, row.stats())
+        except Exception as exc:
+            # rows are changed in place: these are neither whole nor undone
+            self.row_cache.clear()
+            raise RowsLeftHalfUpdated(f"applying row updates failed: {exc!r}") from exc
+
+    def write_pending_rows(self) -> None:
+        """Write the rows changed since the last call to the ``cooccurrence`` table
+        (and so to its changelog), each under the partition of the event that last
+        changed it. Runs before every offset commit and before a rebalance."""
+        dirty = self.row_cache.take_dirty()
+        if not dirty or self._rows_stream is None:
+            return
+        with acting_as(self._rows_stream) as act_as:
+            for item_id, row, carrier in dirty:
+                act_as(carrier)
                 self.rows[item_id] = row.to_json()
-                self.row_cache.put(item_id, row)
-                if row.stats() != stats_before[item_id]:
-                    self.item_stats.set(item_id, row.stats())
 
     # -- neighbour refresh ---------------------------------------------------------------
 
@@ -481,11 +511,13 @@ class RecoStream:
         partition = event.message.partition
         refresh_round = int(orjson.loads(event.message.value or b"{}").get("round", 0))
         started = time.perf_counter()
-        # copies: the executor reads them while batches change the cached rows
+        # copies: the executor reads them while batches change the cached rows;
+        # the cache has the newest rows (those changed since the last commit too)
+        item_ids = {*self.rows.keys(), *self.row_cache.dirty()}
         rows = {
-            item_id: dict((self.row_cache.get(item_id) or CooccurrenceRow.from_json(value)).pairs)
-            for item_id, value in list(self.rows.items())
-            if item_partition(item_id, s.partitions) == partition
+            item_id: dict((self.row_cache.get(item_id)
+                           or CooccurrenceRow.from_json(self.rows[item_id])).pairs)
+            for item_id in item_ids if item_partition(item_id, s.partitions) == partition
         }
         counts = {item_id: float(stats[0]) for item_id, stats
                   in self.item_stats.view().items()}

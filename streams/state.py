@@ -10,7 +10,7 @@ the same offsets changes nothing) and, for users, the recent ``event_id`` values
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -21,6 +21,7 @@ from core.ratings import UserProfile
 STATE_VERSION = 1
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 def source_key(topic: str, partition: int) -> str:
@@ -187,7 +188,7 @@ class CooccurrenceRow:
         )
 
 
-class DecodedCache(Generic[V]):
+class DecodedCache(Generic[V, T]):
     """Decoded table values by key, so a batch does not decode again what the
     worker wrote itself (values are changed in place, then written back).
 
@@ -195,15 +196,24 @@ class DecodedCache(Generic[V]):
     partitions, so it is emptied on every rebalance, and after a failed batch.
     Holds at most ``capacity`` keys; the least recently used go first.
 
-    >>> cache: DecodedCache[list[int]] = DecodedCache(capacity=2)
+    A value changed but not yet written to its table is *dirty*: it is kept (never
+    evicted) with a token saying where it goes, until :meth:`take_dirty` hands it
+    to the writer. Writing a key once per commit instead of once per batch is what
+    this is for (a hot co-occurrence row changes in every batch).
+
+    >>> cache: DecodedCache[list[int], str] = DecodedCache(capacity=2)
     >>> cache.put("a", [1]); cache.put("b", [2]); _ = cache.get("a"); cache.put("c", [3])
     >>> cache.get("b") is None, cache.get("a"), len(cache)
     (True, [1], 2)
+    >>> cache.mark_dirty("a", "partition 0"); cache.put("d", [4]); cache.put("e", [5])
+    >>> cache.get("a"), cache.take_dirty(), cache.take_dirty()
+    ([1], [('a', [1], 'partition 0')], [])
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._values: OrderedDict[str, V] = OrderedDict()
+        self._dirty: dict[str, T] = {}
 
     def get(self, key: str) -> V | None:
         value = self._values.get(key)
@@ -223,10 +233,35 @@ class DecodedCache(Generic[V]):
         self._values[key] = value
         self._values.move_to_end(key)
         if len(self._values) > self.capacity:
-            self._values.popitem(last=False)
+            self._evict()
+
+    def _evict(self) -> None:
+        # oldest first, skipping dirty values (over capacity until they are written)
+        for key in self._values:
+            if key not in self._dirty:
+                del self._values[key]
+                return
+
+    def mark_dirty(self, key: str, token: T) -> None:
+        """The cached value of ``key`` changed and must be written (``token``: where)."""
+        if key not in self._values:
+            raise KeyError(f"{key!r} is not cached")
+        self._dirty[key] = token
+
+    def dirty(self) -> Iterator[str]:
+        """Keys changed and not yet written."""
+        return iter(self._dirty)
+
+    def take_dirty(self) -> list[tuple[str, V, T]]:
+        """The changed values with their tokens (first changed first); all now clean."""
+        taken = [(key, self._values[key], token) for key, token in self._dirty.items()]
+        self._dirty.clear()
+        return taken
 
     def clear(self) -> None:
+        """Forget every value, dirty ones included (their changes are lost)."""
         self._values.clear()
+        self._dirty.clear()
 
     def __len__(self) -> int:
         return len(self._values)

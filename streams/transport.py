@@ -29,12 +29,15 @@ The fixes, both here:
 What is read twice is skipped by the worker's idempotent state (applied offsets
 per source partition). Changelog partitions are left alone: table recovery
 positions them itself.
+
+The app also gets a hook run before every offset commit (``App.before_commit``),
+for table values written once per commit rather than once per change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -101,13 +104,31 @@ class RewindingConsumer(faust_aiokafka.Consumer):
             super().resume_partitions(held)
         super().resume_flow()
 
+    async def _commit_offsets(self, offsets: Mapping[TP, int],
+                              start_new_transaction: bool = True) -> bool:
+        # Values the app keeps back go to their changelogs now: the base class
+        # flushes the producer next, then commits, so no committed offset is
+        # ahead of the state it produced.
+        for write_pending in cast(App, self.app).before_commit:
+            write_pending()
+        result: bool = await super()._commit_offsets(offsets, start_new_transaction)
+        return result
+
 
 class RewindingTransport(faust_aiokafka.Transport):
     Consumer = RewindingConsumer
 
 
 class App(faust.App):
-    """A Faust app whose consumer uses :class:`RewindingTransport`."""
+    """A Faust app whose consumer uses :class:`RewindingTransport`.
+
+    ``before_commit``: callables run right before every offset commit, before the
+    producer is flushed (to write table values held back since the last commit).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.before_commit: list[Callable[[], None]] = []
 
     def _new_transport(self) -> TransportT:
         return RewindingTransport(self.conf.broker_consumer, self)

@@ -1,11 +1,20 @@
-"""The decoded users and rows a worker keeps: always what the tables hold."""
+"""The decoded users and rows a worker keeps: what the tables hold, or (rows changed
+since the last commit) what they will hold once the commit writes them."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import cast
 
-from streams.state import UserState
-from tests.stream.harness import MakeHarness, click, run_async, user_state
+import orjson
+import pytest
+from faust.types import TP
+
+from streams.app import RowsLeftHalfUpdated
+from streams.state import CooccurrenceRow, UserState
+from streams.transport import App, RewindingConsumer
+from tests.stream.harness import TS, MakeHarness, Sent, click, run_async, user_state
 
 
 @run_async
@@ -48,3 +57,91 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
                 await h.process(agent, click("u1", "i2"), partition=0, offset=1)
         assert stream.user_cache.get("u1") is None
         assert user_state(h, "u1").profile.recent == ["i1"]  # never written
+
+
+def row_update(item: str, pairs: list[str], offset: int, partition: int) -> Sent:
+    return Sent("", None, orjson.dumps({"updates": [[item, pairs, "clicks/0", offset, TS, True]]}),
+                partition)
+
+
+@run_async
+async def test_changed_rows_are_written_once_per_commit(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    stream = h.stream
+    rows_topic = stream.rows_topic.get_topic_name()
+    h.changelog("rows")
+    async with stream.agents[1].test_context() as rows_agent:
+        for offset, pairs in enumerate([["b"], ["c"], ["b"]]):
+            await h.relay(rows_agent, [replace(row_update("a", pairs, offset, 1),
+                                               topic=rows_topic)])
+        assert h.changelog("rows") == []  # three batches changed "a": not written yet
+        assert stream.rows.get("a") is None
+        for write_pending in cast(App, stream.app).before_commit:  # as a commit does
+            write_pending()
+        (write,) = h.changelog("rows")
+        assert (write.key, write.partition) == ("a", 1)
+        assert write.value["pairs"] == {"b": 2.0, "c": 1.0}
+        assert CooccurrenceRow.from_json(stream.rows["a"]).pairs == {"b": 2.0, "c": 1.0}
+        stream.write_pending_rows()
+        assert h.changelog("rows") == []  # nothing changed since
+
+
+@run_async
+async def test_a_rebalance_writes_the_changed_rows_before_forgetting_them(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    async with stream.agents[1].test_context() as rows_agent:
+        await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 2),
+                                           topic=stream.rows_topic.get_topic_name())])
+        h.changelog("rows")
+        await stream.app.on_partitions_revoked.send(set())
+        assert len(stream.row_cache) == 0
+        assert [(w.key, w.partition) for w in h.changelog("rows")] == [("a", 2)]
+
+
+@run_async
+async def test_a_batch_failing_midway_through_the_rows_stops_the_worker(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    rows_topic = stream.rows_topic.get_topic_name()
+    async with stream.agents[1].test_context() as rows_agent:
+        await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 0), topic=rows_topic)])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(CooccurrenceRow, "apply", lambda *_: 1 / 0)
+            with pytest.raises(AssertionError, match="agent crashed"):
+                await h.relay(rows_agent, [replace(row_update("a", ["c"], 1, 0),
+                                                   topic=rows_topic)])
+        # the unwritten change of the first batch is gone with the half-done one:
+        # no commit may follow, or it would count both as done
+        assert len(stream.row_cache) == 0
+        assert isinstance(stream.app.crash_reason, RowsLeftHalfUpdated)
+
+
+@run_async
+async def test_a_commit_writes_what_is_held_back_before_flushing(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness()
+    app = cast(App, h.stream.app)
+    consumer = cast(RewindingConsumer, app.consumer)
+    calls: list[str] = []
+    tp = TP(h.stream.rows_topic.get_topic_name(), 0)
+
+    async def flush() -> None:
+        calls.append("flush")
+
+    async def commit(offsets: Mapping[TP, int]) -> bool:
+        calls.append(f"commit {offsets[tp]}")
+        return True
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(app.producer, "flush", flush)
+        mp.setattr(consumer, "_commit", commit)
+        mp.setattr(consumer, "assignment", lambda: {tp})
+        app.before_commit.append(lambda: calls.append("write held-back values"))
+        assert await consumer._commit_offsets({tp: 7})
+    assert calls == ["write held-back values", "flush", "commit 7"]

@@ -10,9 +10,9 @@ the same offsets changes nothing) and, for users, the recent ``event_id`` values
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from core.engagement import Engagement
 from core.ranking import trend_bump
@@ -85,16 +85,17 @@ class UserState:
         )
 
 
-@dataclass(frozen=True)
-class RowUpdate:
+class RowUpdate(NamedTuple):
     """One event's effect on one item's co-occurrence row.
 
     ``gained`` marks the row of the item the user gained (its user count and
-    trending move); the other rows only gain the pair.
+    trending move); the other rows only gain the pair. A named tuple, and sent as
+    the JSON array of its fields: a gain makes up to ``pair_window + 1`` of them,
+    so making, encoding and decoding one has to be cheap.
     """
 
     item_id: str
-    pairs: tuple[str, ...]
+    pairs: Sequence[str]
     source: str
     offset: int
     ts: float
@@ -105,8 +106,8 @@ class RowUpdate:
 
     @classmethod
     def from_json(cls, value: list[Any]) -> RowUpdate:
-        item_id, pairs, source, offset, ts, gained = value
-        return cls(str(item_id), tuple(pairs), str(source), int(offset), float(ts), bool(gained))
+        """From the array as sent (the worker's own messages: not checked field by field)."""
+        return cls._make(value)
 
 
 def row_updates(
@@ -114,8 +115,9 @@ def row_updates(
 ) -> list[RowUpdate]:
     """The row updates of one gain: the gained item's row and each history item's row."""
     pairs = tuple(history)
-    updates = [RowUpdate(item_id, pairs, source, offset, ts, gained=True)]
-    updates.extend(RowUpdate(j, (item_id,), source, offset, ts, gained=False) for j in pairs)
+    gained = (item_id,)
+    updates = [RowUpdate(item_id, pairs, source, offset, ts, True)]
+    updates.extend([RowUpdate(j, gained, source, offset, ts, False) for j in pairs])
     return updates
 
 

@@ -104,7 +104,11 @@ def test_row_update_json_round_trip() -> None:
     update = RowUpdate("a", ("b", "c"), "clicks/2", 17, TS, gained=True)
     value = update.to_json()
     assert value == ["a", ["b", "c"], "clicks/2", 17, TS, True]
-    assert RowUpdate.from_json(through_json(value)) == update  # type: ignore[arg-type]
+    assert orjson.loads(orjson.dumps({"updates": [update]}, default=tuple)) == {
+        "updates": [value]}  # as the worker sends it
+    decoded = RowUpdate.from_json(through_json(value))  # type: ignore[arg-type]
+    assert decoded.to_json() == value
+    assert decoded._replace(pairs=tuple(decoded.pairs)) == update
 
 
 def test_row_updates_of_a_gain() -> None:

@@ -113,7 +113,7 @@ class Settings:
     weights: RatingWeights = field(default_factory=RatingWeights)
     refresh_seconds: float = 10.0
     batch_size: int = 1000
-    batch_seconds: float = 0.2
+    batch_seconds: float = 0.05
     dedup_ids: int = 256
     cache_keys: int = 100_000
     churn_seconds: float = 60.0

@@ -42,7 +42,7 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from faust.types.transports import TransportT
+from faust.types.transports import ProducerT, TransportT
 from mode.types.signals import BaseSignalT
 
 
@@ -119,6 +119,10 @@ class RewindingTransport(faust_aiokafka.Transport):
     Consumer = RewindingConsumer
 
 
+#: Table writes buffered before Faust makes the consumer wait (its default: 100).
+BUFFERED_WRITES = 20_000
+
+
 class App(faust.App):
     """A Faust app whose consumer uses :class:`RewindingTransport`.
 
@@ -129,6 +133,15 @@ class App(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.before_commit: list[Callable[[], None]] = []
+
+    def _new_producer(self) -> ProducerT:
+        producer = super()._new_producer()
+        # Faust holds every incoming message back while more than 100 table writes
+        # wait in this buffer. A refresh round writes thousands of neighbour lists
+        # at once, and input stopped for 1.5 s each round (measured: p99 3.4 s at
+        # 600 events/s; 0.46 s with this). Commits still flush the whole buffer.
+        cast(Any, producer).buffer.max_messages = BUFFERED_WRITES
+        return producer
 
     def _new_transport(self) -> TransportT:
         return RewindingTransport(self.conf.broker_consumer, self)

@@ -34,7 +34,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "RECOSTREAM_WEIGHTS": (" view=0.5, purchase=9 ,", RatingWeights(view=0.5, purchase=9.0)),
     "RECOSTREAM_REFRESH_SECONDS": ("2.5", 2.5),
     "RECOSTREAM_BATCH_SIZE": ("64", 64),
-    "RECOSTREAM_BATCH_SECONDS": ("0.05", 0.05),
+    "RECOSTREAM_BATCH_SECONDS": ("0.2", 0.2),
     "RECOSTREAM_DEDUP_IDS": ("32", 32),
     "RECOSTREAM_CACHE_KEYS": ("5000", 5000),
     "RECOSTREAM_CHURN_SECONDS": ("15", 15.0),

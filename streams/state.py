@@ -207,9 +207,9 @@ class DecodedCache(Generic[V, T]):
     >>> cache.put("a", [1]); cache.put("b", [2]); _ = cache.get("a"); cache.put("c", [3])
     >>> cache.get("b") is None, cache.get("a"), len(cache)
     (True, [1], 2)
-    >>> cache.mark_dirty("a", "partition 0"); cache.put("d", [4]); cache.put("e", [5])
+    >>> cache.mark_dirty("a", [1, 0], "partition 0"); cache.put("d", [4]); cache.put("e", [5])
     >>> cache.get("a"), cache.take_dirty(), cache.take_dirty()
-    ([1], [('a', [1], 'partition 0')], [])
+    ([1, 0], [('a', [1, 0], 'partition 0')], [])
     """
 
     def __init__(self, capacity: int) -> None:
@@ -244,11 +244,12 @@ class DecodedCache(Generic[V, T]):
                 del self._values[key]
                 return
 
-    def mark_dirty(self, key: str, token: T) -> None:
-        """The cached value of ``key`` changed and must be written (``token``: where)."""
-        if key not in self._values:
-            raise KeyError(f"{key!r} is not cached")
+    def mark_dirty(self, key: str, value: V, token: T) -> None:
+        """``key`` has changed to ``value``, which must be written (``token``: where).
+
+        Kept until taken even beyond the capacity (with a capacity of 0 too)."""
         self._dirty[key] = token
+        self.put(key, value)
 
     def dirty(self) -> Iterator[str]:
         """Keys changed and not yet written."""
@@ -258,6 +259,8 @@ class DecodedCache(Generic[V, T]):
         """The changed values with their tokens (first changed first); all now clean."""
         taken = [(key, self._values[key], token) for key, token in self._dirty.items()]
         self._dirty.clear()
+        while len(self._values) > self.capacity:
+            self._values.popitem(last=False)
         return taken
 
     def clear(self) -> None:

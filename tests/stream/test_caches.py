@@ -145,3 +145,20 @@ async def test_a_commit_writes_what_is_held_back_before_flushing(
         app.before_commit.append(lambda: calls.append("write held-back values"))
         assert await consumer._commit_offsets({tp: 7})
     assert calls == ["write held-back values", "flush", "commit 7"]
+
+
+@run_async
+async def test_without_a_cache_changed_rows_are_still_held_until_the_commit(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness(cache_keys=0)
+    stream = h.stream
+    async with stream.agents[1].test_context() as rows_agent:
+        for offset, pairs in enumerate([["b"], ["c"]]):
+            await h.relay(rows_agent, [replace(row_update("a", pairs, offset, 3),
+                                               topic=stream.rows_topic.get_topic_name())])
+        h.changelog("rows")
+        stream.write_pending_rows()
+        (write,) = h.changelog("rows")
+        assert write.value["pairs"] == {"b": 1.0, "c": 1.0}
+        assert len(stream.row_cache) == 0  # clean values are not kept

@@ -12,10 +12,13 @@ other's change.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
+import streams.app as app_module
 from tests.stream.harness import (
     PARTITIONS,
     TS,
@@ -46,6 +49,11 @@ def tick(h: Harness, partition: int, round_: int) -> Sent:
 def triggers(h: Harness, kind: str) -> list[dict[str, Any]]:
     records = [m.json() for m in h.sent_to("marketing-triggers")]
     return [r for r in records if r["kind"] == kind]
+
+
+def lock_waiters(lock: asyncio.Lock) -> int:
+    """Tasks waiting for ``lock`` (asyncio keeps them in a private deque)."""
+    return len(getattr(lock, "_waiters", None) or ())
 
 
 def churn_harness(make_harness: MakeHarness) -> Harness:
@@ -117,3 +125,42 @@ async def test_a_batch_does_not_undo_what_the_churn_scan_fired(make_harness: Mak
     assert state.engagement.cart == {}
     assert state.profile.recent == ["x", "z"]
     assert len(triggers(h, "cart_abandoned")) == 1, "the cart was abandoned twice"
+
+
+@run_async
+async def test_batches_run_between_the_slices_of_a_churn_scan(
+    make_harness: MakeHarness,
+) -> None:
+    h = churn_harness(make_harness)
+    stream = h.stream
+    partition = user_partition("u1", PARTITIONS)
+    others = [f"v{n}" for n in range(1000) if user_partition(f"v{n}", PARTITIONS) == partition]
+    late_user = others[1]
+    triggers_topic = h.settings.topic("marketing-triggers")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(app_module, "SCAN_SLICE_USERS", 1)
+        async with (
+            stream.agents[0].test_context() as events_agent,
+            stream.agents[2].test_context() as ticks_agent,
+        ):
+            # two carts, then a third user moves the partition's time past the window
+            await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
+            await h.process(events_agent, click(others[0], "x", TS, kind="add_to_cart"))
+            await h.process(events_agent, click(late_user, "y", TS + 2 * CART_WINDOW))
+            gate = h.gate(triggers_topic)
+            scan = await h.put(ticks_agent, tick(h, partition, 1).topic,
+                               tick(h, partition, 1).value, partition=partition)
+            await h.wait_until(lambda: h.calls[triggers_topic] == 1, "the first slice's send")
+            # the first slice (u1) holds the users lock while it sends: this batch
+            # waits for it, then goes before the scan's next slice
+            late = await h.put_event(events_agent, click(late_user, "z", TS + 2 * CART_WINDOW))
+            await h.wait_until(lambda: lock_waiters(stream.users_lock), "the batch to queue")
+            gate.set()
+            await h.settle(ticks_agent, [scan])
+            await h.settle(events_agent, [late])
+    order = [(m.topic, m.key) for m in h.sent
+             if m.topic == triggers_topic or m.key == late_user.encode()]
+    assert order[-3:] == [(triggers_topic, b"u1"),
+                          (h.settings.topic("recommendations"), late_user.encode()),
+                          (triggers_topic, others[0].encode())]
+    assert {t["user_id"] for t in triggers(h, "cart_abandoned")} == {"u1", others[0]}

@@ -315,12 +315,9 @@ class RecoStream:
     async def _forget_cached(self, sender: Any, /, *args: Any,
                              signal: BaseSignalT[Any], **kwargs: Any) -> None:
         # Another worker may write these keys while they are not ours. Rows changed
-        # since the last commit are written first (if the partition comes back to
-        # this worker, the offsets acked meanwhile may be committed), and delivered
-        # before the rebalance goes on: a new owner recovers the table from the
-        # changelog, and a late copy of ours would come after its own writes.
-        if self.write_pending_rows():
-            await self.app.producer.flush()
+        # since the last commit are written first: if the partition comes back to
+        # this worker, the offsets acked meanwhile may be committed.
+        self.write_pending_rows()
         self.user_cache.clear()
         self.row_cache.clear()
 
@@ -518,18 +515,17 @@ class RecoStream:
             self.row_cache.clear()
             raise RowsLeftHalfUpdated(f"applying row updates failed: {exc!r}") from exc
 
-    def write_pending_rows(self) -> int:
+    def write_pending_rows(self) -> None:
         """Write the rows changed since the last call to the ``cooccurrence`` table
         (and so to its changelog), each under the partition of the event that last
-        changed it; how many. Runs before every offset commit and on a rebalance."""
+        changed it. Runs before every offset commit and before a rebalance."""
         dirty = self.row_cache.take_dirty()
         if not dirty or self._rows_stream is None:
-            return 0
+            return
         with acting_as(self._rows_stream) as act_as:
             for item_id, row, carrier in dirty:
                 act_as(carrier)
                 self.rows[item_id] = row.to_json()
-        return len(dirty)
 
     # -- neighbour refresh ---------------------------------------------------------------
 

@@ -132,7 +132,7 @@ class App(faust.App):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.before_commit: list[Callable[[], object]] = []
+        self.before_commit: list[Callable[[], None]] = []
 
     def _new_producer(self) -> ProducerT:
         producer = super()._new_producer()

@@ -535,13 +535,16 @@ class RecoStream:
         refresh_round = int(orjson.loads(event.message.value or b"{}").get("round", 0))
         started = time.perf_counter()
         # copies: the executor reads them while batches change the cached rows;
-        # the cache has the newest rows (those changed since the last commit too)
-        item_ids = {*self.rows.keys(), *self.row_cache.dirty()}
-        rows = {
-            item_id: dict((self.row_cache.get(item_id)
-                           or CooccurrenceRow.from_json(self.rows[item_id])).pairs)
-            for item_id in item_ids if item_partition(item_id, s.partitions) == partition
-        }
+        # the cache has the newest rows, those not written since the last commit too
+        rows: dict[str, dict[str, float]] = {}
+        for item_id in self.row_cache.dirty():
+            row = self.row_cache.get(item_id)
+            if row is not None and item_partition(item_id, s.partitions) == partition:
+                rows[item_id] = dict(row.pairs)
+        for item_id, value in list(self.rows.items()):
+            if item_id not in rows and item_partition(item_id, s.partitions) == partition:
+                rows[item_id] = dict((self.row_cache.get(item_id)
+                                      or CooccurrenceRow.from_json(value)).pairs)
         counts = {item_id: float(stats[0]) for item_id, stats
                   in self.item_stats.view().items()}
         loop = asyncio.get_running_loop()

@@ -194,9 +194,10 @@ class RecoStream:
             stream_wait_empty=False,
             table_standby_replicas=0,
             producer_max_request_size=max(1_048_576, 4 * s.max_message_bytes),
-            # A produce request carries one batch per partition. With aiokafka's
-            # 16 KiB batches each wide row (~25 KiB) went in a request of its own,
-            # and a commit writing 2,000 rows waited 3.4 s for them (measured).
+            # A produce request carries one batch per partition: with aiokafka's
+            # 16 KiB batches each wide row (~25 KiB) needs a request of its own,
+            # and a commit writes 2,000-3,400 of them. (Commits still took up to
+            # 3.7 s with this; what stopped input was where they ran, see below.)
             producer_max_batch_size=PRODUCER_BATCH_BYTES,
             # Commits come from the timer only (broker_commit_interval): Faust's
             # every-N-messages commit runs inside its fetch loop, and input stopped

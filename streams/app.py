@@ -254,9 +254,13 @@ class RecoStream:
         self.churn = replicated("churn", churn_key_partition, self.owned_tick_partitions)
         self.replica_reader = ReplicaReader(replicas, parts, s.kafka_client_options())
 
+    def owned_partitions(self, topic: faust.TopicT) -> set[int]:
+        """The partitions of ``topic`` this worker is assigned."""
+        name = topic.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name}
+
     def owned_item_partitions(self) -> set[int]:
-        topic = self.rows_topic.get_topic_name()
-        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        return self.owned_partitions(self.rows_topic)
 
     def internal_topic_names(self) -> list[str]:
         """Topics the worker feeds itself (the repartition and refresh topics)."""
@@ -582,8 +586,7 @@ class RecoStream:
             await self.rebuild_model(complete)
 
     def owned_tick_partitions(self) -> set[int]:
-        topic = self.ticks_topic.get_topic_name()
-        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        return self.owned_partitions(self.ticks_topic)
 
     async def rebuild_model(self, refresh_round: int) -> None:
         """Rebuild the ranking snapshot from the global tables (in an executor)."""

@@ -37,8 +37,8 @@ from typing import Any, cast
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, EventT, StreamT, TableT
+from faust.types.stores import StoreT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
@@ -50,6 +50,7 @@ from core.recommender import DAY, learn_event
 from core.similarity import SimilarityParams, neighbors_for_rows
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import WorkerMetrics
+from streams.outbox import KafkaSink, Outbox, key_partition
 from streams.replicated import ReplicaReader, ReplicatedTable
 from streams.settings import Settings
 from streams.state import (
@@ -156,6 +157,8 @@ class RecoStream:
             settings.cache_keys)
         self._rows_stream: faust.Stream[bytes] | None = None
         self.app = self._make_app()
+        # Every record the worker writes goes through here (see streams.outbox).
+        self.outbox = Outbox(KafkaSink(cast(App, self.app).kafka_producer))
         self._declare_topics_and_tables()
         self._declare_agents()
         self._declare_web()
@@ -226,6 +229,11 @@ class RecoStream:
         # Table keys and values use the app's table serializers (JSON).
         self.users = app.Table("users", default=None, partitions=s.partitions)
         self.rows = app.Table("cooccurrence", default=None, partitions=s.partitions)
+        for table in (self.users, self.rows):
+            # what Faust's own changelog send does once a record is written: the
+            # rocksdb store keeps the changelog offset it holds (recovery resumes there)
+            self.outbox.on_delivered[table.changelog_topic.get_topic_name()] = (
+                functools.partial(persist_offset, table))
         # Small state every worker reads in full (see streams.replicated): per-item
         # stats and neighbour lists, written by the owner of the item's partition;
         # per partition its customers' summary rows ("p<n>") and the fitted churn
@@ -240,8 +248,10 @@ class RecoStream:
                               compacting=True, **raw)
             self.replica_topics[topic.get_topic_name()] = topic
 
+            topic_name = topic.get_topic_name()
+
             def send(key: bytes, value: bytes | None) -> None:
-                topic.send_soon(key=key, value=value)
+                self.outbox.add(topic_name, value, key=key)
 
             table = replicas[topic.get_topic_name()] = ReplicatedTable(
                 name, send, partition_of, owned)
@@ -289,6 +299,7 @@ class RecoStream:
                     # resumes from the last commit).
                     await self.app.crash(exc)
                     raise
+                await self.outbox.send()  # the item stats it changed
 
         @app.agent(self.ticks_topic, name="refresh_neighbors")
         async def refresh_neighbors(ticks: StreamT[Any]) -> None:
@@ -300,7 +311,8 @@ class RecoStream:
             refresh_round = int(time.time())
             payload = orjson.dumps({"round": refresh_round})
             for partition in range(s.partitions):
-                await self.ticks_topic.send(value=payload, partition=partition)
+                self.outbox.add(self.ticks_topic.get_topic_name(), payload, partition=partition)
+            await self.outbox.send()
 
         @app.task  # type: ignore[untyped-decorator]
         async def read_replicas() -> None:
@@ -315,7 +327,16 @@ class RecoStream:
         self.agents = (process_events, apply_cooccurrence, refresh_neighbors)
         app.on_partitions_revoked.connect(self._forget_cached)
         app.on_partitions_assigned.connect(self._forget_cached)
-        cast(App, app).before_commit.append(self.write_pending_rows)
+        cast(App, app).before_commit.append(self.before_commit)
+
+    async def before_commit(self) -> None:
+        """Before offsets are committed: rows changed since the last commit go to
+        their table, and every record queued so far is written (a failed batch
+        raises :class:`streams.outbox.DeliveryFailed`, and nothing is committed)."""
+        self.write_pending_rows()
+        await self.outbox.send()
+        await self.outbox.delivered()
+        self.outbox.check()
 
     async def _forget_cached(self, sender: Any, /, *args: Any,
                              signal: BaseSignalT[Any], **kwargs: Any) -> None:
@@ -323,6 +344,7 @@ class RecoStream:
         # since the last commit are written first: if the partition comes back to
         # this worker, the offsets acked meanwhile may be committed.
         self.write_pending_rows()
+        await self.outbox.send()
         self.user_cache.clear()
         self.row_cache.clear()
 
@@ -337,8 +359,23 @@ class RecoStream:
         return None if value is None else UserState.from_json(value)
 
     def write_user(self, user_id: str, state: UserState) -> None:
-        self.users[user_id] = state.to_json()
+        """Write a user's state (under the event of its partition, see acting_as)."""
+        self.write_table(self.users, user_id, state.to_json())
         self.user_cache.put(user_id, state)
+
+    def write_table(self, table: TableT[Any, Any], key: str, value: Any) -> None:
+        """What ``table[key] = value`` does, with the changelog record batched.
+
+        The value goes to the table's store, and its changelog record, to the
+        partition of the current event (as Faust's own write does), to the outbox:
+        a Faust table write is one producer send per key (see streams.outbox).
+        """
+        event = faust.current_event()
+        if event is None:
+            raise RuntimeError(f"writing {table.name}[{key!r}] outside of an event")
+        table.data[key] = value
+        self.outbox.add(table.changelog_topic.get_topic_name(), table_json(value),
+                        key=table_json(key), partition=event.message.partition)
 
     def row_state(self, item_id: str) -> CooccurrenceRow:
         """An item's row of C: cached, or read from the table (under its own event)."""
@@ -347,7 +384,7 @@ class RecoStream:
 
     # -- events -> user state -----------------------------------------------------
 
-    async def dead_letter(self, event: EventT[bytes], reason: str, detail: str) -> None:
+    def dead_letter(self, event: EventT[bytes], reason: str, detail: str) -> None:
         message = event.message
         raw = message.value if isinstance(message.value, bytes) else b""
         record = {
@@ -361,7 +398,8 @@ class RecoStream:
             "ts": message.timestamp,
         }
         self.counters.dead_lettered[reason] += 1
-        await self.dead_letters_topic.send(key=message.key, value=orjson.dumps(record))
+        self.outbox.add(self.dead_letters_topic.get_topic_name(), orjson.dumps(record),
+                        key=message.key)
 
     async def process_batch(
         self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]
@@ -392,23 +430,23 @@ class RecoStream:
             raw = message.value
             if not isinstance(raw, bytes | bytearray) or len(raw) > s.max_message_bytes:
                 size = len(raw) if isinstance(raw, bytes | bytearray) else 0
-                await self.dead_letter(event, "oversized" if size else "invalid_json",
-                                       f"{size} bytes" if size else "empty message")
+                self.dead_letter(event, "oversized" if size else "invalid_json",
+                                 f"{size} bytes" if size else "empty message")
                 continue
             try:
                 decoded = parse_event(orjson.loads(raw), topic)
             except orjson.JSONDecodeError as exc:
-                await self.dead_letter(event, "invalid_json", str(exc)[:200])
+                self.dead_letter(event, "invalid_json", str(exc)[:200])
                 continue
             except InvalidEvent as exc:
-                await self.dead_letter(event, exc.reason, exc.detail)
+                self.dead_letter(event, exc.reason, exc.detail)
                 continue
             if message.key != decoded.user_id.encode():
                 # State is keyed by user: an event keyed otherwise is forwarded,
                 # keyed right, and processed where its user lives.
                 self.counters.rekeyed += 1
-                await self.input_topics[topic].send(
-                    key=decoded.user_id.encode(), value=bytes(raw))
+                self.outbox.add(self.input_topics[topic].get_topic_name(), bytes(raw),
+                                key=decoded.user_id.encode())
                 continue
             by_user[decoded.user_id].append((event, decoded))
 
@@ -456,17 +494,17 @@ class RecoStream:
         # written: a crash in between replays them, and rows skip what they have.
         # Rows skip by offset, so each source's updates go out in offset order
         # (grouping by user above shuffled them).
-        deliveries = []
+        rows_topic = self.rows_topic.get_topic_name()
         for partition, updates in updates_by_partition.items():
             updates.sort(key=SOURCE_ORDER)
-            deliveries.append(await self.rows_topic.send(
-                value=orjson.dumps({"updates": updates}, default=tuple), partition=partition))
+            self.outbox.add(rows_topic, orjson.dumps({"updates": updates}, default=tuple),
+                            partition=partition)
             self.counters.row_updates_sent += len(updates)
-        if deliveries:
-            await asyncio.gather(*deliveries)
         # Triggers too go out before the state that records them (a replay may
         # repeat one; its trigger_id lets the marketing system drop the copy).
-        await self.send_triggers(due_triggers)
+        self.queue_triggers(due_triggers)
+        if updates_by_partition or due_triggers:
+            await asyncio.gather(*await self.outbox.send())
         with acting_as(stream) as act_as:
             for user_id, state, last_event in writes:
                 act_as(last_event)
@@ -474,11 +512,13 @@ class RecoStream:
         ranked = self.model.recommend_many(
             [(user_id, state.profile) for user_id, state, _, _ in changed_users], s.k,
             self.config)
+        recommendations_topic = self.recommendations_topic.get_topic_name()
         for (user_id, _, trigger, trigger_ts), recs in zip(changed_users, ranked, strict=True):
-            await self.recommendations_topic.send(
-                key=user_id.encode(), value=orjson.dumps(recommendation_record(recs, trigger,
-                                                                               trigger_ts)))
+            self.outbox.add(recommendations_topic,
+                            orjson.dumps(recommendation_record(recs, trigger, trigger_ts)),
+                            key=user_id.encode())
             self.counters.recommendations_out += 1
+        await self.outbox.send()
 
     def recommend(self, user_id: str, state: UserState | None, n: int) -> Recommendations:
         profile = state.profile if state is not None else None
@@ -522,15 +562,16 @@ class RecoStream:
 
     def write_pending_rows(self) -> None:
         """Write the rows changed since the last call to the ``cooccurrence`` table
-        (and so to its changelog), each under the partition of the event that last
-        changed it. Runs before every offset commit and before a rebalance."""
+        (and queue their changelog records), each under the partition of the event
+        that last changed it. Runs before every offset commit and before a
+        rebalance."""
         dirty = self.row_cache.take_dirty()
         if not dirty or self._rows_stream is None:
             return
         with acting_as(self._rows_stream) as act_as:
             for item_id, row, carrier in dirty:
                 act_as(carrier)
-                self.rows[item_id] = row.to_json()
+                self.write_table(self.rows, item_id, row.to_json())
 
     # -- neighbour refresh ---------------------------------------------------------------
 
@@ -557,18 +598,17 @@ class RecoStream:
             None, neighbors_for_rows, rows, counts, self.config.neighbors,
             self.config.similarity, SimilarityParams(),
         )
+        item_neighbors_topic = self.item_neighbors_topic.get_topic_name()
         for item_id, pairs in lists.items():
             value = [[j, score] for j, score in pairs]
             if self.neighbors.own_value(item_id) != value:
                 self.neighbors.set(item_id, value)
-                await self.item_neighbors_topic.send(
-                    key=item_id.encode(),
-                    value=orjson.dumps({
-                        "item_id": item_id,
-                        "neighbors": [{"item_id": j, "score": score} for j, score in pairs],
-                        "model_version": refresh_round,
-                    }),
-                )
+                self.outbox.add(item_neighbors_topic, orjson.dumps({
+                    "item_id": item_id,
+                    "neighbors": [{"item_id": j, "score": score} for j, score in pairs],
+                    "model_version": refresh_round,
+                }), key=item_id.encode())
+        await self.outbox.send()
         self.counters.refreshes += 1
         self.counters.last_refresh_seconds = time.perf_counter() - started
         self.metrics.refresh_seconds.observe(self.counters.last_refresh_seconds)
@@ -668,6 +708,7 @@ class RecoStream:
                     self.user_cache.clear()
                     raise
         self.churn.set(f"p{partition}", compress_rows(rows))
+        await self.outbox.send()
         if partition == 0:
             all_rows = [row for key, value in self.churn.view().items()
                         if key.startswith("p") and value for row in value]
@@ -675,6 +716,7 @@ class RecoStream:
             fitted = await loop.run_in_executor(
                 None, fit_churn_model, all_rows, self.engagement_config)
             self.churn.set("model", fitted.to_state())
+            await self.outbox.send()
 
     async def _scan_users(self, user_ids: Sequence[str], now: float,
                           model: ChurnModel) -> list[list[float]]:
@@ -700,21 +742,24 @@ class RecoStream:
             row = engagement.summary_row(now)
             if row is not None:
                 rows.append(row)
-        await self.send_triggers(due)
+        self.queue_triggers(due)
         for user_id, state in changed:
             self.write_user(user_id, state)
+        await self.outbox.send()
         return rows
 
-    async def send_triggers(self, due: Sequence[tuple[str, UserState, Trigger]]) -> None:
-        """Publish triggers (and churn alerts) with the user's recommended items."""
+    def queue_triggers(self, due: Sequence[tuple[str, UserState, Trigger]]) -> None:
+        """Queue triggers (and churn alerts) with the user's recommended items."""
         for user_id, state, trigger in due:
             items = list(self.recommend(user_id, state, self.settings.k).item_ids)
             record = trigger_record(user_id, trigger, items)
             key = user_id.encode()
             if trigger.kind == "churn_risk":
-                await self.churn_alerts_topic.send(
-                    key=key, value=orjson.dumps(churn_alert_record(user_id, trigger, items)))
-            await self.triggers_topic.send(key=key, value=orjson.dumps(record))
+                self.outbox.add(self.churn_alerts_topic.get_topic_name(),
+                                orjson.dumps(churn_alert_record(user_id, trigger, items)),
+                                key=key)
+            self.outbox.add(self.triggers_topic.get_topic_name(), orjson.dumps(record),
+                            key=key)
             self.counters.triggers_out[trigger.kind] += 1
 
     # -- HTTP ----------------------------------------------------------------------------
@@ -874,7 +919,22 @@ def query_k(request: Request, default: int, maximum: int) -> int | None:
 
 def user_partition(user_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a user-keyed message."""
-    return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+    return key_partition(user_id.encode(), partitions)
+
+
+def persist_offset(table: TableT[Any, Any], tp: Any, offset: int) -> None:
+    """Tell a table's store the changelog offset it now holds (rocksdb keeps it)."""
+    cast(StoreT[Any, Any], table.data).set_persisted_offset(tp, offset)
+
+
+def table_json(value: Any) -> bytes:
+    """A table key or value as Faust's ``json`` codec writes it (orjson, non-str
+    keys allowed), so that Faust's recovery reads the changelog records back.
+
+    >>> table_json("u1"), table_json({"a": [1.0, 2]})
+    (b'"u1"', b'{"a":[1.0,2]}')
+    """
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def churn_key_partition(key: str) -> int:

@@ -88,7 +88,21 @@ class WorkerProcess:
             if condition(health):
                 return health
             time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; last health {health}\n{self.tail()}")
+        raise AssertionError(f"timed out waiting for {what}; last health {health}\n"
+                             f"{self.tail()}\n{self.task_stacks()}")
+
+    def task_stacks(self) -> str:
+        """Where the worker's threads and asyncio tasks are (mode's worker logs
+        their stacks on SIGUSR1), frames only."""
+        if self.proc is None or self.proc.poll() is not None:
+            return ""
+        before = len(self.log_path.read_text(errors="replace").splitlines())
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        time.sleep(2.0)
+        dump = self.log_path.read_text(errors="replace").splitlines()[before:]
+        frames = [line for line in dump
+                  if line.lstrip().startswith(("THREAD", "TASK", 'File "'))]
+        return "threads and tasks (SIGUSR1):\n" + "\n".join(frames[:400])
 
     def wait_until_settled(self, applied: int, *, count_duplicates: bool = True,
                            timeout: float = 120.0) -> dict[str, Any]:

@@ -10,11 +10,11 @@ here as a consumer would deliver them (real topic name, partition and offset) an
 on the wrapper's channel; :meth:`Harness.settle` then waits until ``take_events`` has
 acked them, which it does only after the agent body has processed their batch.
 
-Sends to output topics would start the real producer, so the harness replaces
-``send`` on the app's output topic objects (only those) with a recorder, and the
-consumer's ``highwaters`` (log end offsets, asked by the churn scan) with the
-offsets of what the harness delivered. Table changelog writes go to the producer's
-buffer, which nothing flushes here; :meth:`Harness.changelog` reads them back.
+Every record the app writes goes through its outbox (streams.outbox), whose sink
+would be the real producer: the harness gives it a recording sink instead, and
+replaces the consumer's ``highwaters`` (log end offsets, asked by the churn scan)
+with the offsets of what the harness delivered. Table changelog records are kept
+apart from the other records; :meth:`Harness.changelog` reads them back.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, cast
 
 import orjson
 import pytest
-from faust.types import TP, ChannelT, Message, RecordMetadata, TopicT
+from faust.types import TP, ChannelT, Message
 from faust.types.agents import AgentTestWrapperT
 
 from core.events import Event
 from streams.app import RecoStream, user_partition
+from streams.outbox import Record
 from streams.settings import Settings
 from streams.state import UserState
 
@@ -89,15 +90,18 @@ class Harness:
         self.settings = settings
         self.stream = RecoStream(settings)
         self.sent: list[Sent] = []
-        #: send calls per topic name, counted on entry (before any gate)
+        #: table changelog records, see :meth:`changelog`
+        self.changelog_sent: list[Sent] = []
+        #: batches handed to the sink per topic name, counted on entry (before any gate)
         self.calls: Counter[str] = Counter()
-        #: topic name -> event a send to that topic waits for (see :meth:`gate`)
+        #: topic name -> event a batch for that topic waits for (see :meth:`gate`)
         self.gates: dict[str, asyncio.Event] = {}
         #: topic name -> deliveries left pending (see :meth:`defer`)
-        self.deferred: dict[str, list[tuple[asyncio.Future[RecordMetadata], RecordMetadata]]] = {}
+        self.deferred: dict[str, list[tuple[asyncio.Future[int], int]]] = {}
         self._next_offset: Counter[tuple[str, int]] = Counter()
-        for name, topic in output_topics(self.stream).items():
-            monkeypatch.setattr(topic, "send", self._recorder(name))
+        self._changelogs = {getattr(self.stream, table).changelog_topic.get_topic_name()
+                            for table in ("users", "rows")}
+        self.stream.outbox.sink = self
         # The log end offsets are those of what the harness delivered (it is the
         # broker here); the consumer would ask the real one, which is not there.
         monkeypatch.setattr(self.stream.app.consumer, "highwaters", self._highwaters)
@@ -105,25 +109,28 @@ class Harness:
     async def _highwaters(self, *partitions: TP) -> dict[TP, int]:
         return {tp: self._next_offset[tp.topic, tp.partition] for tp in partitions}
 
-    def _recorder(self, name: str) -> Callable[..., Awaitable[Awaitable[RecordMetadata]]]:
-        async def send(*, key: bytes | None = None, value: bytes | None = None,
-                       partition: int | None = None, **_: Any) -> Awaitable[RecordMetadata]:
-            assert isinstance(value, bytes), f"{name}: value {value!r} is not bytes"
-            self.calls[name] += 1
-            gate = self.gates.get(name)
-            if gate is not None:
-                await gate.wait()
-            offset = len(self.sent)
-            self.sent.append(Sent(name, key, value, partition))
-            done: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-            metadata = RecordMetadata(name, partition or 0, TP(name, partition or 0), offset)
-            if name in self.deferred:
-                self.deferred[name].append((done, metadata))
-            else:
-                done.set_result(metadata)
-            return done
+    # -- the outbox's sink (streams.outbox.BatchSink) --------------------------------
 
-        return send
+    async def partition_count(self, topic: str) -> int:
+        return self.settings.partitions
+
+    async def send(self, topic: str, partition: int,
+                   records: Sequence[Record]) -> list[Awaitable[int]]:
+        """Record one batch; its delivery is immediate unless deferred."""
+        self.calls[topic] += 1
+        gate = self.gates.get(topic)
+        if gate is not None:
+            await gate.wait()
+        into = self.changelog_sent if topic in self._changelogs else self.sent
+        for key, value in records:
+            assert value is None or isinstance(value, bytes), f"{topic}: value {value!r}"
+            into.append(Sent(topic, key, value or b"", partition))
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if topic in self.deferred:
+            self.deferred[topic].append((done, len(into) - 1))
+        else:
+            done.set_result(len(into) - 1)
+        return [done]
 
     def gate(self, topic: str) -> asyncio.Event:
         """Make sends to ``topic`` (a real name) wait until the returned event is set."""
@@ -149,19 +156,14 @@ class Harness:
         return [m for m in self.sent if m.topic in names]
 
     def changelog(self, table: str) -> list[ChangelogWrite]:
-        """Drain the producer buffer and return the writes to ``table``'s changelog.
+        """The records written to ``table``'s changelog since the last call.
 
-        Writes to other tables are drained too (and dropped).
+        Records of the other tables are taken too (and dropped).
         """
         name = getattr(self.stream, table).changelog_topic.get_topic_name()
-        pending = self.stream.app.producer.buffer.pending
-        writes = []
-        while not pending.empty():
-            message = pending.get_nowait().message
-            if message.channel.get_topic_name() == name:
-                writes.append(ChangelogWrite(name, _json(message.key), _json(message.value),
-                                             message.partition))
-        return writes
+        taken, self.changelog_sent = self.changelog_sent, []
+        return [ChangelogWrite(name, _json(m.key), _json(m.value), m.partition)
+                for m in taken if m.topic == name]
 
     # -- what goes in -------------------------------------------------------------------
 
@@ -272,19 +274,6 @@ class Harness:
 def _json(data: Any) -> Any:
     """Table keys and values are JSON (the app's table serializers)."""
     return orjson.loads(data) if isinstance(data, bytes) else data
-
-
-def output_topics(stream: RecoStream) -> dict[str, TopicT]:
-    """Every single-name topic the app declares (attributes, or in a dict), by name:
-    the app may send to any of them (the input topics too, when it re-keys)."""
-    found: dict[str, TopicT] = {}
-    for value in vars(stream).values():
-        candidates = value.values() if isinstance(value, dict) else (value,)
-        for topic in candidates:
-            if isinstance(topic, TopicT) and len(topic.topics) == 1:
-                found[topic.get_topic_name()] = topic
-    return found
-
 
 
 

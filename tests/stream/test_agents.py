@@ -376,10 +376,10 @@ async def test_row_writes_go_to_the_items_partition(make_harness: MakeHarness) -
                       orjson.dumps({"updates": [[item, [], "clicks/0", p, TS, True]]}), p)
                  for p, item in sorted(items.items())]
         await h.relay(rows_agent, sends)
-    writes = h.stream.app.producer.buffer.pending
-    assert writes.qsize() == PARTITIONS  # the stats of each item, at once
-    stream.write_pending_rows()  # what the next commit does
-    assert writes.qsize() == 2 * PARTITIONS  # and the rows
+    stats = [m.key for m in h.sent_to(f"{stream.settings.app_id}-item-stats")]
+    assert sorted(stats) == sorted(item.encode() for item in items.values())  # at once
+    assert h.changelog("rows") == []  # rows wait for the commit
+    await stream.before_commit()  # what the next commit does first
     rows_log = h.changelog("rows")
     assert sorted((w.key, w.partition) for w in rows_log) == sorted(
         (item, p) for p, item in items.items())
@@ -495,9 +495,10 @@ async def test_event_keyed_otherwise_is_forwarded_keyed_by_user(
                         partition=0),
         ]
         await h.settle(agent, messages)
+    home = user_partition("u1", PARTITIONS)  # where a record keyed b"u1" goes
     assert [(m.topic, m.key, m.value, m.partition) for m in h.sent] == [
-        ("clicks", b"u1", raw_click, None),
-        ("purchases", b"u1", raw_purchase, None),
+        ("clicks", b"u1", raw_click, home),
+        ("purchases", b"u1", raw_purchase, home),
     ]
     assert h.stream.counters.rekeyed == 2
     assert h.stream.counters.applied == 0

@@ -47,11 +47,11 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
         await h.process(agent, click("u1", "i1"), partition=0, offset=0)
         assert stream.user_cache.get("u1") is not None
 
-        async def broken(**_: object) -> None:
+        async def broken(*_: object) -> None:
             raise RuntimeError("broker gone")
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(stream.rows_topic, "send", broken)
+            mp.setattr(h, "send", broken)  # the outbox's sink
             # i2 pairs with i1: the batch changes u1, then fails sending its rows
             with pytest.raises(AssertionError, match="agent crashed"):
                 await h.process(agent, click("u1", "i2"), partition=0, offset=1)
@@ -77,12 +77,12 @@ async def test_changed_rows_are_written_once_per_commit(make_harness: MakeHarnes
         assert h.changelog("rows") == []  # three batches changed "a": not written yet
         assert stream.rows.get("a") is None
         for write_pending in cast(App, stream.app).before_commit:  # as a commit does
-            write_pending()
+            await write_pending()
         (write,) = h.changelog("rows")
         assert (write.key, write.partition) == ("a", 1)
         assert write.value["pairs"] == {"b": 2.0, "c": 1.0}
         assert CooccurrenceRow.from_json(stream.rows["a"]).pairs == {"b": 2.0, "c": 1.0}
-        stream.write_pending_rows()
+        await stream.before_commit()
         assert h.changelog("rows") == []  # nothing changed since
 
 
@@ -142,7 +142,10 @@ async def test_a_commit_writes_what_is_held_back_before_flushing(
         mp.setattr(app.producer, "flush", flush)
         mp.setattr(consumer, "_commit", commit)
         mp.setattr(consumer, "assignment", lambda: {tp})
-        app.before_commit.append(lambda: calls.append("write held-back values"))
+        async def write_held_back() -> None:
+            calls.append("write held-back values")
+
+        app.before_commit.append(write_held_back)
         assert await consumer._commit_offsets({tp: 7})
     assert calls == ["write held-back values", "flush", "commit 7"]
 
@@ -158,7 +161,7 @@ async def test_without_a_cache_changed_rows_are_still_held_until_the_commit(
             await h.relay(rows_agent, [replace(row_update("a", pairs, offset, 3),
                                                topic=stream.rows_topic.get_topic_name())])
         h.changelog("rows")
-        stream.write_pending_rows()
+        await stream.before_commit()
         (write,) = h.changelog("rows")
         assert write.value["pairs"] == {"b": 1.0, "c": 1.0}
         assert len(stream.row_cache) == 0  # clean values are not kept

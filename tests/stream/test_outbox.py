@@ -1,0 +1,135 @@
+"""The outbox: records grouped per topic partition, handed over in order, delivery
+followed up (offsets reported, failures raised before a commit)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+
+import orjson
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.app import RecoStream, table_json
+from streams.outbox import DeliveryFailed, Outbox, Record, key_partition
+from streams.settings import Settings
+from tests.stream.harness import run_async
+
+
+class Sink:
+    """Records batches; deliveries finish when told to (or at once)."""
+
+    def __init__(self, partitions: int = 3, *, hold: bool = False,
+                 delays: Sequence[float] = ()) -> None:
+        self.partitions = partitions
+        self.hold = hold
+        self.delays = list(delays)  # seconds the first sends take
+        self.batches: list[tuple[str, int, list[Record]]] = []
+        self.pending: list[tuple[asyncio.Future[int], int]] = []  # (delivery, offset)
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    async def partition_count(self, topic: str) -> int:
+        return self.partitions
+
+    async def send(self, topic: str, partition: int,
+                   records: Sequence[Record]) -> list[Awaitable[int]]:
+        # a send may wait for the producer: others run meanwhile
+        await asyncio.sleep(self.delays.pop(0) if self.delays else 0)
+        self.batches.append((topic, partition, list(records)))
+        last = self.offsets.get((topic, partition), -1) + len(records)
+        self.offsets[(topic, partition)] = last
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self.hold:
+            self.pending.append((done, last))
+        else:
+            done.set_result(last)
+        return [done]
+
+    def values(self, topic: str, partition: int) -> list[bytes | None]:
+        return [value for t, p, records in self.batches if (t, p) == (topic, partition)
+                for _, value in records]
+
+
+@given(st.binary(min_size=1, max_size=40), st.integers(min_value=1, max_value=64))
+def test_keyed_records_go_where_kafkas_default_partitioner_puts_them(
+    key: bytes, partitions: int
+) -> None:
+    everything = list(range(partitions))
+    assert key_partition(key, partitions) == DefaultPartitioner()(key, everything, everything)
+
+
+@run_async
+async def test_records_keep_their_order_per_partition_across_concurrent_sends() -> None:
+    # Two tasks write the same key (a batch and the churn scan, say): the first send
+    # is slow in the producer, the second must not overtake it.
+    sink = Sink(delays=[0.05])
+    outbox = Outbox(sink)
+    outbox.add("t", b"state 1", partition=0)
+    first = asyncio.ensure_future(outbox.send())
+    await asyncio.sleep(0.01)  # the first send is in the producer
+    outbox.add("t", b"state 2", partition=0)
+    await outbox.send()
+    await first
+    assert sink.values("t", 0) == [b"state 1", b"state 2"]
+
+
+@run_async
+async def test_one_batch_per_partition_keyed_and_keyless_records_spread() -> None:
+    sink = Sink(partitions=3)
+    outbox = Outbox(sink)
+    for n in range(6):
+        outbox.add("keyed", str(n).encode(), key=f"k{n}".encode())
+        outbox.add("keyless", str(n).encode())
+    outbox.add("fixed", b"x", key=b"k0", partition=2)  # a partition wins over the key
+    assert len(outbox) == 13
+    await outbox.send()
+    assert len(outbox) == 0
+    for topic, partition, records in sink.batches:
+        if topic == "keyed":
+            assert {key_partition(key or b"", 3) for key, _ in records} == {partition}
+    keyed = sorted((p, len(r)) for t, p, r in sink.batches if t == "keyed")
+    assert len(keyed) == len({p for p, _ in keyed})  # one batch per partition
+    assert sorted(len(r) for t, _, r in sink.batches if t == "keyless") == [2, 2, 2]
+    assert [(p, r) for t, p, r in sink.batches if t == "fixed"] == [(2, [(b"k0", b"x")])]
+    assert await outbox.send() == []  # nothing left
+
+
+@run_async
+async def test_delivered_batches_report_their_last_offset() -> None:
+    sink = Sink(hold=True)
+    outbox = Outbox(sink)
+    seen: list[tuple[TopicPartition, int]] = []
+    outbox.on_delivered["log"] = lambda tp, offset: seen.append((tp, offset))
+    for value in (b"a", b"b", b"c"):
+        outbox.add("log", value, partition=1)
+    outbox.add("other", b"x", partition=0)
+    deliveries = await outbox.send()
+    assert seen == []  # not written yet
+    for future, offset in sink.pending:
+        future.set_result(offset)
+    await asyncio.gather(*deliveries)
+    assert seen == [(TopicPartition("log", 1), 2)]
+
+
+@run_async
+async def test_a_failed_batch_is_raised_before_the_commit() -> None:
+    sink = Sink(hold=True)
+    outbox = Outbox(sink)
+    outbox.add("t", b"a", partition=0)
+    await outbox.send()  # nobody awaits this delivery
+    sink.pending[0][0].set_exception(RuntimeError("broker gone"))
+    await outbox.delivered()
+    with pytest.raises(DeliveryFailed, match="broker gone"):
+        outbox.check()
+    outbox.check()  # reported once
+
+
+@pytest.mark.parametrize("value", ["u1", "ü-42", {"a": [1.0, 2], "b": {"c": None}}, [1, "x"]])
+def test_table_records_are_what_fausts_json_codec_writes(value: object, tmp_path: object) -> None:
+    stream = RecoStream(Settings(store="memory://", web_enabled=False, data_dir=tmp_path))
+    faust_bytes = stream.app.serializers.dumps_value(None, value, serializer="json")
+    assert table_json(value) == faust_bytes
+    assert orjson.loads(table_json(value)) == value

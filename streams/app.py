@@ -340,13 +340,39 @@ class RecoStream:
 
     async def _forget_cached(self, sender: Any, /, *args: Any,
                              signal: BaseSignalT[Any], **kwargs: Any) -> None:
-        # Another worker may write these keys while they are not ours. Rows changed
-        # since the last commit are written first: if the partition comes back to
-        # this worker, the offsets acked meanwhile may be committed.
-        self.write_pending_rows()
-        await self.outbox.send()
-        self.user_cache.clear()
-        self.row_cache.clear()
+        # Another worker may own these keys next: it recovers them from the
+        # changelogs, so everything this worker wrote must be there before the
+        # rebalance goes on. A batch under way finishes first (it holds the users
+        # lock; batches of the old generation taken after it are skipped, see
+        # current_events); rows changed since the last commit are written too (if
+        # the partition comes back, the offsets acked meanwhile may be committed).
+        async with self.users_lock:
+            self.write_pending_rows()
+            await self.outbox.send()
+            await self.outbox.delivered()
+            self.user_cache.clear()
+            self.row_cache.clear()
+
+    def current_events(self, batch: Sequence[EventT[bytes]]) -> list[EventT[bytes]]:
+        """The events of a batch read since the last rebalance.
+
+        Faust drops messages of an older consumer generation as they enter a
+        stream, but ``take_events`` may hold some taken before the rebalance: their
+        partitions may belong to another worker now, which reads them again from
+        the last commit (every assigned partition is sought to it after a
+        rebalance). Writing their effects here would land in that worker's
+        changelog after it recovered from it. They are not acknowledged either.
+        """
+        generation = self.app.consumer_generation_id
+        current = []
+        for event in batch:
+            if event.message.generation_id == generation:
+                current.append(event)
+            else:
+                # Left unacknowledged in the consumer, as Faust leaves those it
+                # drops: acked, a partition still ours could be committed past it.
+                event.message.acked = True
+        return current
 
     def user_state(self, user_id: str) -> UserState:
         """A user's state: cached, or read from the table (under the key's own event)."""
@@ -422,7 +448,7 @@ class RecoStream:
     ) -> None:
         s = self.settings
         by_user: dict[str, list[tuple[EventT[bytes], Any]]] = defaultdict(list)
-        for event in batch:
+        for event in self.current_events(batch):
             message = event.message
             topic = self.contract_topic[message.topic]
             self.counters.events_in[topic] += 1
@@ -533,7 +559,7 @@ class RecoStream:
         s = self.settings
         pending: dict[str, list[RowUpdate]] = defaultdict(list)
         carrier: dict[str, EventT[bytes]] = {}
-        for event in batch:  # decoded in full before any row changes
+        for event in self.current_events(batch):  # decoded in full before any row changes
             for value in orjson.loads(event.message.value or b"{}").get("updates", ()):
                 update = RowUpdate.from_json(value)
                 pending[update.item_id].append(update)

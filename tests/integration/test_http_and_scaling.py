@@ -367,8 +367,11 @@ def test_no_event_is_lost_while_a_worker_joins_and_another_leaves_mid_stream(
     while got != expected_events and time.monotonic() < deadline:
         time.sleep(0.5)
         got = profile_events()
-    assert got == expected_events, {u: (got[u], expected_events[u]) for u in users
-                                    if got[u] != expected_events[u]}
+    if got != expected_events:
+        missing = {u: (got[u], expected_events[u]) for u in users
+                   if got[u] != expected_events[u]}
+        raise AssertionError(f"{missing}\nhealth {second.health()}\n{second.tail()}\n"
+                             f"{second.task_stacks()}")
     [health] = settle([second], 0, rounds=1)
     assert health["counters"]["dead_lettered"] == {}
     mismatched = recommendation_mismatches(second, model, users, first_settings.k)

@@ -3,13 +3,14 @@ since the last commit) what they will hold once the commit writes them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import orjson
 import pytest
-from faust.types import TP
+from faust.types import TP, Message
 
 from streams.app import RowsLeftHalfUpdated
 from streams.state import CooccurrenceRow, UserState
@@ -165,3 +166,33 @@ async def test_without_a_cache_changed_rows_are_still_held_until_the_commit(
         (write,) = h.changelog("rows")
         assert write.value["pairs"] == {"b": 1.0, "c": 1.0}
         assert len(stream.row_cache) == 0  # clean values are not kept
+
+
+@run_async
+async def test_events_taken_before_a_rebalance_are_left_to_the_partitions_owner(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch that began before a rebalance ends after it: the events read in the
+    old generation may belong to another worker now, which reads them again."""
+    h = make_harness(batch_size=2, batch_seconds=5.0)
+    stream = h.stream
+    app = stream.app
+    acked: list[TP] = []  # messages whose final ack reached the consumer
+    final_ack = Message.on_final_ack
+
+    def on_final_ack(message: Message, consumer: Any) -> bool:
+        acked.append(message.tp)
+        return final_ack(message, consumer)
+
+    monkeypatch.setattr(Message, "on_final_ack", on_final_ack)
+    async with stream.agents[0].test_context() as agent:
+        before = await h.put_event(agent, click("u1", "i1"), partition=0, offset=0)
+        await asyncio.sleep(0.1)  # the stream takes it into the batch
+        app.consumer_generation_id += 1  # a rebalance while the batch fills
+        after = await h.put_event(agent, click("u2", "i2"), partition=1, offset=0)
+        await h.settle(agent, [before, after])
+    assert stream.users.get("u1") is None  # left to whoever owns partition 0 now
+    assert user_state(h, "u2").profile.recent == ["i2"]
+    assert stream.counters.applied == 1
+    # and not acknowledged to the consumer, which would commit past it
+    assert acked == [after.tp]

@@ -122,10 +122,13 @@ class Outbox:
         self._records: dict[tuple[str, int | None], list[Record]] = defaultdict(list)
         self._partitions: dict[str, int] = {}
         self._turns: dict[str, int] = {}  # last partition a keyless record went to
-        # One send at a time: records of a partition go out in the order added.
-        self._sending = asyncio.Lock()
+        # Sends group their records one at a time (a partition count may be asked
+        # for meanwhile), so each partition's batches are lined up in send order.
+        self._grouping = asyncio.Lock()
+        # per partition: set once the last batch lined up is with the producer
+        self._handed: dict[tuple[str, int], asyncio.Future[None]] = {}
         self._failures: list[BaseException] = []
-        self._in_flight: set[asyncio.Task[int]] = set()
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     def add(self, topic: str, value: bytes | None, *, key: bytes | None = None,
             partition: int | None = None) -> None:
@@ -137,14 +140,30 @@ class Outbox:
         """Records added and not handed over yet."""
         return sum(len(records) for records in self._records.values())
 
-    async def send(self) -> list[Awaitable[int]]:
-        """Hand every queued record over; awaitables of their batches' delivery."""
-        async with self._sending:
-            return await self._send()
+    async def send(self) -> list[Awaitable[None]]:
+        """Hand every queued record over, one batch per topic partition, each after
+        the batches earlier sends made for its partition; awaitables of their
+        delivery (followed up even when no one awaits them).
 
-    async def _send(self) -> list[Awaitable[int]]:
-        if not self._records:
-            return []
+        Returns once the batches are lined up, not when the producer has taken
+        them: a partition still waiting for its previous batch to go out (a
+        commit's rows, say) holds neither the caller nor the other partitions.
+        """
+        async with self._grouping:
+            by_partition = await self._group()
+            deliveries: list[Awaitable[None]] = []
+            for (topic, partition), records in by_partition.items():
+                key = (topic, partition)
+                previous = self._handed.get(key)
+                handed = self._handed[key] = asyncio.get_running_loop().create_future()
+                task = asyncio.ensure_future(
+                    self._deliver(topic, partition, records, previous, handed))
+                self._in_flight.add(task)
+                task.add_done_callback(self._forget)
+                deliveries.append(task)
+            return deliveries
+
+    async def _group(self) -> dict[tuple[str, int], list[Record]]:
         queued, self._records = self._records, defaultdict(list)
         by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
         for (topic, partition), records in queued.items():
@@ -159,43 +178,39 @@ class Outbox:
                     by_partition[(topic, turn)].append(record)
                 else:
                     by_partition[(topic, key_partition(key, count))].append(record)
-        deliveries: list[Awaitable[int]] = []
-        for (topic, partition), records in by_partition.items():
-            started = time.monotonic()
-            for delivery in await self.sink.send(topic, partition, records):
-                deliveries.append(self._watch(topic, partition, delivery))
-            if time.monotonic() - started > SLOW_SEND_SECONDS:
-                log.warning("handing %d records to %s[%d] took %.1f s", len(records),
-                            topic, partition, time.monotonic() - started)
-        return deliveries
+        return by_partition
 
     async def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)
         if count is None:
-            log.info("asking for the partitions of %s", topic)
             count = self._partitions[topic] = await self.sink.partition_count(topic)
-            log.info("%s has %d partitions", topic, count)
         return count
 
-    def _watch(self, topic: str, partition: int, delivery: Awaitable[int]) -> Awaitable[int]:
-        """The delivery, followed up (offsets reported, failures kept) even when no
-        one awaits it."""
-        async def follow() -> int:
+    async def _deliver(self, topic: str, partition: int, records: Sequence[Record],
+                       previous: asyncio.Future[None] | None,
+                       handed: asyncio.Future[None]) -> None:
+        """Hand one partition's records to the sink after the previous batch for
+        that partition, then follow their delivery (offsets reported, failures kept)."""
+        try:
+            started = time.monotonic()
             try:
+                if previous is not None:
+                    await asyncio.shield(previous)
+                deliveries = await self.sink.send(topic, partition, records)
+            finally:
+                handed.set_result(None)  # the next batch may go, whatever became of this one
+            if time.monotonic() - started > SLOW_SEND_SECONDS:
+                log.warning("handing %d records to %s[%d] took %.1f s", len(records),
+                            topic, partition, time.monotonic() - started)
+            for delivery in deliveries:
                 offset = await delivery
-            except Exception as exc:
-                log.error("writing a batch to %s[%d] failed: %r", topic, partition, exc)
-                self._failures.append(exc)
-                raise
-            report = self.on_delivered.get(topic)
-            if report is not None:
-                report(TopicPartition(topic, partition), offset)
-            return offset
-
-        task = asyncio.ensure_future(follow())
-        self._in_flight.add(task)
-        task.add_done_callback(self._forget)
-        return task
+                report = self.on_delivered.get(topic)
+                if report is not None:
+                    report(TopicPartition(topic, partition), offset)
+        except Exception as exc:
+            log.error("writing a batch to %s[%d] failed: %r", topic, partition, exc)
+            self._failures.append(exc)
+            raise
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._in_flight.discard(task)

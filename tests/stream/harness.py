@@ -12,8 +12,8 @@ acked them, which it does only after the agent body has processed their batch.
 
 Every record the app writes goes through its outbox (streams.outbox), whose sink
 would be the real producer: the harness gives it a recording sink instead, and
-replaces the consumer's ``highwaters`` (log end offsets, asked by the churn scan)
-with the offsets of what the harness delivered. Table changelog records are kept
+replaces the consumer's ``highwater`` (the log end offset its fetches saw, read by
+the churn scan) with the offsets of what the harness delivered. Table changelog records are kept
 apart from the other records; :meth:`Harness.changelog` reads them back.
 """
 
@@ -104,10 +104,10 @@ class Harness:
         self.stream.outbox.sink = self
         # The log end offsets are those of what the harness delivered (it is the
         # broker here); the consumer would ask the real one, which is not there.
-        monkeypatch.setattr(self.stream.app.consumer, "highwaters", self._highwaters)
+        monkeypatch.setattr(self.stream.app.consumer, "highwater", self._highwater)
 
-    async def _highwaters(self, *partitions: TP) -> dict[TP, int]:
-        return {tp: self._next_offset[tp.topic, tp.partition] for tp in partitions}
+    def _highwater(self, tp: TP) -> int:
+        return self._next_offset[tp.topic, tp.partition]
 
     # -- the outbox's sink (streams.outbox.BatchSink) --------------------------------
 

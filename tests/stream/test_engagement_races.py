@@ -13,6 +13,7 @@ other's change.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -147,12 +148,22 @@ async def test_batches_run_between_the_slices_of_a_churn_scan(
             await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
             await h.process(events_agent, click(others[0], "x", TS, kind="add_to_cart"))
             await h.process(events_agent, click(late_user, "y", TS + 2 * CART_WINDOW))
-            gate = h.gate(triggers_topic)
+            # The first slice (u1) is made slow: its hand-over to the outbox waits
+            # for the gate, with the users lock held.
+            gate, slow_sends = asyncio.Event(), []
+            hand_over = stream.outbox.send
+
+            async def slow_first_send() -> list[Awaitable[None]]:
+                if stream.users_lock.locked() and not slow_sends:  # the scan's
+                    slow_sends.append(True)
+                    await gate.wait()
+                return await hand_over()
+
+            mp.setattr(stream.outbox, "send", slow_first_send)
             scan = await h.put(ticks_agent, tick(h, partition, 1).topic,
                                tick(h, partition, 1).value, partition=partition)
-            await h.wait_until(lambda: h.calls[triggers_topic] == 1, "the first slice's send")
-            # the first slice (u1) holds the users lock while it sends: this batch
-            # waits for it, then goes before the scan's next slice
+            await h.wait_until(lambda: slow_sends == [True], "the first slice's send")
+            # this batch waits for the lock, then goes before the scan's next slice
             late = await h.put_event(events_agent, click(late_user, "z", TS + 2 * CART_WINDOW))
             await h.wait_until(lambda: lock_waiters(stream.users_lock), "the batch to queue")
             gate.set()

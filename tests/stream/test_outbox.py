@@ -63,17 +63,20 @@ def test_keyed_records_go_where_kafkas_default_partitioner_puts_them(
 
 @run_async
 async def test_records_keep_their_order_per_partition_across_concurrent_sends() -> None:
-    # Two tasks write the same key (a batch and the churn scan, say): the first send
-    # is slow in the producer, the second must not overtake it.
+    # Two tasks write the same key (a batch and the churn scan, say): the first
+    # batch is slow to go to the producer, the second must not overtake it; a
+    # batch for another partition does not wait for it.
     sink = Sink(delays=[0.05])
     outbox = Outbox(sink)
     outbox.add("t", b"state 1", partition=0)
-    first = asyncio.ensure_future(outbox.send())
-    await asyncio.sleep(0.01)  # the first send is in the producer
-    outbox.add("t", b"state 2", partition=0)
     await outbox.send()
-    await first
+    await asyncio.sleep(0.01)  # the first batch is in the (slow) producer
+    outbox.add("t", b"state 2", partition=0)
+    outbox.add("other", b"x", partition=0)
+    await outbox.send()
+    await outbox.delivered()
     assert sink.values("t", 0) == [b"state 1", b"state 2"]
+    assert [topic for topic, _, _ in sink.batches] == ["other", "t", "t"]
 
 
 @run_async
@@ -87,6 +90,7 @@ async def test_one_batch_per_partition_keyed_and_keyless_records_spread() -> Non
     assert len(outbox) == 13
     await outbox.send()
     assert len(outbox) == 0
+    await outbox.delivered()
     for topic, partition, records in sink.batches:
         if topic == "keyed":
             assert {key_partition(key or b"", 3) for key, _ in records} == {partition}
@@ -107,6 +111,8 @@ async def test_delivered_batches_report_their_last_offset() -> None:
         outbox.add("log", value, partition=1)
     outbox.add("other", b"x", partition=0)
     deliveries = await outbox.send()
+    while len(sink.pending) < 2:  # both batches with the producer
+        await asyncio.sleep(0)
     assert seen == []  # not written yet
     for future, offset in sink.pending:
         future.set_result(offset)
@@ -120,6 +126,8 @@ async def test_a_failed_batch_is_raised_before_the_commit() -> None:
     outbox = Outbox(sink)
     outbox.add("t", b"a", partition=0)
     await outbox.send()  # nobody awaits this delivery
+    while not sink.pending:
+        await asyncio.sleep(0)
     sink.pending[0][0].set_exception(RuntimeError("broker gone"))
     await outbox.delivered()
     with pytest.raises(DeliveryFailed, match="broker gone"):

@@ -7,11 +7,11 @@ user changelog records sent one by one, the worker used 55-57 CPU-seconds for
 200,000 events; handing the same records over as whole batches, 32-34 s.
 
 So every record the worker writes is added to an :class:`Outbox`, grouped by topic
-partition in the order added, and :meth:`Outbox.send` hands each group to the
-producer as one batch (aiokafka's ``BatchBuilder`` / ``send_batch``). Records for
-one partition keep their order across sends (a send waits until the producer has
-taken the previous batch of that partition). The producer behind it is Faust's, so
-Faust's flush before each offset commit waits for these batches too.
+partition in the order added, and :meth:`Outbox.send` lines each group up to go to
+the producer as one batch (aiokafka's ``BatchBuilder`` / ``send_batch``), after the
+previous batch of its partition: records of a partition keep their order across
+sends, and a slow partition holds no other back. :meth:`Outbox.delivered` waits
+for everything lined up so far; the worker calls it before every offset commit.
 
 Where a record goes: an explicit partition, or the partition Kafka's default
 partitioner gives its key (murmur2), as a keyed ``topic.send`` would.

@@ -102,8 +102,22 @@ class RewindingConsumer(faust_aiokafka.Consumer):
             held, self._held = self._held, set()
             self._release_on_resume = False
             self.log.info("Releasing %d partitions held since the assignment", len(held))
+            self._seek_to_read_offsets(held)
             super().resume_partitions(held)
         super().resume_flow()
+
+    def _seek_to_read_offsets(self, partitions: Iterable[TP]) -> None:
+        # Holding a partition keeps its messages from the agents, not from
+        # aiokafka's fetcher: it went on fetching, and Faust dropped what it
+        # fetched for a partition not yet active. Seen: released at fetch
+        # positions 258 and 347 after being sought to 217 and 240 (the messages in
+        # between never processed). So each is sought again, to where recovery
+        # sought it (Faust's read offset; none: it was sent to its beginning).
+        consumer = self._thread._ensure_consumer()
+        for tp in partitions:
+            offset = self._read_offset.get(tp)
+            if offset is not None:
+                consumer.seek(tp, offset)
 
     async def _commit_offsets(self, offsets: Mapping[TP, int],
                               start_new_transaction: bool = True) -> bool:

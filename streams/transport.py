@@ -22,7 +22,11 @@ The fixes, both here:
 1. Every newly assigned partition of a topic the agents read is held (paused)
    until recovery has sought it and cleared the queues: it is released by the
    first ``resume_flow`` after Faust's ``on_rebalance_complete``, which comes right
-   after that seek and clear, with no await in between.
+   after that seek and clear, with no await in between. Holding keeps the
+   messages from the agents only: aiokafka's fetcher goes on fetching, Faust
+   drops what it fetched for a partition not yet active, and the fetch position
+   moves past it. So a partition is sought again, to where recovery sought it,
+   when it is released.
 2. When seeking to the committed offsets, such a partition without a committed
    offset goes back to its beginning (the group's ``auto.offset.reset=earliest``).
 

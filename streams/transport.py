@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.transports import TransportT
@@ -121,7 +122,10 @@ class RewindingConsumer(faust_aiokafka.Consumer):
         for tp in partitions:
             offset = self._read_offset.get(tp)
             if offset is not None:
-                consumer.seek(tp, offset)
+                try:
+                    consumer.seek(tp, offset)
+                except IllegalStateError:  # no longer assigned: another rebalance
+                    continue
 
     async def _commit_offsets(self, offsets: Mapping[TP, int],
                               start_new_transaction: bool = True) -> bool:

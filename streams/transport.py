@@ -66,7 +66,7 @@ class RewindingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """The aiokafka consumer thread, with the seek that does not skip uncommitted
     partitions, and fetches the broker holds :data:`FETCH_MAX_WAIT_MS` at most."""
 
-    def _create_worker_consumer(self, transport: TransportT) -> Any:
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Faust passes fetch_max_wait_ms=1500 with no setting to change it; the
         # fetcher is built from this attribute when the consumer starts.

@@ -517,6 +517,18 @@ class RecoStream:
             if changed:
                 changed_users.append((user_id, state, trigger, trigger_ts))
 
+        # Recommendations go out with the row updates, not after their delivery:
+        # they need nothing written first (a replay sends a list again), and the
+        # wait below is a broker round trip, longer while a commit's rows go out.
+        ranked = self.model.recommend_many(
+            [(user_id, state.profile) for user_id, state, _, _ in changed_users], s.k,
+            self.config)
+        recommendations_topic = self.recommendations_topic.get_topic_name()
+        for (user_id, _, trigger, trigger_ts), recs in zip(changed_users, ranked, strict=True):
+            self.outbox.add(recommendations_topic,
+                            orjson.dumps(recommendation_record(recs, trigger, trigger_ts)),
+                            key=user_id.encode())
+            self.counters.recommendations_out += 1
         # Row updates are delivered before the user state that records them is
         # written: a crash in between replays them, and rows skip what they have.
         # Rows skip by offset, so each source's updates go out in offset order
@@ -530,21 +542,13 @@ class RecoStream:
         # Triggers too go out before the state that records them (a replay may
         # repeat one; its trigger_id lets the marketing system drop the copy).
         self.queue_triggers(due_triggers)
+        sent = await self.outbox.send()
         if updates_by_partition or due_triggers:
-            await asyncio.gather(*await self.outbox.send())
+            await asyncio.gather(*sent)
         with acting_as(stream) as act_as:
             for user_id, state, last_event in writes:
                 act_as(last_event)
                 self.write_user(user_id, state)
-        ranked = self.model.recommend_many(
-            [(user_id, state.profile) for user_id, state, _, _ in changed_users], s.k,
-            self.config)
-        recommendations_topic = self.recommendations_topic.get_topic_name()
-        for (user_id, _, trigger, trigger_ts), recs in zip(changed_users, ranked, strict=True):
-            self.outbox.add(recommendations_topic,
-                            orjson.dumps(recommendation_record(recs, trigger, trigger_ts)),
-                            key=user_id.encode())
-            self.counters.recommendations_out += 1
         await self.outbox.send()
 
     def recommend(self, user_id: str, state: UserState | None, n: int) -> Recommendations:

@@ -59,8 +59,10 @@ class ItemNeighbors:
 
     def of(self, position: int) -> list[tuple[int, float]]:
         """Neighbours of one item as (position, score), best first."""
-        row, scores = self.indices[position], self.scores[position]
-        return [(int(j), float(s)) for j, s in zip(row, scores, strict=True) if j >= 0]
+        # plain ints and floats in one call each: per-element numpy scalars cost
+        # more than the rest of a refresh's conversion
+        row, scores = self.indices[position].tolist(), self.scores[position].tolist()
+        return [(j, s) for j, s in zip(row, scores, strict=True) if j >= 0]
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -204,14 +206,16 @@ def neighbors_for_rows(
     ids = sorted(set(rows).union(*(row.keys() for row in rows.values())) | set(counts))
     position = {item_id: p for p, item_id in enumerate(ids)}
     n = len(ids)
-    row_pos, col_pos, data = [], [], []
-    for item_id, row in rows.items():
-        for other, value in row.items():
-            if other != item_id:
-                row_pos.append(position[item_id])
-                col_pos.append(position[other])
-                data.append(float(value))
-    C = sp.csr_matrix((data, (row_pos, col_pos)), shape=(n, n))
+    widths = [len(row) for row in rows.values()]
+    row_pos = np.repeat(np.fromiter((position[i] for i in rows), np.int64, len(rows)),
+                        widths)
+    col_pos = np.fromiter((position[o] for row in rows.values() for o in row),
+                          np.int64, sum(widths))
+    data = np.fromiter((v for row in rows.values() for v in row.values()),
+                       np.float64, sum(widths))
+    off_diagonal = row_pos != col_pos
+    C = sp.csr_matrix((data[off_diagonal], (row_pos[off_diagonal], col_pos[off_diagonal])),
+                      shape=(n, n))
     count_vector = np.asarray([float(counts.get(item_id, 0.0)) for item_id in ids])
     # ids are sorted, so positions are already id ranks.
     neighbors = SIMILARITIES[similarity](C, count_vector, k, params, None)

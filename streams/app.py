@@ -31,6 +31,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -148,6 +149,13 @@ class RecoStream:
         # refresh round last completed per tick partition seen by this worker
         self.partition_rounds: dict[int, int] = {}
         self._rebuild_lock = asyncio.Lock()
+        # One thread for the model work (neighbour lists, snapshot, churn fit):
+        # every thread wanting the GIL slows the event loop and the consumer thread,
+        # and two refresh jobs at once held input back for over a second.
+        self.model_thread = ThreadPoolExecutor(max_workers=1,
+                                               thread_name_prefix="recostream-model")
+        # neighbour lists other workers wrote, as counted when the snapshot was built
+        self._others_lists_built = -1
         self.users_lock = asyncio.Lock()
         # Decoded users and rows this worker wrote (see DecodedCache): emptied on
         # every rebalance and after a failed batch. Changed rows are written to the
@@ -322,8 +330,7 @@ class RecoStream:
 
         @app.timer(s.refresh_seconds)  # type: ignore[untyped-decorator]
         async def rebuild_model() -> None:
-            # picks up neighbour lists other workers wrote since our last rebuild
-            await self.rebuild_model(self.model_round)
+            await self.pick_up_others_lists()
 
         self.agents = (process_events, apply_cooccurrence, refresh_neighbors)
         app.on_partitions_revoked.connect(self._forget_cached)
@@ -626,7 +633,7 @@ class RecoStream:
                   in self.item_stats.view().items()}
         loop = asyncio.get_running_loop()
         lists = await loop.run_in_executor(
-            None, neighbors_for_rows, rows, counts, self.config.neighbors,
+            self.model_thread, neighbors_for_rows, rows, counts, self.config.neighbors,
             self.config.similarity, SimilarityParams(),
         )
         item_neighbors_topic = self.item_neighbors_topic.get_topic_name()
@@ -659,11 +666,18 @@ class RecoStream:
     def owned_tick_partitions(self) -> set[int]:
         return self.owned_partitions(self.ticks_topic)
 
+    async def pick_up_others_lists(self) -> None:
+        """Rebuild the snapshot if other workers wrote neighbour lists since the last
+        build (this worker's own refresh rounds rebuild it when they complete)."""
+        if self.neighbors.others_writes != self._others_lists_built:
+            await self.rebuild_model(self.model_round)
+
     async def rebuild_model(self, refresh_round: int) -> None:
         """Rebuild the ranking snapshot from the global tables (in an executor)."""
         async with self._rebuild_lock:
             # views are fresh dicts whose values the reader replaces, never
             # changes: the executor reads them as they are, lists of [id, score]
+            self._others_lists_built = self.neighbors.others_writes
             lists = {item_id: value for item_id, value
                      in self.neighbors.view().items() if value}
             stats = {item_id: value for item_id, value
@@ -672,7 +686,8 @@ class RecoStream:
             version = max(refresh_round, self.model_round)
             loop = asyncio.get_running_loop()
             self.model = await loop.run_in_executor(
-                None, build_model, version, lists, stats, self.config.neighbors, self.tau)
+                self.model_thread, build_model, version, lists, stats, self.config.neighbors,
+                self.tau)
             self.model_round = version
 
     # -- churn alerts and marketing triggers ----------------------------------------------
@@ -762,7 +777,7 @@ class RecoStream:
                         if key.startswith("p") and value for row in value]
             loop = asyncio.get_running_loop()
             fitted = await loop.run_in_executor(
-                None, fit_churn_model, all_rows, self.engagement_config)
+                self.model_thread, fit_churn_model, all_rows, self.engagement_config)
             self.churn.set("model", fitted.to_state())
             await self.outbox.send()
 

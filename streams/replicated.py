@@ -49,6 +49,9 @@ class ReplicatedTable:
     {'a': [1.0], 'b': [2.0]}
     >>> sent
     [(b'a', b'[1.0]')]
+    >>> table.apply(b"a", b"[1.0]")  # our last write, read back: not another's
+    >>> table.others_writes
+    2
     """
 
     def __init__(
@@ -64,6 +67,9 @@ class ReplicatedTable:
         self._owned = owned
         self._read: dict[str, Any] = {}  # what the reader has seen, and local writes
         self._own: dict[str, Any] = {}  # this worker's last write per key
+        #: records read that are not this worker's last write of their key: what
+        #: other workers wrote (and, rarely, an older write of ours read back late)
+        self.others_writes = 0
 
     def set(self, key: str, value: Any) -> None:
         """Write a key: visible here at once, and to every worker through the topic."""
@@ -79,8 +85,11 @@ class ReplicatedTable:
         name = key.decode()
         if value is None:
             self._read.pop(name, None)
+            self.others_writes += 1
         else:
-            self._read[name] = orjson.loads(value)
+            decoded = self._read[name] = orjson.loads(value)
+            if decoded != self._own.get(name):
+                self.others_writes += 1
 
     def get(self, key: str) -> Any:
         if key in self._own and self._partition_of(key) in self._owned():

@@ -478,6 +478,22 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
     assert full_lists >= len(users) - 2  # the comparison is not vacuous
 
 
+@run_async
+async def test_the_timer_rebuilds_the_snapshot_only_for_other_workers_lists(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    await stream.pick_up_others_lists()  # a fresh worker takes what is there
+    built = stream.model
+    await stream.pick_up_others_lists()
+    assert stream.model is built  # nothing new: not rebuilt
+    stream.neighbors.apply(b"x", orjson.dumps([["y", 0.5]]))  # another worker's list
+    await stream.pick_up_others_lists()
+    assert stream.model is not built
+    assert stream.model.items.positions.keys() >= {"x", "y"}
+
+
 # -- 6. events keyed by something else are forwarded ------------------------------------------
 
 

@@ -44,3 +44,15 @@ def test_records_of_other_workers_and_tombstones() -> None:
     table.apply(b"x3", None)
     assert table.get("x3") is None and list(table) == ["x4"] and len(table) == 1
     assert sent == []
+
+
+def test_records_read_back_are_told_from_other_workers_writes() -> None:
+    # the snapshot is rebuilt on the timer only when others_writes moved
+    table, _ = make_table(owned={0, 1})
+    table.set("k0", [["a", 0.5]])
+    table.apply(b"k0", orjson.dumps([["a", 0.5]]))  # our write, read back
+    assert table.others_writes == 0
+    table.apply(b"k1", b"[]")  # another worker's
+    table.apply(b"k0", orjson.dumps([["b", 0.25]]))  # k0 written by another since
+    table.apply(b"k1", None)
+    assert table.others_writes == 3

@@ -243,6 +243,10 @@ class RecoStream:
             # rocksdb store keeps the changelog offset it holds (recovery resumes there)
             self.outbox.on_delivered[table.changelog_topic.get_topic_name()] = (
                 functools.partial(persist_offset, table))
+        # A commit writes thousands of rows (megabytes): on a connection of their
+        # own, so that the batches' records do not wait behind them.
+        self.outbox.routes[self.rows.changelog_topic.get_topic_name()] = KafkaSink(
+            cast(App, app).kafka_bulk_producer)
         # Small state every worker reads in full (see streams.replicated): per-item
         # stats and neighbour lists, written by the owner of the item's partition;
         # per partition its customers' summary rows ("p<n>") and the fitted churn

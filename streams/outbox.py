@@ -118,6 +118,8 @@ class Outbox:
 
     def __init__(self, sink: BatchSink) -> None:
         self.sink = sink
+        #: topics whose batches go to a sink of their own rather than ``sink``
+        self.routes: dict[str, BatchSink] = {}
         self.on_delivered: dict[str, OnDelivered] = {}
         self._records: dict[tuple[str, int | None], list[Record]] = defaultdict(list)
         self._partitions: dict[str, int] = {}
@@ -180,10 +182,14 @@ class Outbox:
                     by_partition[(topic, key_partition(key, count))].append(record)
         return by_partition
 
+    def sink_for(self, topic: str) -> BatchSink:
+        """Where ``topic``'s batches go."""
+        return self.routes.get(topic, self.sink)
+
     async def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)
         if count is None:
-            count = self._partitions[topic] = await self.sink.partition_count(topic)
+            count = self._partitions[topic] = await self.sink_for(topic).partition_count(topic)
         return count
 
     async def _deliver(self, topic: str, partition: int, records: Sequence[Record],
@@ -196,7 +202,7 @@ class Outbox:
             try:
                 if previous is not None:
                     await asyncio.shield(previous)
-                deliveries = await self.sink.send(topic, partition, records)
+                deliveries = await self.sink_for(topic).send(topic, partition, records)
             finally:
                 handed.set_result(None)  # the next batch may go, whatever became of this one
             if time.monotonic() - started > SLOW_SEND_SECONDS:

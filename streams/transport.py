@@ -47,9 +47,11 @@ from typing import Any, cast
 
 import faust
 from aiokafka.errors import IllegalStateError
+from faust.app.base import BootStrategy as FaustBootStrategy
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from faust.types.transports import TransportT
+from faust.types.transports import ProducerT, TransportT
+from mode import ServiceT
 from mode.types.signals import BaseSignalT
 
 #: How long the broker may hold a fetch that finds no new records. aiokafka sends
@@ -165,22 +167,50 @@ class RewindingTransport(faust_aiokafka.Transport):
     Consumer = RewindingConsumer
 
 
+class BootStrategy(FaustBootStrategy):
+    """Faust's services, with the bulk producer started right after Faust's own
+    producer (and so stopped right before it, after the consumer's last commit)."""
+
+    def kafka_producer(self) -> Iterable[ServiceT]:
+        producers = list(super().kafka_producer())
+        if producers:
+            producers.append(cast(App, self.app).bulk_producer)
+        return producers
+
+
 class App(faust.App):
     """A Faust app whose consumer uses :class:`RewindingTransport`.
 
     ``before_commit``: coroutine functions awaited right before every offset
     commit, before the producer is flushed (to write table values held back since
     the last commit); one that raises stops the worker, and nothing is committed.
+
+    ``bulk_producer``: a second producer, on a connection of its own, for the large
+    batches a commit writes. aiokafka keeps one produce request per broker in
+    flight, so on the one producer every record waited behind a commit's megabytes.
     """
+
+    BootStrategy = BootStrategy
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.before_commit: list[Callable[[], Awaitable[None]]] = []
+        self._bulk_producer: ProducerT | None = None
+
+    @property
+    def bulk_producer(self) -> ProducerT:
+        if self._bulk_producer is None:
+            self._bulk_producer = self._new_producer()
+        return self._bulk_producer
 
     def kafka_producer(self) -> Any:
         """The aiokafka producer under Faust's (started with the app), for records
         handed over in whole batches (see streams.outbox)."""
         return cast(Any, self.producer)._ensure_producer()
+
+    def kafka_bulk_producer(self) -> Any:
+        """The aiokafka producer under :attr:`bulk_producer`."""
+        return cast(Any, self.bulk_producer)._ensure_producer()
 
     def _new_transport(self) -> TransportT:
         return RewindingTransport(self.conf.broker_consumer, self)

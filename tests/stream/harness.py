@@ -102,6 +102,7 @@ class Harness:
         self._changelogs = {getattr(self.stream, table).changelog_topic.get_topic_name()
                             for table in ("users", "rows")}
         self.stream.outbox.sink = self
+        self.stream.outbox.routes = dict.fromkeys(self.stream.outbox.routes, self)
         # The log end offsets are those of what the harness delivered (it is the
         # broker here); the consumer would ask the real one, which is not there.
         monkeypatch.setattr(self.stream.app.consumer, "highwater", self._highwater)

@@ -102,6 +102,22 @@ async def test_one_batch_per_partition_keyed_and_keyless_records_spread() -> Non
 
 
 @run_async
+async def test_a_routed_topic_goes_to_its_own_sink_and_holds_no_other_back() -> None:
+    main, bulk = Sink(), Sink(partitions=2, hold=True)
+    outbox = Outbox(main)
+    outbox.routes["changelog"] = bulk
+    outbox.add("changelog", b"big", key=b"item")
+    outbox.add("recs", b"r", partition=0)
+    deliveries = await outbox.send()
+    await asyncio.wait_for(asyncio.shield(deliveries[1]), 1)  # the bulk one is held
+    assert [(t, p) for t, p, _ in main.batches] == [("recs", 0)]
+    assert [(t, p) for t, p, _ in bulk.batches] == [("changelog", key_partition(b"item", 2))]
+    (future, offset), = bulk.pending
+    future.set_result(offset)
+    await outbox.delivered()
+
+
+@run_async
 async def test_delivered_batches_report_their_last_offset() -> None:
     sink = Sink(hold=True)
     outbox = Outbox(sink)

@@ -31,7 +31,6 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -47,11 +46,12 @@ from mode.types.signals import BaseSignalT
 from core.churn import score_customer
 from core.engagement import PRIOR_MODEL, ChurnModel, Trigger, fit_churn_model
 from core.events import InvalidEvent, parse_event
-from core.ranking import NeighborModel, Recommendations, trending_scale
+from core.ranking import NeighborModel, Recommendations
 from core.recommender import DAY, learn_event
 from core.similarity import SimilarityParams, neighbors_for_rows
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import WorkerMetrics
+from streams.model_work import ModelProcess, build_model
 from streams.outbox import KafkaSink, Outbox, key_partition
 from streams.replicated import ReplicaReader, ReplicatedTable
 from streams.settings import Settings
@@ -149,11 +149,6 @@ class RecoStream:
         # refresh round last completed per tick partition seen by this worker
         self.partition_rounds: dict[int, int] = {}
         self._rebuild_lock = asyncio.Lock()
-        # One thread for the model work (neighbour lists, snapshot, churn fit):
-        # every thread wanting the GIL slows the event loop and the consumer thread,
-        # and two refresh jobs at once held input back for over a second.
-        self.model_thread = ThreadPoolExecutor(max_workers=1,
-                                               thread_name_prefix="recostream-model")
         # neighbour lists other workers wrote, as counted when the snapshot was built
         self._others_lists_built = -1
         self.users_lock = asyncio.Lock()
@@ -166,6 +161,9 @@ class RecoStream:
             settings.cache_keys)
         self._rows_stream: faust.Stream[bytes] | None = None
         self.app = self._make_app()
+        # neighbour lists, snapshots and churn fits: see streams.model_work
+        self.model_process = ModelProcess()
+        self.app.add_dependency(self.model_process)
         # Every record the worker writes goes through here (see streams.outbox).
         self.outbox = Outbox(KafkaSink(cast(App, self.app).kafka_producer))
         self._declare_topics_and_tables()
@@ -622,22 +620,21 @@ class RecoStream:
         partition = event.message.partition
         refresh_round = int(orjson.loads(event.message.value or b"{}").get("round", 0))
         started = time.perf_counter()
-        # copies: the executor reads them while batches change the cached rows;
-        # the cache has the newest rows, those not written since the last commit too
-        rows: dict[str, dict[str, float]] = {}
+        # The cache has the newest rows, those not written since the last commit
+        # too. No copies: the model process's run pickles them before it awaits.
+        rows: dict[str, Mapping[str, float]] = {}
         for item_id in self.row_cache.dirty():
             row = self.row_cache.get(item_id)
             if row is not None and item_partition(item_id, s.partitions) == partition:
-                rows[item_id] = dict(row.pairs)
-        for item_id, value in list(self.rows.items()):
+                rows[item_id] = row.pairs
+        for item_id, value in self.rows.items():
             if item_id not in rows and item_partition(item_id, s.partitions) == partition:
-                rows[item_id] = dict((self.row_cache.get(item_id)
-                                      or CooccurrenceRow.from_json(value)).pairs)
+                cached = self.row_cache.get(item_id)
+                rows[item_id] = cached.pairs if cached is not None else value["pairs"]
         counts = {item_id: float(stats[0]) for item_id, stats
                   in self.item_stats.view().items()}
-        loop = asyncio.get_running_loop()
-        lists = await loop.run_in_executor(
-            self.model_thread, neighbors_for_rows, rows, counts, self.config.neighbors,
+        lists = await self.model_process.run(
+            neighbors_for_rows, rows, counts, self.config.neighbors,
             self.config.similarity, SimilarityParams(),
         )
         item_neighbors_topic = self.item_neighbors_topic.get_topic_name()
@@ -688,10 +685,8 @@ class RecoStream:
                      in self.item_stats.view().items() if value}
             # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
-            loop = asyncio.get_running_loop()
-            self.model = await loop.run_in_executor(
-                self.model_thread, build_model, version, lists, stats, self.config.neighbors,
-                self.tau)
+            self.model = await self.model_process.run(
+                build_model, version, lists, stats, self.config.neighbors, self.tau)
             self.model_round = version
 
     # -- churn alerts and marketing triggers ----------------------------------------------
@@ -779,9 +774,8 @@ class RecoStream:
         if partition == 0:
             all_rows = [row for key, value in self.churn.view().items()
                         if key.startswith("p") and value for row in value]
-            loop = asyncio.get_running_loop()
-            fitted = await loop.run_in_executor(
-                self.model_thread, fit_churn_model, all_rows, self.engagement_config)
+            fitted = await self.model_process.run(
+                fit_churn_model, all_rows, self.engagement_config)
             self.churn.set("model", fitted.to_state())
             await self.outbox.send()
 
@@ -957,22 +951,6 @@ def acting_as(stream: faust.Stream[Any]) -> Iterator[Callable[[EventT[bytes]], N
         yield act_as
     finally:
         borrowed._set_current_event(previous)
-
-
-def build_model(
-    version: int,
-    lists: Mapping[str, Sequence[Sequence[Any]]],
-    stats: Mapping[str, list[float]],
-    k: int,
-    tau: float,
-) -> NeighborModel:
-    """The ranking snapshot from shared neighbour lists ([item id, score] pairs, as
-    stored) and item stats."""
-    ids = sorted(stats)
-    scaled = trending_scale([stats[i][1] for i in ids], [stats[i][2] for i in ids], tau)
-    trending = dict(zip(ids, scaled.tolist(), strict=True))
-    pairs = cast(Mapping[str, Sequence[tuple[str, float]]], lists)  # unpacked alike
-    return NeighborModel.from_neighbor_lists(version, pairs, trending, k)
 
 
 def query_k(request: Request, default: int, maximum: int) -> int | None:

@@ -20,6 +20,7 @@ def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ma
     test; keyword arguments override any :class:`Settings` field.
     """
     made = 0
+    harnesses: list[Harness] = []
 
     def make(**overrides: Any) -> Harness:
         nonlocal made
@@ -35,6 +36,9 @@ def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ma
             "refresh_seconds": 3600.0,
         }
         fields.update(overrides)
-        return Harness(Settings(**fields), monkeypatch)
+        harnesses.append(Harness(Settings(**fields), monkeypatch))
+        return harnesses[-1]
 
     yield make
+    for harness in harnesses:  # the app is never started, so never stopped either
+        harness.stream.model_process.close()

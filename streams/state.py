@@ -9,6 +9,7 @@ the same offsets changes nothing) and, for users, the recent ``event_id`` values
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,6 +211,9 @@ class DecodedCache(Generic[V, T]):
     >>> cache.mark_dirty("a", [1, 0], "partition 0"); cache.put("d", [4]); cache.put("e", [5])
     >>> cache.get("a"), cache.take_dirty(), cache.take_dirty()
     ([1, 0], [('a', [1, 0], 'partition 0')], [])
+    >>> cache.mark_dirty("x", [7], "p1"); cache.mark_dirty("y", [8], "p2")
+    >>> cache.take_dirty(limit=1), cache.dirty_count(), cache.get("y")
+    ([('x', [7], 'p1')], 1, [8])
     """
 
     def __init__(self, capacity: int) -> None:
@@ -255,12 +259,20 @@ class DecodedCache(Generic[V, T]):
         """Keys changed and not yet written."""
         return iter(self._dirty)
 
-    def take_dirty(self) -> list[tuple[str, V, T]]:
-        """The changed values with their tokens (first changed first); all now clean."""
-        taken = [(key, self._values[key], token) for key, token in self._dirty.items()]
-        self._dirty.clear()
-        while len(self._values) > self.capacity:
-            self._values.popitem(last=False)
+    def dirty_count(self) -> int:
+        """How many keys are changed and not yet written."""
+        return len(self._dirty)
+
+    def take_dirty(self, limit: int | None = None) -> list[tuple[str, V, T]]:
+        """The changed values with their tokens, first changed first (the first
+        ``limit`` of them); these are now clean.
+
+        A key changed again while dirty keeps its place, so taking as many as were
+        dirty at some moment takes every key dirty then."""
+        keys = list(itertools.islice(self._dirty, limit))
+        taken = [(key, self._values[key], self._dirty.pop(key)) for key in keys]
+        while len(self._values) > self.capacity and len(self._values) > len(self._dirty):
+            self._evict()
         return taken
 
     def clear(self) -> None:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from faust.types import TP, Message
 
-from streams.app import RowsLeftHalfUpdated
+from streams.app import ROWS_PER_SLICE, RowsLeftHalfUpdated
 from streams.state import CooccurrenceRow, UserState
 from streams.transport import App, RewindingConsumer
 from tests.stream.harness import TS, MakeHarness, Sent, click, run_async, user_state
@@ -85,6 +85,36 @@ async def test_changed_rows_are_written_once_per_commit(make_harness: MakeHarnes
         assert CooccurrenceRow.from_json(stream.rows["a"]).pairs == {"b": 2.0, "c": 1.0}
         await stream.before_commit()
         assert h.changelog("rows") == []  # nothing changed since
+
+
+@run_async
+async def test_a_commit_writes_many_rows_in_slices_with_the_loop_let_in_between(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    rows_topic = stream.rows_topic.get_topic_name()
+    items = [f"i{n}" for n in range(2 * ROWS_PER_SLICE + 10)]
+    async with stream.agents[1].test_context() as rows_agent:
+        await h.relay(rows_agent, [replace(row_update(item, ["z"], n, 1), topic=rows_topic)
+                                   for n, item in enumerate(items)])
+        h.changelog("rows")
+        seen: list[int] = []  # rows left to write, as other tasks saw it
+
+        async def watch() -> None:
+            while True:
+                seen.append(stream.row_cache.dirty_count())
+                await asyncio.sleep(0)
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)
+        await stream.before_commit()
+        watcher.cancel()
+        written = h.changelog("rows")
+        assert sorted(w.key for w in written) == sorted(items)  # each once
+        assert stream.row_cache.dirty_count() == 0
+        # other tasks ran between the three slices
+        assert {len(items) - ROWS_PER_SLICE, len(items) - 2 * ROWS_PER_SLICE} <= set(seen)
 
 
 @run_async

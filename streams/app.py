@@ -38,6 +38,7 @@ from typing import Any, cast
 import faust
 import orjson
 from faust.exceptions import ConsumerNotStarted
+from faust.stores.base import SerializedStore
 from faust.types import TP, EventT, StreamT, TableT
 from faust.types.stores import StoreT
 from faust.web import Request, Response, View
@@ -411,9 +412,16 @@ class RecoStream:
         event = faust.current_event()
         if event is None:
             raise RuntimeError(f"writing {table.name}[{key!r}] outside of an event")
-        table.data[key] = value
-        self.outbox.add(table.changelog_topic.get_topic_name(), table_json(value),
-                        key=table_json(key), partition=event.message.partition)
+        key_bytes, value_bytes = table_json(key), table_json(value)
+        store = table.data
+        if isinstance(store, SerializedStore):
+            # rocksdb: the changelog's bytes are what Faust's codec would store, so
+            # the value is encoded once (for a commit's rows, megabytes of JSON)
+            store._set(key_bytes, value_bytes)
+        else:
+            store[key] = value
+        self.outbox.add(table.changelog_topic.get_topic_name(), value_bytes,
+                        key=key_bytes, partition=event.message.partition)
 
     def row_state(self, item_id: str) -> CooccurrenceRow:
         """An item's row of C: cached, or read from the table (under its own event)."""

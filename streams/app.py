@@ -581,13 +581,14 @@ class RecoStream:
         table by :meth:`write_pending_rows` (at the next commit at the latest). The
         small per-item stats every worker reads go out now."""
         s = self.settings
-        pending: dict[str, list[RowUpdate]] = defaultdict(list)
+        # the updates as sent (arrays of RowUpdate's fields: the worker's own
+        # messages), by row, decoded in full before any row changes
+        pending: dict[str, list[list[Any]]] = defaultdict(list)
         carrier: dict[str, EventT[bytes]] = {}
-        for event in self.current_events(batch):  # decoded in full before any row changes
+        for event in self.current_events(batch):
             for value in orjson.loads(event.message.value or b"{}").get("updates", ()):
-                update = RowUpdate.from_json(value)
-                pending[update.item_id].append(update)
-                carrier[update.item_id] = event
+                pending[value[0]].append(value)
+                carrier[value[0]] = event
         rows: dict[str, CooccurrenceRow] = {}
         with acting_as(stream) as act_as:
             for item_id in pending:
@@ -597,8 +598,7 @@ class RecoStream:
             for item_id, updates in pending.items():
                 row = rows[item_id]
                 stats_before = row.stats()
-                applied = sum(row.apply(update, self.tau, s.max_row_width)
-                              for update in updates)
+                applied = row.apply_all(updates, self.tau, s.max_row_width)
                 self.counters.row_updates_applied += applied
                 self.counters.row_updates_skipped += len(updates) - applied
                 if applied:

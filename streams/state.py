@@ -147,22 +147,36 @@ class CooccurrenceRow:
 
     def apply(self, update: RowUpdate, tau: float, max_width: int) -> bool:
         """Apply an update once; False when its offset was applied already."""
-        if self.applied.seen(update.source, update.offset):
-            return False
-        self.applied.mark(update.source, update.offset)
-        for other in update.pairs:
-            if other != update.item_id:
-                self.pairs[other] = self.pairs.get(other, 0.0) + 1.0
-        if update.gained:
-            self.count += 1.0
-            self.trend_value, self.trend_time = trend_bump(
-                self.trend_value, self.trend_time, update.ts, tau
-            )
-        if len(self.pairs) > prune_above(max_width):
-            # keep the strongest pairs; ties by id so every replay prunes alike
-            kept = sorted(self.pairs.items(), key=lambda p: (-p[1], p[0]))[:max_width]
-            self.pairs = dict(kept)
-        return True
+        return self.apply_all((update,), tau, max_width) == 1
+
+    def apply_all(self, updates: Iterable[RowUpdate | list[Any]], tau: float,
+                  max_width: int) -> int:
+        """Apply updates in order, each once (as :meth:`apply` one by one); how
+        many were new. One loop with nothing called per pair: a gain makes
+        ``pair_window + 1`` updates, and the rows agent applies every one. An
+        update may be the JSON array it was sent as (the fields in order)."""
+        applied = self.applied.offsets
+        pairs = self.pairs
+        limit = prune_above(max_width)
+        new = 0
+        for item_id, others, source, offset, ts, gained in updates:
+            if offset <= applied.get(source, -1):
+                continue
+            applied[source] = offset
+            new += 1
+            for other in others:
+                if other != item_id:
+                    pairs[other] = pairs.get(other, 0.0) + 1.0
+            if gained:
+                self.count += 1.0
+                self.trend_value, self.trend_time = trend_bump(
+                    self.trend_value, self.trend_time, ts, tau
+                )
+            if len(pairs) > limit:
+                # keep the strongest pairs; ties by id so every replay prunes alike
+                kept = sorted(pairs.items(), key=lambda p: (-p[1], p[0]))[:max_width]
+                pairs = self.pairs = dict(kept)
+        return new
 
     def stats(self) -> list[float]:
         """What every worker needs of this item: [count, trend value, trend time]."""

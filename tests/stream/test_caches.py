@@ -142,7 +142,7 @@ async def test_a_batch_failing_midway_through_the_rows_stops_the_worker(
     async with stream.agents[1].test_context() as rows_agent:
         await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 0), topic=rows_topic)])
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(CooccurrenceRow, "apply", lambda *_: 1 / 0)
+            mp.setattr(CooccurrenceRow, "apply_all", lambda *_: 1 / 0)
             with pytest.raises(AssertionError, match="agent crashed"):
                 await h.relay(rows_agent, [replace(row_update("a", ["c"], 1, 0),
                                                    topic=rows_topic)])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.engagement import EngagementConfig
 from core.events import Event
@@ -206,3 +209,30 @@ def test_a_full_row_is_pruned_back_to_its_width_only_past_a_quarter_of_slack() -
     assert len(row.pairs) == 10 == prune_above(8)
     row.apply(RowUpdate("x", ("w2",), "clicks/0", 4, TS, False), TAU, 8)  # 11: pruned
     assert row.pairs == dict.fromkeys(strong, 2.0)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("xab"), st.lists(st.sampled_from("abcdefg"), max_size=4),
+                       st.sampled_from(["clicks/0", "clicks/1"]), st.integers(0, 12),
+                       st.floats(-3600.0, 3600.0), st.booleans()),
+             max_size=30),
+    st.lists(st.integers(0, 30), max_size=4),
+    st.integers(1, 5),
+)
+def test_updates_applied_in_one_call_or_split_anywhere_make_the_same_row(
+    fields: list[tuple[str, list[str], str, int, float, bool]], cuts: list[int], width: int,
+) -> None:
+    # a batch boundary falls anywhere in a replay: pruning, duplicates and older
+    # offsets must come out alike
+    updates = [RowUpdate(item, tuple(pairs), source, offset, TS + dt, gained)
+               for item, pairs, source, offset, dt, gained in fields]
+    whole, split = CooccurrenceRow(), CooccurrenceRow()
+    applied_whole = whole.apply_all(updates, TAU, width)
+    bounds = [0, *sorted(c for c in cuts if c <= len(updates)), len(updates)]
+    applied_split = sum(split.apply_all([list(u) for u in updates[start:stop]], TAU, width)
+                        for start, stop in itertools.pairwise(bounds))
+    assert applied_split == applied_whole
+    assert split.to_json() == whole.to_json()
+    one_by_one = CooccurrenceRow()
+    assert sum(one_by_one.apply(u, TAU, width) for u in updates) == applied_whole
+    assert one_by_one.to_json() == whole.to_json()

@@ -345,7 +345,11 @@ def test_no_event_is_lost_while_a_worker_joins_and_another_leaves_mid_stream(
     try:
         time.sleep(2.0)
         second = start_worker(second_settings)
-        wait_for_group(kafka_bootstrap, first_settings.app_id, members=2)
+        try:
+            wait_for_group(kafka_bootstrap, first_settings.app_id, members=2)
+        except AssertionError as exc:  # what each worker was doing meanwhile
+            raise AssertionError(f"{exc}\nfirst worker:\n{first.tail()}\n"
+                                 f"second worker:\n{second.tail()}") from exc
         assert producer.is_alive(), "the input ended before the second worker joined"
         first.stop()
         wait_for_group(kafka_bootstrap, first_settings.app_id, members=1)

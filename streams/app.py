@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import itertools
 import logging
 import operator
 import time
@@ -49,10 +50,10 @@ from core.engagement import PRIOR_MODEL, ChurnModel, Trigger, fit_churn_model
 from core.events import InvalidEvent, parse_event
 from core.ranking import NeighborModel, Recommendations
 from core.recommender import DAY, learn_event
-from core.similarity import SimilarityParams, neighbors_for_rows
+from core.similarity import SimilarityParams
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import WorkerMetrics
-from streams.model_work import ModelProcess, build_model
+from streams.model_work import ModelProcess, RowsNotHeld, build_model, neighbors_of_partition
 from streams.outbox import KafkaSink, Outbox, key_partition
 from streams.replicated import ReplicaReader, ReplicatedTable
 from streams.settings import Settings
@@ -152,6 +153,11 @@ class RecoStream:
         # refresh round last completed per tick partition seen by this worker
         self.partition_rounds: dict[int, int] = {}
         self._rebuild_lock = asyncio.Lock()
+        # Rows of C the model process holds: per partition, the token of the full
+        # send they began with (none: send all), and the items changed since.
+        self._rows_token: dict[int, int] = {}
+        self._rows_changed: dict[int, set[str]] = defaultdict(set)
+        self._row_tokens = itertools.count(1)
         # neighbour lists other workers wrote, as counted when the snapshot was built
         self._others_lists_built = -1
         self.users_lock = asyncio.Lock()
@@ -365,6 +371,8 @@ class RecoStream:
             await self.outbox.delivered()
             self.user_cache.clear()
             self.row_cache.clear()
+            self._rows_token.clear()  # the partitions' rows may be others' now
+            self._rows_changed.clear()
 
     def current_events(self, batch: Sequence[EventT[bytes]]) -> list[EventT[bytes]]:
         """The events of a batch read since the last rebalance.
@@ -603,6 +611,7 @@ class RecoStream:
                 self.counters.row_updates_skipped += len(updates) - applied
                 if applied:
                     self.row_cache.mark_dirty(item_id, row, carrier[item_id])
+                    self._rows_changed[item_partition(item_id, s.partitions)].add(item_id)
                     if row.stats() != stats_before:
                         self.item_stats.set(item_id, row.stats())
         except Exception as exc:
@@ -646,23 +655,9 @@ class RecoStream:
         partition = event.message.partition
         refresh_round = int(orjson.loads(event.message.value or b"{}").get("round", 0))
         started = time.perf_counter()
-        # The cache has the newest rows, those not written since the last commit
-        # too. No copies: the model process's run pickles them before it awaits.
-        rows: dict[str, Mapping[str, float]] = {}
-        for item_id in self.row_cache.dirty():
-            row = self.row_cache.get(item_id)
-            if row is not None and item_partition(item_id, s.partitions) == partition:
-                rows[item_id] = row.pairs
-        for item_id, value in self.rows.items():
-            if item_id not in rows and item_partition(item_id, s.partitions) == partition:
-                cached = self.row_cache.get(item_id)
-                rows[item_id] = cached.pairs if cached is not None else value["pairs"]
         counts = {item_id: float(stats[0]) for item_id, stats
                   in self.item_stats.view().items()}
-        lists = await self.model_process.run(
-            neighbors_for_rows, rows, counts, self.config.neighbors,
-            self.config.similarity, SimilarityParams(),
-        )
+        lists = await self.partition_neighbors(partition, counts)
         item_neighbors_topic = self.item_neighbors_topic.get_topic_name()
         for item_id, pairs in lists.items():
             value = [[j, score] for j, score in pairs]
@@ -689,6 +684,58 @@ class RecoStream:
         complete = min(self.partition_rounds.get(p, 0) for p in owned or {partition})
         if complete > self.model_round or not owned:
             await self.rebuild_model(complete)
+
+    async def partition_neighbors(self, partition: int, counts: Mapping[str, float]
+                                  ) -> dict[str, list[tuple[str, float]]]:
+        """Neighbour lists of a partition's items, by the model process, which holds
+        the partition's rows: sent in full once, then those changed since."""
+        args = (counts, self.config.neighbors, self.config.similarity, SimilarityParams())
+        token = self._rows_token.pop(partition, None)  # back once the child has them
+        # Popped and read with no await before the call pickles them: a row a
+        # batch changes from here on is marked for the next send.
+        changed = self._rows_changed.pop(partition, set())
+        try:
+            if token is not None:
+                rows = {item_id: self.current_pairs(item_id) for item_id in changed}
+                try:
+                    lists = await self.model_process.run(
+                        neighbors_of_partition, partition, token, rows, False, *args)
+                    self._rows_token[partition] = token
+                    return lists
+                except RowsNotHeld:  # a new child: it gets them all
+                    pass
+            token = next(self._row_tokens)
+            lists = await self.model_process.run(
+                neighbors_of_partition, partition, token, self.partition_rows(partition),
+                True, *args)
+            self._rows_token[partition] = token
+            return lists
+        except BaseException:
+            self._rows_changed.pop(partition, None)  # all of them next time
+            raise
+
+    def current_pairs(self, item_id: str) -> Mapping[str, float]:
+        """An item's row of C as it is now: the cache has the newest rows, those
+        not written since the last commit too."""
+        cached = self.row_cache.get(item_id)
+        if cached is not None:
+            return cached.pairs
+        stored = self.rows.get(item_id)
+        return stored["pairs"] if stored is not None else {}
+
+    def partition_rows(self, partition: int) -> dict[str, Mapping[str, float]]:
+        """Every row of C of a partition, as it is now."""
+        s = self.settings
+        rows: dict[str, Mapping[str, float]] = {}
+        for item_id in self.row_cache.dirty():
+            row = self.row_cache.get(item_id)
+            if row is not None and item_partition(item_id, s.partitions) == partition:
+                rows[item_id] = row.pairs
+        for item_id, value in self.rows.items():
+            if item_id not in rows and item_partition(item_id, s.partitions) == partition:
+                cached = self.row_cache.get(item_id)
+                rows[item_id] = cached.pairs if cached is not None else value["pairs"]
+        return rows
 
     def owned_tick_partitions(self) -> set[int]:
         return self.owned_partitions(self.ticks_topic)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 from mode import Service
 
 from core.ranking import NeighborModel, trending_scale
+from core.similarity import SimilarityParams, neighbors_for_rows
 
 log = logging.getLogger("recostream.model")
 
@@ -62,6 +63,52 @@ def build_model(
 def call_pickled(function: Callable[..., R], payload: bytes) -> R:
     """``function`` with the arguments pickled in ``payload`` (in the child)."""
     return function(*pickle.loads(payload))
+
+
+class RowsNotHeld(Exception):
+    """The child does not hold the rows a partial send builds on (a new child)."""
+
+
+#: Rows of C the child holds per partition: the token of the full send they began
+#: with, and the rows (item id -> pairs).
+_held_rows: dict[int, tuple[int, dict[str, Mapping[str, float]]]] = {}
+
+
+def neighbors_of_partition(
+    partition: int,
+    token: int,
+    rows: Mapping[str, Mapping[str, float]],
+    full: bool,
+    counts: Mapping[str, float],
+    k: int,
+    similarity: str,
+    params: SimilarityParams,
+) -> dict[str, list[tuple[str, float]]]:
+    """Neighbour lists of every row of ``partition`` the child holds once ``rows``
+    are in: all of the partition's rows (``full``, which ``token`` names from then
+    on), or those changed since the last send under the same ``token``.
+
+    Sending only changed rows keeps the worker's pickling (the event loop's part of
+    a refresh) proportional to what changed, not to the partition.
+
+    >>> args = ({"a": 2.0, "b": 1.0}, 2, "cosine", SimilarityParams())
+    >>> neighbors_of_partition(0, 7, {"a": {"b": 1.0}}, True, *args)
+    {'a': [('b', 0.7071067690849304)]}
+    >>> neighbors_of_partition(0, 7, {"b": {"a": 1.0}}, False, *args)["a"]
+    [('b', 0.7071067690849304)]
+    >>> neighbors_of_partition(0, 8, {}, False, *args)
+    Traceback (most recent call last):
+    ...
+    streams.model_work.RowsNotHeld: partition 0 under token 8
+    """
+    if full:
+        _held_rows[partition] = (token, dict(rows))
+    else:
+        held = _held_rows.get(partition)
+        if held is None or held[0] != token:
+            raise RowsNotHeld(f"partition {partition} under token {token}")
+        held[1].update(rows)
+    return neighbors_for_rows(_held_rows[partition][1], counts, k, similarity, params)
 
 
 class ModelProcess(Service):

@@ -21,6 +21,7 @@ from core.events import Event
 from core.recommender import Recommender
 from core.similarity import SimilarityParams, neighbors_for_rows
 from streams.app import item_partition
+from streams.model_work import neighbors_of_partition
 from streams.state import CooccurrenceRow, UserState
 from tests.stream.harness import (
     MESSAGE_TS,
@@ -476,6 +477,71 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
             assert state.profile == replay.users[user]
         full_lists += len(got.item_ids) == 8 and not got.cold_start
     assert full_lists >= len(users) - 2  # the comparison is not vacuous
+
+
+@run_async
+async def test_refresh_sends_the_model_process_only_rows_changed_since(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a partition's first refresh the model process gets only the rows that
+    changed, a new child gets them all again, and the lists stay those of every
+    row of the partition."""
+    h = make_harness(batch_size=50, batch_seconds=0.01, neighbors=10, history=20,
+                     pair_window=5)
+    stream = h.stream
+    sends: list[tuple[bool, set[str]]] = []  # (full, items sent) per refresh
+    run = stream.model_process.run
+
+    async def spy(function: Any, *args: Any) -> Any:
+        if function is neighbors_of_partition:
+            sends.append((args[3], set(args[2])))
+        return await run(function, *args)
+
+    monkeypatch.setattr(stream.model_process, "run", spy)
+    events = synthetic_events()
+    ticks_topic = stream.ticks_topic.get_topic_name()
+    rows_topic = stream.rows_topic.get_topic_name()
+
+    def lists_are_those_of_every_row(partition: int) -> None:
+        stream.write_pending_rows()
+        rows = {i: CooccurrenceRow.from_json(v).pairs for i, v in stream.rows.items()
+                if item_partition(i, PARTITIONS) == partition}
+        counts = {i: float(v[0]) for i, v in stream.item_stats.view().items()}
+        expected = neighbors_for_rows(rows, counts, 10, "cosine", SimilarityParams())
+        assert {i: stream.neighbors.get(i) for i in rows} == {
+            i: [[j, sc] for j, sc in pairs] for i, pairs in expected.items()}
+
+    async with (
+        stream.agents[0].test_context() as events_agent,
+        stream.agents[1].test_context() as rows_agent,
+        stream.agents[2].test_context() as ticks_agent,
+    ):
+        async def feed(part: list[Event]) -> set[str]:
+            """Apply events and their row updates; the rows of partition 2 changed."""
+            before = {i: dict(stream.current_pairs(i)) for i in stream.partition_rows(2)}
+            sent = len(h.sent_to(rows_topic))
+            await h.settle(events_agent, [await h.put_event(events_agent, e) for e in part])
+            await h.relay(rows_agent, h.sent_to(rows_topic)[sent:])
+            now = stream.partition_rows(2)
+            return {i for i in now if dict(now[i]) != before.get(i)}
+
+        async def tick(round_: int) -> None:
+            await h.relay(ticks_agent, [Sent(ticks_topic, None,
+                                             orjson.dumps({"round": round_}), 2)])
+
+        first = await feed(events[:300])
+        await tick(1)
+        assert sends == [(True, first)]
+        changed = await feed(events[300:340])
+        assert changed and len(changed) < len(first)
+        await tick(2)
+        assert sends[-1] == (False, changed)
+        lists_are_those_of_every_row(2)
+        stream.model_process.close()  # a new child holds nothing
+        changed = await feed(events[340:])
+        await tick(3)
+        assert sends[-2:] == [(False, changed), (True, set(stream.partition_rows(2)))]
+        lists_are_those_of_every_row(2)
 
 
 @run_async

@@ -112,6 +112,7 @@ class Settings:
     max_row_width: int = 2000
     weights: RatingWeights = field(default_factory=RatingWeights)
     refresh_seconds: float = 10.0
+    commit_seconds: float = 10.0
     batch_size: int = 1000
     batch_seconds: float = 0.05
     dedup_ids: int = 256
@@ -254,6 +255,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "popularity_half_life_days": (_positive, "must be positive"),
     "max_row_width": (_at_least_one, "must be at least 1"),
     "refresh_seconds": (_positive, "must be positive"),
+    "commit_seconds": (_positive, "must be positive"),
     "batch_size": (_at_least_one, "must be at least 1"),
     "batch_seconds": (_positive, "must be positive"),
     "dedup_ids": (lambda v: v >= 0, "must not be negative"),
@@ -302,6 +304,8 @@ ENVIRONMENT: tuple[Setting, ...] = (
             "implicit ratings, e.g. view=1,click=2,add_to_cart=3,purchase=5"),
     Setting("RECOSTREAM_REFRESH_SECONDS", "refresh_seconds", float,
             "seconds between neighbour refreshes"),
+    Setting("RECOSTREAM_COMMIT_SECONDS", "commit_seconds", float,
+            "seconds between offset commits (each first writes the changed rows of C)"),
     Setting("RECOSTREAM_BATCH_SIZE", "batch_size", int, "events per processing batch"),
     Setting("RECOSTREAM_BATCH_SECONDS", "batch_seconds", float,
             "longest wait to fill a batch"),

@@ -693,7 +693,8 @@ class RecoStream:
                                   ) -> dict[str, list[tuple[str, float]]]:
         """Neighbour lists of a partition's items, by the model process, which holds
         the partition's rows: sent in full once, then those changed since."""
-        args = (counts, self.config.neighbors, self.config.similarity, SimilarityParams())
+        args = (self.owned_tick_partitions(), counts, self.config.neighbors,
+                self.config.similarity, SimilarityParams())
         token = self._rows_token.pop(partition, None)  # back once the child has them
         # Popped and read with no await before the call pickles them: a row a
         # batch changes from here on is marked for the next send.

@@ -19,7 +19,7 @@ import logging
 import multiprocessing
 import os
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar, cast
@@ -79,6 +79,7 @@ def neighbors_of_partition(
     token: int,
     rows: Mapping[str, Mapping[str, float]],
     full: bool,
+    owned: Collection[int],
     counts: Mapping[str, float],
     k: int,
     similarity: str,
@@ -89,19 +90,25 @@ def neighbors_of_partition(
     on), or those changed since the last send under the same ``token``.
 
     Sending only changed rows keeps the worker's pickling (the event loop's part of
-    a refresh) proportional to what changed, not to the partition.
+    a refresh) proportional to what changed, not to the partition. A full send
+    also drops the rows of partitions no longer ``owned`` (after a rebalance).
 
     >>> args = ({"a": 2.0, "b": 1.0}, 2, "cosine", SimilarityParams())
-    >>> neighbors_of_partition(0, 7, {"a": {"b": 1.0}}, True, *args)
+    >>> neighbors_of_partition(0, 7, {"a": {"b": 1.0}}, True, {0, 1}, *args)
     {'a': [('b', 0.7071067690849304)]}
-    >>> neighbors_of_partition(0, 7, {"b": {"a": 1.0}}, False, *args)["a"]
+    >>> neighbors_of_partition(0, 7, {"b": {"a": 1.0}}, False, {0, 1}, *args)["a"]
     [('b', 0.7071067690849304)]
-    >>> neighbors_of_partition(0, 8, {}, False, *args)
+    >>> neighbors_of_partition(0, 8, {}, False, {0, 1}, *args)
     Traceback (most recent call last):
     ...
     streams.model_work.RowsNotHeld: partition 0 under token 8
+    >>> _ = neighbors_of_partition(1, 9, {}, True, {1}, *args)
+    >>> sorted(_held_rows)  # partition 0 is another worker's now
+    [1]
     """
     if full:
+        for other in [p for p in _held_rows if p != partition and p not in owned]:
+            del _held_rows[other]
         _held_rows[partition] = (token, dict(rows))
     else:
         held = _held_rows.get(partition)

@@ -351,6 +351,19 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def worker_peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of a worker plus that of its child processes (its model process and
+    multiprocessing's resource tracker): an upper bound of their peak together."""
+    own = peak_rss_mb(pid)
+    if own is None:
+        return None
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(c) for c in (task / "children").read_text().split()]
+    return own + sum(peak_rss_mb(child) or 0.0 for child in children)
+
+
 def stop_child(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the child's own process group (it was started in a new session)."""
     if proc.poll() is not None:
@@ -619,7 +632,7 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
     try:
         window = measure_workers(workers, expect, bench.args.max_seconds, label)
         counters = [w.health()["counters"] for w in workers]
-        rss = [peak_rss_mb(w.proc.pid) for w in workers if w.proc is not None]
+        rss = [worker_peak_rss_mb(w.proc.pid) for w in workers if w.proc is not None]
     finally:
         for spy in spies:
             if spy is not None:
@@ -890,7 +903,7 @@ def run_latency(bench: Bench, base_eps: float) -> tuple[list[LatencyPoint], Run]
                 break
             say(f"latency: worker settled {time.monotonic() - settle_started:.1f} s after")
         if worker.proc is not None:
-            run.rss_mb = peak_rss_mb(worker.proc.pid)
+            run.rss_mb = worker_peak_rss_mb(worker.proc.pid)
     finally:
         if spy is not None:
             stop_profiler(spy)

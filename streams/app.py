@@ -882,6 +882,10 @@ class RecoStream:
             if row is not None:
                 rows.append(row)
         self.queue_triggers(due)
+        if due:
+            # Delivered before the states that record them are written, as in a
+            # batch: a crash in between fires them again, and never loses them.
+            await asyncio.gather(*await self.outbox.send())
         for user_id, state in changed:
             self.write_user(user_id, state)
         await self.outbox.send()

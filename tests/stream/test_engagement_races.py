@@ -175,3 +175,31 @@ async def test_batches_run_between_the_slices_of_a_churn_scan(
                           (h.settings.topic("recommendations"), late_user.encode()),
                           (triggers_topic, others[0].encode())]
     assert {t["user_id"] for t in triggers(h, "cart_abandoned")} == {"u1", others[0]}
+
+
+@run_async
+async def test_the_scan_writes_a_state_only_once_its_triggers_are_delivered(
+    make_harness: MakeHarness,
+) -> None:
+    """A crash between the two must fire the trigger again, never lose it."""
+    h = churn_harness(make_harness)
+    stream = h.stream
+    partition = user_partition("u1", PARTITIONS)
+    triggers_topic = h.settings.topic("marketing-triggers")
+    async with (
+        stream.agents[0].test_context() as events_agent,
+        stream.agents[2].test_context() as ticks_agent,
+    ):
+        await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
+        await h.process(events_agent, click(neighbour_of("u1"), "y", TS + 2 * CART_WINDOW))
+        h.defer(triggers_topic)
+        first_tick = tick(h, partition, 1)
+        scan = await h.put(ticks_agent, first_tick.topic, first_tick.value, partition=partition)
+        await h.wait_until(lambda: h.sent_to(triggers_topic), "the trigger send")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert user_state(h, "u1").engagement.cart != {}  # not written yet
+        assert h.deliver_deferred(triggers_topic) == 1
+        await h.settle(ticks_agent, [scan])
+    assert len(triggers(h, "cart_abandoned")) == 1
+    assert user_state(h, "u1").engagement.cart == {}

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -58,6 +60,26 @@ def build_model(
     trending = dict(zip(ids, scaled.tolist(), strict=True))
     pairs = cast(Mapping[str, Sequence[tuple[str, float]]], lists)  # unpacked alike
     return NeighborModel.from_neighbor_lists(version, pairs, trending, k)
+
+
+def start_child(niceness: int) -> None:
+    """In the child, first: lower its priority, and end it with its parent.
+
+    A worker killed outright (SIGKILL, the OOM killer) left the child waiting for
+    work forever: it holds both ends of the pool's queue, so it never reads an end
+    of file. It now watches the parent's sentinel instead.
+    """
+    os.nice(niceness)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        sentinel = parent.sentinel
+        threading.Thread(target=_exit_with_parent, args=(sentinel,), daemon=True,
+                         name="exit-with-parent").start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
 
 
 def call_pickled(function: Callable[..., R], payload: bytes) -> R:
@@ -157,7 +179,7 @@ class ModelProcess(Service):
             # running copies their locks in whatever state they are
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=os.nice, initargs=(MODEL_NICENESS,))
+                initializer=start_child, initargs=(MODEL_NICENESS,))
         return self._pool
 
     def close(self) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from core.ratings import UserProfile
 from core.similarity import SimilarityParams, neighbors_for_rows
@@ -43,3 +47,39 @@ async def test_a_child_that_died_is_replaced() -> None:
         assert second not in (first, os.getpid())
     finally:
         process.close()
+
+
+PARENT_SCRIPT = """
+import asyncio, os, sys
+from streams.model_work import ModelProcess
+
+async def main():
+    process = ModelProcess()
+    print(await process.run(os.getpid), flush=True)
+    await asyncio.sleep(120)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_the_child_ends_when_its_worker_is_killed(tmp_path: Path) -> None:
+    # SIGKILL (the OOM killer, say) runs no cleanup: the child must notice alone
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              env=env, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+            time.sleep(0.1)
+        alive = Path(f"/proc/{child}").exists() and "Z" not in (
+            Path(f"/proc/{child}/stat").read_text().split()[2])
+        assert not alive, "the model process outlived its worker"
+    finally:
+        parent.kill()

@@ -719,13 +719,15 @@ class RecoStream:
             self._rows_changed.pop(partition, None)  # all of them next time
             raise
 
-    def current_pairs(self, item_id: str) -> Mapping[str, float]:
+    def current_pairs(self, item_id: str, stored: Any = None) -> Mapping[str, float]:
         """An item's row of C as it is now: the cache has the newest rows, those
-        not written since the last commit too."""
+        not written since the last commit too; else the table (``stored``: its
+        value, when read already)."""
         cached = self.row_cache.get(item_id)
         if cached is not None:
             return cached.pairs
-        stored = self.rows.get(item_id)
+        if stored is None:
+            stored = self.rows.get(item_id)
         return stored["pairs"] if stored is not None else {}
 
     def partition_rows(self, partition: int) -> dict[str, Mapping[str, float]]:
@@ -738,8 +740,7 @@ class RecoStream:
                 rows[item_id] = row.pairs
         for item_id, value in self.rows.items():
             if item_id not in rows and item_partition(item_id, s.partitions) == partition:
-                cached = self.row_cache.get(item_id)
-                rows[item_id] = cached.pairs if cached is not None else value["pairs"]
+                rows[item_id] = self.current_pairs(item_id, value)
         return rows
 
     def owned_tick_partitions(self) -> set[int]:
@@ -752,10 +753,9 @@ class RecoStream:
             await self.rebuild_model(self.model_round)
 
     async def rebuild_model(self, refresh_round: int) -> None:
-        """Rebuild the ranking snapshot from the global tables (in an executor)."""
+        """Rebuild the ranking snapshot from the replicated tables (in the model
+        process; the lists and stats are pickled at the call)."""
         async with self._rebuild_lock:
-            # views are fresh dicts whose values the reader replaces, never
-            # changes: the executor reads them as they are, lists of [id, score]
             self._others_lists_built = self.neighbors.others_writes
             lists = {item_id: value for item_id, value
                      in self.neighbors.view().items() if value}

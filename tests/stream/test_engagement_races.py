@@ -57,6 +57,13 @@ def lock_waiters(lock: asyncio.Lock) -> int:
     return len(getattr(lock, "_waiters", None) or ())
 
 
+async def abandon_cart(h: Harness, events_agent: Any) -> None:
+    """u1 adds item x to its cart, and another user of its partition moves the
+    partition's event time past the cart window: the next scan fires the cart."""
+    await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
+    await h.process(events_agent, click(neighbour_of("u1"), "y", TS + 2 * CART_WINDOW))
+
+
 def churn_harness(make_harness: MakeHarness) -> Harness:
     """An app that scans a partition for due triggers on every tick."""
     return make_harness(churn_seconds=0.0, cart_window_seconds=CART_WINDOW)
@@ -74,9 +81,7 @@ async def test_churn_scan_does_not_undo_events_applied_while_it_sends(
         stream.agents[0].test_context() as events_agent,
         stream.agents[2].test_context() as ticks_agent,
     ):
-        await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
-        # another user of the partition moves its event time past the cart window
-        await h.process(events_agent, click(neighbour_of("u1"), "y", TS + 2 * CART_WINDOW))
+        await abandon_cart(h, events_agent)
         gate = h.gate(triggers_topic)
         first_tick = tick(h, partition, 1)
         scan = await h.put(ticks_agent, first_tick.topic, first_tick.value, partition=partition)
@@ -105,8 +110,7 @@ async def test_a_batch_does_not_undo_what_the_churn_scan_fired(make_harness: Mak
         stream.agents[0].test_context() as events_agent,
         stream.agents[2].test_context() as ticks_agent,
     ):
-        await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
-        await h.process(events_agent, click(neighbour_of("u1"), "y", TS + 2 * CART_WINDOW))
+        await abandon_cart(h, events_agent)
         # the user's next event: its batch reads the state, then waits on its row send
         gate = h.gate(rows_topic)
         sends_before = h.calls[rows_topic]
@@ -190,8 +194,7 @@ async def test_the_scan_writes_a_state_only_once_its_triggers_are_delivered(
         stream.agents[0].test_context() as events_agent,
         stream.agents[2].test_context() as ticks_agent,
     ):
-        await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
-        await h.process(events_agent, click(neighbour_of("u1"), "y", TS + 2 * CART_WINDOW))
+        await abandon_cart(h, events_agent)
         h.defer(triggers_topic)
         first_tick = tick(h, partition, 1)
         scan = await h.put(ticks_agent, first_tick.topic, first_tick.value, partition=partition)

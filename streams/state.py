@@ -228,12 +228,17 @@ class DecodedCache(Generic[V, T]):
     >>> cache.mark_dirty("x", [7], "p1"); cache.mark_dirty("y", [8], "p2")
     >>> cache.take_dirty(limit=1), cache.dirty_count(), cache.get("y")
     ([('x', [7], 'p1')], 1, [8])
+    >>> [(key, change)] = [(k, c) for k, _, _, c in cache.peek_dirty()]
+    >>> cache.mark_dirty("y", [9], "p2")  # changed again after it was read
+    >>> cache.mark_clean(key, change), cache.dirty_count()
+    (False, 1)
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._values: OrderedDict[str, V] = OrderedDict()
-        self._dirty: dict[str, T] = {}
+        self._dirty: dict[str, tuple[T, int]] = {}  # key -> (token, change number)
+        self._changes = itertools.count()
 
     def get(self, key: str) -> V | None:
         value = self._values.get(key)
@@ -266,7 +271,7 @@ class DecodedCache(Generic[V, T]):
         """``key`` has changed to ``value``, which must be written (``token``: where).
 
         Kept until taken even beyond the capacity (with a capacity of 0 too)."""
-        self._dirty[key] = token
+        self._dirty[key] = (token, next(self._changes))
         self.put(key, value)
 
     def dirty(self) -> Iterator[str]:
@@ -283,11 +288,27 @@ class DecodedCache(Generic[V, T]):
 
         A key changed again while dirty keeps its place, so taking as many as were
         dirty at some moment takes every key dirty then."""
-        keys = list(itertools.islice(self._dirty, limit))
-        taken = [(key, self._values[key], self._dirty.pop(key)) for key in keys]
+        taken = self.peek_dirty(limit)
+        for key, _, _, change in taken:
+            self.mark_clean(key, change)
+        return [(key, value, token) for key, value, token, _ in taken]
+
+    def peek_dirty(self, limit: int | None = None) -> list[tuple[str, V, T, int]]:
+        """As :meth:`take_dirty`, with each key's change number, leaving the keys
+        dirty (cached, never evicted) until :meth:`mark_clean`: for a writer that
+        awaits between reading the values and writing them."""
+        return [(key, self._values[key], token, change)
+                for key, (token, change) in itertools.islice(self._dirty.items(), limit)]
+
+    def mark_clean(self, key: str, change: int) -> bool:
+        """``key`` is written as it was at ``change``: clean, unless it changed since
+        (then it stays dirty, for the next writer)."""
+        if self._dirty.get(key, (None, -1))[1] != change:
+            return False
+        del self._dirty[key]
         while len(self._values) > self.capacity and len(self._values) > len(self._dirty):
             self._evict()
-        return taken
+        return True
 
     def clear(self) -> None:
         """Forget every value, dirty ones included (their changes are lost)."""

@@ -86,6 +86,8 @@ SOURCE_ORDER = operator.itemgetter(2, 3)
 SCAN_SLICE_USERS = 500
 #: Rows written per turn of the loop before a commit (~50 us each).
 ROWS_PER_SLICE = 250
+#: Users read per delivery round before a commit (~10-20 us each).
+USERS_PER_SLICE = 1000
 #: Bytes of records the producer puts in one batch per partition.
 PRODUCER_BATCH_BYTES = 512 * 1024
 #: Faust's broker_commit_every high enough never to be reached.
@@ -94,6 +96,10 @@ COMMIT_NEVER_BY_COUNT = 2**62
 
 class RowsLeftHalfUpdated(RuntimeError):
     """Applying a batch to the cached co-occurrence rows failed midway."""
+
+
+class UsersLeftHalfUpdated(RuntimeError):
+    """Applying a batch (or a churn scan) to the cached user states failed midway."""
 
 
 @dataclass
@@ -162,10 +168,13 @@ class RecoStream:
         self._others_lists_built = -1
         self.users_lock = asyncio.Lock()
         # Decoded users and rows this worker wrote (see DecodedCache): emptied on
-        # every rebalance and after a failed batch. Changed rows are written to the
-        # table once per commit, not once per batch: each dirty row keeps the event
-        # whose partition it belongs to (see write_pending_rows).
-        self.user_cache: DecodedCache[UserState, None] = DecodedCache(settings.cache_keys)
+        # every rebalance. Changed users and rows are written to their tables once
+        # per commit, not once per batch: each dirty one keeps the event whose
+        # partition it belongs to (see write_users_changed_so_far, write_pending_rows).
+        self.user_cache: DecodedCache[UserState, EventT[bytes]] = DecodedCache(
+            settings.cache_keys)
+        self._events_stream: faust.Stream[bytes] | None = None
+        self._users_writer = asyncio.Lock()  # one writer of changed users at a time
         self.row_cache: DecodedCache[CooccurrenceRow, EventT[bytes]] = DecodedCache(
             settings.cache_keys)
         self._rows_stream: faust.Stream[bytes] | None = None
@@ -307,6 +316,7 @@ class RecoStream:
         @app.agent(self.events_topic, name="process_events")
         async def process_events(events: StreamT[Any]) -> None:
             stream = cast(faust.Stream[bytes], events)
+            self._events_stream = stream
             async for batch in stream.take_events(s.batch_size, within=s.batch_seconds):
                 await self.process_batch(stream, batch)
 
@@ -353,10 +363,12 @@ class RecoStream:
         cast(App, app).before_commit.append(self.before_commit)
 
     async def before_commit(self) -> None:
-        """Before offsets are committed: rows changed since the last commit go to
-        their table, and every record queued so far is written (a failed batch
-        raises :class:`streams.outbox.DeliveryFailed`, and nothing is committed)."""
+        """Before offsets are committed: users and rows changed since the last
+        commit go to their tables, and every record queued so far is written (a
+        failed batch raises :class:`streams.outbox.DeliveryFailed`, and nothing is
+        committed)."""
         await self.write_rows_changed_so_far()
+        await self.write_users_changed_so_far()
         await self.outbox.send()
         await self.outbox.delivered()
         self.outbox.check()
@@ -371,6 +383,7 @@ class RecoStream:
         # the partition comes back, the offsets acked meanwhile may be committed).
         async with self.users_lock:
             await self.write_rows_changed_so_far()
+            await self.write_users_changed_so_far()
             await self.outbox.send()
             await self.outbox.delivered()
             self.user_cache.clear()
@@ -399,20 +412,64 @@ class RecoStream:
                 event.message.acked = True
         return current
 
+    async def _lose_cached_users(self, exc: Exception) -> None:
+        """A batch or scan failed halfway: the cached states may hold part of its
+        events (with nothing sent for them), and are the only copy of earlier
+        changes not written yet, whose offsets may be committed next. So they go,
+        and the worker stops (it resumes from the last commit)."""
+        self.user_cache.clear()
+        await self.app.crash(UsersLeftHalfUpdated(f"changing user states failed: {exc!r}"))
+
     def user_state(self, user_id: str) -> UserState:
         """A user's state: cached, or read from the table (under the key's own event)."""
         return self.user_cache.get_or_load(
             user_id, lambda: UserState.from_json(self.users.get(user_id)))
 
     def stored_user(self, user_id: str) -> UserState | None:
-        """A user's state as the table holds it (for HTTP; None when unknown)."""
+        """A user's state as it is now (for HTTP; None when unknown): cached, with
+        changes not written yet, or as the table holds it."""
+        cached = self.user_cache.get(user_id)
+        if cached is not None:
+            return cached
         value = self.users.get(user_id)
         return None if value is None else UserState.from_json(value)
 
     def write_user(self, user_id: str, state: UserState) -> None:
-        """Write a user's state (under the event of its partition, see acting_as)."""
-        self.write_table(self.users, user_id, state.to_json())
-        self.user_cache.put(user_id, state)
+        """A user's state changed (under the event of its partition, see
+        acting_as): written to the table at the next commit at the latest, see
+        :meth:`write_users_changed_so_far`."""
+        event = faust.current_event()
+        if event is None:
+            raise RuntimeError(f"user {user_id!r} changed outside of an event")
+        self.user_cache.mark_dirty(user_id, state, event)
+
+    async def write_users_changed_so_far(self) -> None:
+        """Every user changed before this call is written to the ``users`` table
+        (and its changelog) when it returns, :data:`USERS_PER_SLICE` at a time.
+
+        A state records the row updates and triggers of its events, which must
+        reach Kafka first (a crash in between replays them; the other way round
+        they would be lost). Each slice is therefore read at once (encoded), then
+        everything queued until then is delivered, then the slice is written. A
+        user a batch changes meanwhile stays changed, for the next slice or commit.
+        """
+        async with self._users_writer:
+            pending = self.user_cache.dirty_count()
+            while pending > 0 and self._events_stream is not None:
+                taken = self.user_cache.peek_dirty(min(pending, USERS_PER_SLICE))
+                if not taken:
+                    break
+                states = [(user_id, state.to_json(), event, change)
+                          for user_id, state, event, change in taken]
+                await self.outbox.send()
+                await self.outbox.delivered()
+                self.outbox.check()
+                with acting_as(self._events_stream) as act_as:
+                    for user_id, value, event, change in states:
+                        act_as(event)
+                        self.write_table(self.users, user_id, value)
+                        self.user_cache.mark_clean(user_id, change)
+                pending -= len(taken)
 
     def write_table(self, table: TableT[Any, Any], key: str, value: Any) -> None:
         """What ``table[key] = value`` does, with the changelog record batched.
@@ -469,8 +526,8 @@ class RecoStream:
         async with self.users_lock:
             try:
                 await self._process_batch(stream, batch)
-            except BaseException:
-                self.user_cache.clear()  # may hold changes that were never written
+            except Exception as exc:
+                await self._lose_cached_users(exc)
                 raise
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -548,9 +605,7 @@ class RecoStream:
             if changed:
                 changed_users.append((user_id, state, trigger, trigger_ts))
 
-        # Recommendations go out with the row updates, not after their delivery:
-        # they need nothing written first (a replay sends a list again), and the
-        # wait below is a broker round trip, longer while a commit's rows go out.
+        # Recommendations need nothing written first (a replay sends a list again).
         ranked = self.model.recommend_many(
             [(user_id, state.profile) for user_id, state, _, _ in changed_users], s.k,
             self.config)
@@ -560,22 +615,20 @@ class RecoStream:
                             orjson.dumps(recommendation_record(recs, trigger, trigger_ts)),
                             key=user_id.encode())
             self.counters.recommendations_out += 1
-        # Row updates are delivered before the user state that records them is
-        # written: a crash in between replays them, and rows skip what they have.
-        # Rows skip by offset, so each source's updates go out in offset order
-        # (grouping by user above shuffled them).
+        # Row updates and triggers reach Kafka before the user states that record
+        # them are written (see write_users_changed_so_far): a crash in between
+        # replays them, and rows skip what they have. Rows skip by offset, so each
+        # source's updates go out in offset order (grouping by user shuffled them).
         rows_topic = self.rows_topic.get_topic_name()
         for partition, updates in updates_by_partition.items():
             updates.sort(key=SOURCE_ORDER)
             self.outbox.add(rows_topic, orjson.dumps({"updates": updates}, default=tuple),
                             partition=partition)
             self.counters.row_updates_sent += len(updates)
-        # Triggers too go out before the state that records them (a replay may
-        # repeat one; its trigger_id lets the marketing system drop the copy).
+        # (A replayed trigger comes again; its trigger_id lets the marketing
+        # system drop the copy.) Changed states are marked with what recorded
+        # them queued already, and nothing awaited in between.
         self.queue_triggers(due_triggers)
-        sent = await self.outbox.send()
-        if updates_by_partition or due_triggers:
-            await asyncio.gather(*sent)
         with acting_as(stream) as act_as:
             for user_id, state, last_event in writes:
                 act_as(last_event)
@@ -836,7 +889,9 @@ class RecoStream:
         # and the users are scanned a slice at a time (4 x 0.6-0.9 s seen whole).
         now = self.partition_watermark(partition)
         model = self.churn_model()
-        user_ids = [user_id for user_id in list(self.users.keys())
+        stored = list(self.users.keys())
+        unwritten = set(self.user_cache.dirty()).difference(stored)  # new since the commit
+        user_ids = [user_id for user_id in [*stored, *sorted(unwritten)]
                     if user_partition(user_id, s.partitions) == partition]
         rows: list[list[float]] = []
         for first in range(0, len(user_ids), SCAN_SLICE_USERS):
@@ -844,8 +899,8 @@ class RecoStream:
                 try:
                     rows.extend(await self._scan_users(
                         user_ids[first:first + SCAN_SLICE_USERS], now, model))
-                except BaseException:
-                    self.user_cache.clear()
+                except Exception as exc:
+                    await self._lose_cached_users(exc)
                     raise
         self.churn.set(f"p{partition}", compress_rows(rows))
         await self.outbox.send()
@@ -881,11 +936,9 @@ class RecoStream:
             row = engagement.summary_row(now)
             if row is not None:
                 rows.append(row)
+        # marked changed with their triggers queued, nothing awaited in between:
+        # the triggers reach Kafka before the states are written
         self.queue_triggers(due)
-        if due:
-            # Delivered before the states that record them are written, as in a
-            # batch: a crash in between fires them again, and never loses them.
-            await asyncio.gather(*await self.outbox.send())
         for user_id, state in changed:
             self.write_user(user_id, state)
         await self.outbox.send()

@@ -242,7 +242,9 @@ class Harness:
             await asyncio.sleep(0.001)
 
     async def settle(self, agent: AgentTestWrapperT, messages: Iterable[Message]) -> None:
-        """Wait until the agent has processed (and so acked) every message."""
+        """Wait until the agent has processed (and so acked) every message, and the
+        outbox has handed what it sent for them to the sink (here: recorded it; a
+        batch does not wait for its deliveries)."""
         waiting = list(messages)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_SECONDS
@@ -251,7 +253,8 @@ class Harness:
             if crashed is not None:
                 raise AssertionError(f"agent crashed: {crashed!r}") from crashed
             waiting = [m for m in waiting if not m.acked]
-            if not waiting:
+            handed = all(f.done() for f in self.stream.outbox._handed.values())
+            if not waiting and handed:
                 return
             if loop.time() > deadline:
                 raise AssertionError(f"{len(waiting)} messages not processed in time")
@@ -289,7 +292,16 @@ def click(user: str, item: str, ts: float = TS, kind: str = "view", **extra: Any
 
 
 def user_state(h: Harness, user: str) -> UserState:
-    """A user's ``users`` table value, decoded (the user must exist)."""
+    """A user's state as it is now, changes not written to the table yet included
+    (the user must exist); :func:`written_user` for the table's value."""
+    state = h.stream.stored_user(user)
+    assert state is not None, f"no state for {user}"
+    return state
+
+
+async def written_user(h: Harness, user: str) -> UserState:
+    """A user's ``users`` table value after a commit's writes (the user must exist)."""
+    await h.stream.before_commit()
     value = h.stream.users.get(user)
     assert value is not None, f"no state for {user}"
     return UserState.from_json(value)

@@ -34,6 +34,7 @@ from tests.stream.harness import (
     run_async,
     user_partition,
     user_state,
+    written_user,
 )
 
 
@@ -86,7 +87,7 @@ async def test_valid_click_updates_the_user_table(make_harness: MakeHarness) -> 
 @run_async
 async def test_user_state_is_written_to_its_events_partition(make_harness: MakeHarness) -> None:
     """A batch of several users from several partitions: each key is read and
-    written under its own event, once per batch, and every event applied once."""
+    written under its own event, once per commit, and every event applied once."""
     h = make_harness(batch_size=6, batch_seconds=5.0)  # exactly one batch of six
     h.changelog("users")  # drop anything written while starting
     where = {"u1": 0, "u2": 1, "u3": 3}
@@ -94,6 +95,8 @@ async def test_user_state_is_written_to_its_events_partition(make_harness: MakeH
     async with h.stream.agents[0].test_context() as agent:
         messages = [await h.put_event(agent, click(u, i), partition=where[u]) for u, i in events]
         await h.settle(agent, messages)
+        assert h.changelog("users") == []  # the commit writes them
+        await h.stream.before_commit()
 
     writes = h.changelog("users")
     assert sorted((w.key, w.partition) for w in writes) == [("u1", 0), ("u2", 1), ("u3", 3)]
@@ -132,26 +135,26 @@ async def test_rocksdb_store_reads_each_key_under_its_own_partition(
 
 
 @run_async
-async def test_user_state_waits_for_its_row_updates_to_be_delivered(
+async def test_user_state_is_written_only_once_its_row_updates_are_delivered(
     make_harness: MakeHarness,
 ) -> None:
     """A crash between the two must replay the row updates, never lose them. The
-    recommendation list waits for nothing: it goes out with the row updates."""
+    batch waits for neither: its list goes out at once, and the commit writes the
+    state after the row updates are in."""
     h = make_harness()
     rows_topic = h.stream.rows_topic.get_topic_name()
     h.defer(rows_topic)
     async with h.stream.agents[0].test_context() as agent:
         message = await h.put_event(agent, click("u1", "i1"))
-        await h.wait_until(lambda: h.sent_to(rows_topic), "the row update send")
+        await h.settle(agent, [message])
+        assert h.sent_to(rows_topic) and len(h.sent_to("recommendations")) == 1
+        commit = asyncio.ensure_future(h.stream.before_commit())
         for _ in range(50):
             await asyncio.sleep(0)
-        assert h.stream.users.get("u1") is None
-        assert len(h.sent_to("recommendations")) == 1
-        assert not message.acked
+        assert not commit.done() and h.stream.users.get("u1") is None
         assert h.deliver_deferred(rows_topic) == 1
-        await h.settle(agent, [message])
-    assert user_state(h, "u1").profile.recent == ["i1"]
-    assert len(h.sent_to("recommendations")) == 1
+        await commit
+    assert (await written_user(h, "u1")).profile.recent == ["i1"]
 
 
 @run_async
@@ -464,6 +467,7 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
         assert [(j, s) for j, s in stream.neighbors.get(item)] == replay.neighbors_of(item), item
     users = sorted({e.user_id for e in events})
     full_lists = 0
+    await stream.before_commit()  # the states the table holds from here on
     for user in [*users, "nobody"]:
         value = stream.users.get(user)
         state = UserState.from_json(value) if value is not None else None

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from faust.types import TP, Message
 
-from streams.app import ROWS_PER_SLICE, RowsLeftHalfUpdated
+from streams.app import ROWS_PER_SLICE, RowsLeftHalfUpdated, UsersLeftHalfUpdated
 from streams.state import CooccurrenceRow, UserState
 from streams.transport import App, RewindingConsumer
 from tests.stream.harness import TS, MakeHarness, Sent, click, run_async, user_state
@@ -48,16 +48,18 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
         await h.process(agent, click("u1", "i1"), partition=0, offset=0)
         assert stream.user_cache.get("u1") is not None
 
-        async def broken(*_: object) -> None:
-            raise RuntimeError("broker gone")
+        def broken(*_: object, **__: object) -> None:
+            raise RuntimeError("ranking failed")
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(h, "send", broken)  # the outbox's sink
-            # i2 pairs with i1: the batch changes u1, then fails sending its rows
+            mp.setattr(type(stream.model), "recommend_many", broken)
+            # the batch changes u1, then fails before anything is sent for it; u1's
+            # first change (i1) was never written either: no commit may follow
             with pytest.raises(AssertionError, match="agent crashed"):
                 await h.process(agent, click("u1", "i2"), partition=0, offset=1)
         assert stream.user_cache.get("u1") is None
-        assert user_state(h, "u1").profile.recent == ["i1"]  # never written
+        assert stream.users.get("u1") is None
+        assert isinstance(stream.app.crash_reason, UsersLeftHalfUpdated)
 
 
 def row_update(item: str, pairs: list[str], offset: int, partition: int) -> Sent:

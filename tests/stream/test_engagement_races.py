@@ -1,13 +1,14 @@
-"""Two writers of the ``users`` table: ``process_events`` and the churn scan.
+"""Two writers of user states: ``process_events`` and the churn scan.
 
 The churn scan (``RecoStream.engagement_partition``, run by ``refresh_neighbors`` on
-a tick) reads user states, awaits the trigger sends, then writes the states back;
-``process_batch`` reads its users' states, awaits the row-update sends, then writes
-them back. Both run on the same event loop, so either can write a state the other
-read before and changed in between: a lost update, unless they take turns
+a tick) reads user states, fires what is due and marks them changed;
+``process_batch`` reads its users' states, applies events and marks them changed;
+the commit writes what is marked. Both run on the same event loop and await in
+between (the scan between slices, a batch on its sends), so either could change a
+state the other read before: a lost update, unless they take turns
 (``RecoStream.users_lock``). These tests hold one side inside its send (see
 ``Harness.gate``) while the other gets its input, then check that neither undid the
-other's change.
+other's change, and that a state is written only after what it records.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import orjson
 import pytest
 
 import streams.app as app_module
+from streams.state import UserState
 from tests.stream.harness import (
     PARTITIONS,
     TS,
@@ -195,14 +197,15 @@ async def test_the_scan_writes_a_state_only_once_its_triggers_are_delivered(
         stream.agents[2].test_context() as ticks_agent,
     ):
         await abandon_cart(h, events_agent)
+        await stream.before_commit()
         h.defer(triggers_topic)
-        first_tick = tick(h, partition, 1)
-        scan = await h.put(ticks_agent, first_tick.topic, first_tick.value, partition=partition)
-        await h.wait_until(lambda: h.sent_to(triggers_topic), "the trigger send")
+        await h.relay(ticks_agent, [tick(h, partition, 1)])
+        assert len(triggers(h, "cart_abandoned")) == 1
+        commit = asyncio.ensure_future(stream.before_commit())
         for _ in range(50):
             await asyncio.sleep(0)
-        assert user_state(h, "u1").engagement.cart != {}  # not written yet
+        assert not commit.done()
+        assert UserState.from_json(stream.users.get("u1")).engagement.cart != {}
         assert h.deliver_deferred(triggers_topic) == 1
-        await h.settle(ticks_agent, [scan])
-    assert len(triggers(h, "cart_abandoned")) == 1
-    assert user_state(h, "u1").engagement.cart == {}
+        await commit
+    assert UserState.from_json(stream.users.get("u1")).engagement.cart == {}

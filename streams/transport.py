@@ -153,6 +153,11 @@ class RewindingConsumer(faust_aiokafka.Consumer):
         # flushes the producer next, then commits, so no committed offset is
         # ahead of the state it produced. If they cannot be written, nothing is
         # committed and the worker stops (it resumes from the last commit).
+        if self.app.crash_reason is not None:
+            # Stopping after a failure that may have lost changes not written yet
+            # (a batch that failed halfway): Faust's consumer commits on stop, and
+            # that commit would count their events as done.
+            return False
         try:
             for write_pending in cast(App, self.app).before_commit:
                 await write_pending()

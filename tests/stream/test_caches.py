@@ -60,6 +60,20 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
         assert stream.user_cache.get("u1") is None
         assert stream.users.get("u1") is None
         assert isinstance(stream.app.crash_reason, UsersLeftHalfUpdated)
+    # Faust's consumer commits when it stops: that commit must not happen
+    consumer = cast(RewindingConsumer, stream.app.consumer)
+    tp = TP(h.settings.topic("clicks"), 0)
+    committed: list[Mapping[TP, int]] = []
+
+    async def commit(offsets: Mapping[TP, int]) -> bool:
+        committed.append(offsets)
+        return True
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(consumer, "_commit", commit)
+        mp.setattr(consumer, "assignment", lambda: {tp})
+        assert not await consumer._commit_offsets({tp: 2})
+    assert committed == []
 
 
 def row_update(item: str, pairs: list[str], offset: int, partition: int) -> Sent:

@@ -114,9 +114,9 @@ def read_range(
     return asyncio.run(_read_range(bootstrap, start, end))
 
 
-def summary(stdout: str) -> re.Match[str]:
+def summary(stdout: str, stderr: str = "") -> re.Match[str]:
     lines = stdout.strip().splitlines()
-    assert lines, "no summary line on stdout"
+    assert lines, f"no summary line on stdout; stderr:\n{stderr[-2000:]}"
     match = SUMMARY.match(lines[-1])
     assert match, f"unexpected summary line {lines[-1]!r}"
     return match
@@ -242,7 +242,7 @@ def test_ctrl_c_flushes_what_was_sent_and_exits_130(kafka_bootstrap: str, tmp_pa
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, err
-    found = summary(out)
+    found = summary(out, err)
     assert found.group(4), "summary does not say it was interrupted"
     sent = int(found.group(1))
     assert 0 < sent < 2000

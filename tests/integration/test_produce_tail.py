@@ -227,6 +227,9 @@ def test_ctrl_c_flushes_what_was_sent_and_exits_130(kafka_bootstrap: str, tmp_pa
          str(tmp_path / "events.jsonl"), "--rate", "200", "--bootstrap", kafka_bootstrap,
          "--topic-prefix", prefix],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a test run started in the background inherits SIGINT ignored, and so
+        # would the CLI (it then ran to the end and exited 0)
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 30
@@ -249,6 +252,10 @@ def test_ctrl_c_flushes_what_was_sent_and_exits_130(kafka_bootstrap: str, tmp_pa
     # Everything the summary counts is in Kafka: in-flight messages were flushed.
     assert sum(end_offsets(kafka_bootstrap, *topics).values()) == sent
     assert err.strip().splitlines()[-1] == "recostream: interrupted"
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _closed_port() -> int:

@@ -91,8 +91,10 @@ class RowUpdate(NamedTuple):
 
     ``gained`` marks the row of the item the user gained (its user count and
     trending move); the other rows only gain the pair. A named tuple, and sent as
-    the JSON array of its fields: a gain makes up to ``pair_window + 1`` of them,
-    so making, encoding and decoding one has to be cheap.
+    the JSON array of its fields (``orjson.dumps(..., default=tuple)``), which the
+    rows agent applies as it is (:meth:`CooccurrenceRow.apply_all`): a gain makes up
+    to ``pair_window + 1`` of them, so making, encoding and decoding one has to be
+    cheap.
     """
 
     item_id: str
@@ -101,14 +103,6 @@ class RowUpdate(NamedTuple):
     offset: int
     ts: float
     gained: bool
-
-    def to_json(self) -> list[Any]:
-        return [self.item_id, list(self.pairs), self.source, self.offset, self.ts, self.gained]
-
-    @classmethod
-    def from_json(cls, value: list[Any]) -> RowUpdate:
-        """From the array as sent (the worker's own messages: not checked field by field)."""
-        return cls._make(value)
 
 
 def row_updates(

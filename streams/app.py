@@ -519,9 +519,10 @@ class RecoStream:
     async def process_batch(
         self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]
     ) -> None:
-        # User states are read, changed and written back across awaits (the
-        # deliveries); the churn scan does the same to the same states, so the two
-        # take turns, or one would write back a stale copy over the other's change.
+        # A batch and a churn scan slice each read, change and mark user states,
+        # then await their sends; they take turns, so that neither works on a
+        # state the other has half changed, and a rebalance (which takes the same
+        # lock) lets the batch under way finish before the caches are forgotten.
         started = time.perf_counter()
         async with self.users_lock:
             try:

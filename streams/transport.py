@@ -26,7 +26,7 @@ The fixes, both here:
    messages from the agents only: aiokafka's fetcher goes on fetching, Faust
    drops what it fetched for a partition not yet active, and the fetch position
    moves past it. So a partition is sought again, to where recovery sought it,
-   when it is released.
+   when it is released (in the consumer thread, where aiokafka's fetcher runs).
 2. When seeking to the committed offsets, such a partition without a committed
    offset goes back to its beginning (the group's ``auto.offset.reset=earliest``).
 
@@ -127,9 +127,21 @@ class RewindingConsumer(faust_aiokafka.Consumer):
             held, self._held = self._held, set()
             self._release_on_resume = False
             self.log.info("Releasing %d partitions held since the assignment", len(held))
-            self._seek_to_read_offsets(held)
-            super().resume_partitions(held)
+            self._release_in_consumer_thread(held)
         super().resume_flow()
+
+    def _release_in_consumer_thread(self, held: set[TP]) -> None:
+        # aiokafka's consumer runs in the consumer thread: a seek from this one
+        # raced its fetcher (KeyError in fetched_records, the worker crashed).
+        # So the seek runs there, and the partitions become active here after it.
+        main_loop = self.loop
+        make_active = super().resume_partitions
+
+        def seek_then_release() -> None:
+            self._seek_to_read_offsets(held)
+            main_loop.call_soon_threadsafe(make_active, held)
+
+        self._thread.thread_loop.call_soon_threadsafe(seek_then_release)
 
     def _seek_to_read_offsets(self, partitions: Iterable[TP]) -> None:
         # Holding a partition keeps its messages from the agents, not from

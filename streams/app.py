@@ -60,10 +60,10 @@ from streams.settings import Settings
 from streams.state import (
     CooccurrenceRow,
     DecodedCache,
-    RowUpdate,
+    RowGain,
     UserState,
-    row_updates,
     source_key,
+    split_gain,
 )
 from streams.transport import App
 
@@ -72,13 +72,33 @@ log = logging.getLogger("recostream")
 INPUT_TOPICS = ("clicks", "purchases")
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def item_partition(item_id: str, partitions: int) -> int:
     """The repartition-topic partition that owns an item's row (stable everywhere)."""
     return zlib.crc32(item_id.encode()) % partitions
 
 
-#: Row updates of a message in the order rows check them (by source, then offset).
+class ItemPartitions(dict[str, int]):
+    """Item id -> :func:`item_partition`, each worked out once: every gain looks up
+    ``pair_window + 1`` of them. Emptied when it holds ``limit`` items.
+
+    >>> partition_of = ItemPartitions(4).__getitem__
+    >>> partition_of("item42") == item_partition("item42", 4)
+    True
+    """
+
+    def __init__(self, partitions: int, limit: int = 1 << 20) -> None:
+        super().__init__()
+        self.partitions = partitions
+        self.limit = limit
+
+    def __missing__(self, item_id: str) -> int:
+        if len(self) >= self.limit:
+            self.clear()
+        partition = self[item_id] = item_partition(item_id, self.partitions)
+        return partition
+
+
+#: Gains of a message in the order rows check them (by source, then offset).
 SOURCE_ORDER = operator.itemgetter(2, 3)
 
 
@@ -147,6 +167,7 @@ class RecoStream:
         self.tau = self.config.popularity_half_life_days * DAY / 0.6931471805599453
         self.engagement_config = settings.engagement_config()
         self.counters = Counters()
+        self.item_partition = ItemPartitions(settings.partitions).__getitem__
         self.lag: dict[tuple[str, int], int] = {}  # refreshed when /metrics is scraped
         self.metrics = WorkerMetrics(self.counters, lambda: self.lag)
         # Event time per input topic partition (largest timestamp read there) and
@@ -290,9 +311,9 @@ class RecoStream:
                 name, send, partition_of, owned)
             return table
 
-        self.item_stats = replicated("item-stats", lambda item: item_partition(item, parts),
+        self.item_stats = replicated("item-stats", self.item_partition,
                                      self.owned_item_partitions)
-        self.neighbors = replicated("neighbors", lambda item: item_partition(item, parts),
+        self.neighbors = replicated("neighbors", self.item_partition,
                                     self.owned_item_partitions)
         self.churn = replicated("churn", churn_key_partition, self.owned_tick_partitions)
         self.replica_reader = ReplicaReader(replicas, parts, s.kafka_client_options())
@@ -566,7 +587,7 @@ class RecoStream:
                 continue
             by_user[decoded.user_id].append((event, decoded))
 
-        updates_by_partition: dict[int, list[RowUpdate]] = defaultdict(list)
+        gains_by_partition: dict[int, list[RowGain]] = defaultdict(list)
         changed_users: list[tuple[str, UserState, str, float]] = []
         due_triggers: list[tuple[str, UserState, Trigger]] = []
         writes: list[tuple[str, UserState, EventT[bytes]]] = []
@@ -595,10 +616,10 @@ class RecoStream:
                 state.mark(source, event.message.offset, decoded.event_id, s.dedup_ids)
                 self.counters.applied += 1
                 if gain is not None:
-                    for update in row_updates(gain.item_id, gain.history, source,
-                                              event.message.offset, gain.ts):
-                        updates_by_partition[item_partition(update.item_id, s.partitions)
-                                             ].append(update)
+                    for partition, row_gain in split_gain(
+                            gain.item_id, gain.history, source, event.message.offset,
+                            gain.ts, self.item_partition).items():
+                        gains_by_partition[partition].append(row_gain)
                 if did_change:
                     changed = True
                     trigger, trigger_ts = decoded.type, decoded.ts
@@ -619,13 +640,13 @@ class RecoStream:
         # Row updates and triggers reach Kafka before the user states that record
         # them are written (see write_users_changed_so_far): a crash in between
         # replays them, and rows skip what they have. Rows skip by offset, so each
-        # source's updates go out in offset order (grouping by user shuffled them).
+        # source's gains go out in offset order (grouping by user shuffled them).
         rows_topic = self.rows_topic.get_topic_name()
-        for partition, updates in updates_by_partition.items():
-            updates.sort(key=SOURCE_ORDER)
-            self.outbox.add(rows_topic, orjson.dumps({"updates": updates}, default=tuple),
+        for partition, gains in gains_by_partition.items():
+            gains.sort(key=SOURCE_ORDER)
+            self.outbox.add(rows_topic, orjson.dumps({"gains": gains}, default=tuple),
                             partition=partition)
-            self.counters.row_updates_sent += len(updates)
+            self.counters.row_updates_sent += sum(gain.update_count() for gain in gains)
         # (A replayed trigger comes again; its trigger_id lets the marketing
         # system drop the copy.) Changed states are marked with what recorded
         # them queued already, and nothing awaited in between.
@@ -647,12 +668,18 @@ class RecoStream:
         table by :meth:`write_pending_rows` (at the next commit at the latest). The
         small per-item stats every worker reads go out now."""
         s = self.settings
-        # the updates as sent (arrays of RowUpdate's fields: the worker's own
-        # messages), by row, decoded in full before any row changes
-        pending: dict[str, list[list[Any]]] = defaultdict(list)
+        # the updates, by row, decoded in full before any row changes
+        pending: dict[str, list[Any]] = defaultdict(list)
         carrier: dict[str, EventT[bytes]] = {}
         for event in self.current_events(batch):
-            for value in orjson.loads(event.message.value or b"{}").get("updates", ()):
+            message = orjson.loads(event.message.value or b"{}")
+            for value in message.get("gains", ()):
+                for update in RowGain._make(value).updates():
+                    pending[update[0]].append(update)
+                    carrier[update[0]] = event
+            # one update per row, as workers before RowGain sent them: still
+            # applied, so that none left in the topic by an upgrade is lost
+            for value in message.get("updates", ()):
                 pending[value[0]].append(value)
                 carrier[value[0]] = event
         rows: dict[str, CooccurrenceRow] = {}
@@ -669,7 +696,7 @@ class RecoStream:
                 self.counters.row_updates_skipped += len(updates) - applied
                 if applied:
                     self.row_cache.mark_dirty(item_id, row, carrier[item_id])
-                    self._rows_changed[item_partition(item_id, s.partitions)].add(item_id)
+                    self._rows_changed[self.item_partition(item_id)].add(item_id)
                     if row.stats() != stats_before:
                         self.item_stats.set(item_id, row.stats())
         except Exception as exc:
@@ -786,14 +813,13 @@ class RecoStream:
 
     def partition_rows(self, partition: int) -> dict[str, Mapping[str, float]]:
         """Every row of C of a partition, as it is now."""
-        s = self.settings
         rows: dict[str, Mapping[str, float]] = {}
         for item_id in self.row_cache.dirty():
             row = self.row_cache.get(item_id)
-            if row is not None and item_partition(item_id, s.partitions) == partition:
+            if row is not None and self.item_partition(item_id) == partition:
                 rows[item_id] = row.pairs
         for item_id, value in self.rows.items():
-            if item_id not in rows and item_partition(item_id, s.partitions) == partition:
+            if item_id not in rows and self.item_partition(item_id) == partition:
                 rows[item_id] = self.current_pairs(item_id, value)
         return rows
 

@@ -20,9 +20,9 @@ import pytest
 from core.events import Event
 from core.recommender import Recommender
 from core.similarity import SimilarityParams, neighbors_for_rows
-from streams.app import item_partition
+from streams.app import ItemPartitions, item_partition
 from streams.model_work import neighbors_of_partition
-from streams.state import CooccurrenceRow, UserState
+from streams.state import CooccurrenceRow, RowGain, UserState
 from tests.stream.harness import (
     MESSAGE_TS,
     PARTITIONS,
@@ -47,7 +47,9 @@ def row(h: Harness, item: str) -> CooccurrenceRow:
 
 
 def updates_of(sends: list[Sent]) -> list[list[Any]]:
-    return [u for m in sends for u in m.json()["updates"]]
+    """The row updates of row messages, each as the JSON array of its fields."""
+    updates = [u for m in sends for g in m.json()["gains"] for u in RowGain._make(g).updates()]
+    return list(orjson.loads(orjson.dumps(updates, default=tuple)))
 
 
 # -- 1. a click updates the user ------------------------------------------------------------
@@ -307,6 +309,13 @@ def test_item_partition_is_stable_across_processes() -> None:
     assert [item_partition("item42", n) for n in (1, 3, 8)] == [0, 1, 3]
 
 
+def test_item_partitions_are_remembered_up_to_a_limit() -> None:
+    partitions = ItemPartitions(4, limit=3)
+    items = [f"item{n}" for n in range(7)]
+    assert [partitions[i] for i in items] == [item_partition(i, 4) for i in items]
+    assert 0 < len(partitions) <= 3
+
+
 @run_async
 async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeHarness) -> None:
     h = make_harness()
@@ -322,10 +331,10 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
 
     row_sends = h.sent_to(stream.rows_topic.get_topic_name())
     for message in row_sends:
-        # every update in a message belongs to the partition it was sent to
-        assert message.json()["updates"]
+        # every row a message updates belongs to the partition it was sent to
+        assert message.json()["gains"]
         assert message.key is None
-        assert {item_partition(u[0], PARTITIONS) for u in message.json()["updates"]} == {
+        assert {item_partition(u[0], PARTITIONS) for u in updates_of([message])} == {
             message.partition}
     expected = [
         ["a", [], "clicks/0", 0, TS, True],
@@ -365,6 +374,25 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
 
 
 @run_async
+async def test_rows_apply_updates_in_the_form_sent_before_gains(
+    make_harness: MakeHarness,
+) -> None:
+    """Workers of an earlier version sent one update per row: those still in the
+    rows topic after an upgrade are applied, once."""
+    h = make_harness()
+    stream = h.stream
+    p = item_partition("a", PARTITIONS)
+    sends = [Sent(stream.rows_topic.get_topic_name(), None, orjson.dumps({"updates": [
+        ["a", ["b", "c"], "clicks/0", 4, TS, True], ["a", ["d"], "clicks/1", 0, TS, False]]}), p)]
+    async with stream.agents[1].test_context() as rows_agent:
+        await h.relay(rows_agent, sends)
+        await h.relay(rows_agent, sends)
+    assert row(h, "a").pairs == {"b": 1.0, "c": 1.0, "d": 1.0}
+    assert row(h, "a").count == 1.0
+    assert (stream.counters.row_updates_applied, stream.counters.row_updates_skipped) == (2, 2)
+
+
+@run_async
 async def test_row_writes_go_to_the_items_partition(make_harness: MakeHarness) -> None:
     """One batch of row updates for items of every partition: each row and its stats
     are written once, to the changelog partition the item belongs to."""
@@ -378,7 +406,7 @@ async def test_row_writes_go_to_the_items_partition(make_harness: MakeHarness) -
     h.changelog("rows")
     async with stream.agents[1].test_context() as rows_agent:
         sends = [Sent(stream.rows_topic.get_topic_name(), None,
-                      orjson.dumps({"updates": [[item, [], "clicks/0", p, TS, True]]}), p)
+                      orjson.dumps({"gains": [[item, [], "clicks/0", p, TS, []]]}), p)
                  for p, item in sorted(items.items())]
         await h.relay(rows_agent, sends)
     stats = [m.key for m in h.sent_to(f"{stream.settings.app_id}-item-stats")]

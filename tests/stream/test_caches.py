@@ -77,7 +77,7 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
 
 
 def row_update(item: str, pairs: list[str], offset: int, partition: int) -> Sent:
-    return Sent("", None, orjson.dumps({"updates": [[item, pairs, "clicks/0", offset, TS, True]]}),
+    return Sent("", None, orjson.dumps({"gains": [[item, pairs, "clicks/0", offset, TS, []]]}),
                 partition)
 
 

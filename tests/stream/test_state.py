@@ -18,11 +18,12 @@ from streams.state import (
     STATE_VERSION,
     AppliedOffsets,
     CooccurrenceRow,
+    RowGain,
     RowUpdate,
     UserState,
     prune_above,
-    row_updates,
     source_key,
+    split_gain,
 )
 
 TAU = 7 * 86_400.0 / math.log(2.0)
@@ -103,25 +104,53 @@ def test_user_state_keeps_only_the_latest_event_ids() -> None:
     assert not state.is_duplicate("clicks/0", 6, "e1")  # forgotten
 
 
-def test_row_update_json_round_trip() -> None:
-    update = RowUpdate("a", ("b", "c"), "clicks/2", 17, TS, gained=True)
-    value = ["a", ["b", "c"], "clicks/2", 17, TS, True]
-    assert orjson.loads(orjson.dumps({"updates": [update]}, default=tuple)) == {
-        "updates": [value]}  # as the worker sends it
-    decoded = RowUpdate._make(through_json(value))  # type: ignore[arg-type]
+def test_row_gain_json_round_trip() -> None:
+    gain = RowGain("a", ("b", "c"), "clicks/2", 17, TS, ("d",))
+    value = ["a", ["b", "c"], "clicks/2", 17, TS, ["d"]]
+    assert orjson.loads(orjson.dumps({"gains": [gain]}, default=tuple)) == {
+        "gains": [value]}  # as the worker sends it
+    decoded = RowGain._make(through_json(value))  # type: ignore[arg-type]
     assert list(decoded) == value
-    assert decoded._replace(pairs=tuple(decoded.pairs)) == update
+    assert decoded.updates() == [RowUpdate("a", ["b", "c"], "clicks/2", 17, TS, True),
+                                 RowUpdate("d", ("a",), "clicks/2", 17, TS, False)]
+    assert RowGain._make(through_json(["a", None, "clicks/2", 17, TS, []])).updates() == []
 
 
-def test_row_updates_of_a_gain() -> None:
-    updates = row_updates("c", ["a", "b"], "clicks/0", 9, TS)
-    assert updates == [
-        RowUpdate("c", ("a", "b"), "clicks/0", 9, TS, gained=True),
-        RowUpdate("a", ("c",), "clicks/0", 9, TS, gained=False),
+def test_a_gain_splits_into_the_updates_of_its_rows() -> None:
+    partition_of = {"a": 0, "b": 1, "c": 1}.__getitem__
+    split = split_gain("c", ["a", "b"], "clicks/0", 9, TS, partition_of)
+    assert split == {1: RowGain("c", ["a", "b"], "clicks/0", 9, TS, ["b"]),
+                     0: RowGain("c", None, "clicks/0", 9, TS, ["a"])}
+    assert [u for gain in split.values() for u in gain.updates()] == [
+        RowUpdate("c", ["a", "b"], "clicks/0", 9, TS, gained=True),
         RowUpdate("b", ("c",), "clicks/0", 9, TS, gained=False),
+        RowUpdate("a", ("c",), "clicks/0", 9, TS, gained=False),
     ]
-    assert row_updates("a", [], "clicks/0", 0, TS) == [
-        RowUpdate("a", (), "clicks/0", 0, TS, gained=True)]
+    # a first item: only its own row, which counts the user
+    assert split_gain("a", [], "clicks/0", 0, TS, partition_of) == {
+        0: RowGain("a", [], "clicks/0", 0, TS, [])}
+
+
+@given(
+    st.sampled_from("abcdefgh"),
+    st.lists(st.sampled_from("abcdefgh"), max_size=8, unique=True),
+    st.integers(1, 4),
+)
+def test_split_gain_updates_each_row_once_in_its_partition(
+    item: str, history: list[str], partitions: int,
+) -> None:
+    def partition_of(i: str) -> int:
+        return ord(i) % partitions
+
+    split = split_gain(item, history, "clicks/0", 3, TS, partition_of)
+    updates = [(partition, RowUpdate._make(u))
+               for partition, gain in split.items() for u in gain.updates()]
+    assert all(partition_of(u.item_id) == partition for partition, u in updates)
+    assert sorted(u.item_id for _, u in updates) == sorted(
+        [item, *(j for j in history if j != item)])
+    assert [u.pairs for _, u in updates if u.gained] == [history]
+    assert all(u.pairs == (item,) for _, u in updates if not u.gained)
+    assert sum(gain.update_count() for gain in split.values()) == len(updates)
 
 
 def test_row_applies_an_update_once() -> None:

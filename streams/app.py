@@ -7,7 +7,8 @@ Data flow (P = ``settings.partitions``):
   profile with :func:`core.recommender.learn_event` (table ``users``), sends each
   batch's co-occurrence row updates to the item-keyed repartition topic, one
   message per destination partition, and publishes one fresh list per distinct
-  user to ``recommendations``.
+  user to ``recommendations`` (ranked in the ranking child, see
+  :mod:`streams.model_work`).
 - ``<app>-cooccurrence`` (by item partition) -> agent ``apply_cooccurrence``:
   rows of C, item counts and trending (table ``cooccurrence``; the small
   per-item stats every worker needs go to the replicated table ``item-stats``,
@@ -31,7 +32,7 @@ import operator
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -53,8 +54,18 @@ from core.recommender import DAY, learn_event
 from core.similarity import SimilarityParams
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import WorkerMetrics
-from streams.model_work import ModelProcess, RowsNotHeld, build_model, neighbors_of_partition
+from streams.model_work import (
+    RANKER_NICENESS,
+    ListRequest,
+    ModelProcess,
+    RowsNotHeld,
+    build_model,
+    hold_ranking_model,
+    neighbors_of_partition,
+    ranked_records,
+)
 from streams.outbox import KafkaSink, Outbox, key_partition
+from streams.records import recommendation_record
 from streams.replicated import ReplicaReader, ReplicatedTable
 from streams.settings import Settings
 from streams.state import (
@@ -77,24 +88,27 @@ def item_partition(item_id: str, partitions: int) -> int:
     return zlib.crc32(item_id.encode()) % partitions
 
 
-class ItemPartitions(dict[str, int]):
-    """Item id -> :func:`item_partition`, each worked out once: every gain looks up
-    ``pair_window + 1`` of them. Emptied when it holds ``limit`` items.
+class KeyPartitions(dict[str, int]):
+    """Key -> ``partition_of(key, partitions)``, each worked out once: every gain
+    looks up ``pair_window + 1`` item partitions, every churn scan the partition
+    of every user. Emptied when it holds ``limit`` keys.
 
-    >>> partition_of = ItemPartitions(4).__getitem__
+    >>> partition_of = KeyPartitions(item_partition, 4).__getitem__
     >>> partition_of("item42") == item_partition("item42", 4)
     True
     """
 
-    def __init__(self, partitions: int, limit: int = 1 << 20) -> None:
+    def __init__(self, partition_of: Callable[[str, int], int], partitions: int,
+                 limit: int = 1 << 20) -> None:
         super().__init__()
+        self.partition_of = partition_of
         self.partitions = partitions
         self.limit = limit
 
-    def __missing__(self, item_id: str) -> int:
+    def __missing__(self, key: str) -> int:
         if len(self) >= self.limit:
             self.clear()
-        partition = self[item_id] = item_partition(item_id, self.partitions)
+        partition = self[key] = self.partition_of(key, self.partitions)
         return partition
 
 
@@ -102,12 +116,21 @@ class ItemPartitions(dict[str, int]):
 SOURCE_ORDER = operator.itemgetter(2, 3)
 
 
-#: Users the churn scan reads and scores per turn of the users lock.
+#: Users the churn scan reads and scores per turn of the users lock, at most; and
+#: the time it takes them for at most (scoring a customer took 0.1-1 ms: 500 held
+#: every batch back up to 0.55 s).
 SCAN_SLICE_USERS = 500
+SCAN_SLICE_SECONDS = 0.02
+#: Row updates applied per turn of the loop (~3 us each, decoding included).
+ROW_UPDATES_PER_SLICE = 5000
+#: Neighbour lists a refresh stores and publishes per turn of the loop.
+LISTS_PER_SLICE = 250
 #: Rows written per turn of the loop before a commit (~50 us each).
 ROWS_PER_SLICE = 250
 #: Users read per delivery round before a commit (~10-20 us each).
 USERS_PER_SLICE = 1000
+#: Batches whose recommendations may be in the ranking child at once.
+RANKINGS_IN_FLIGHT = 3
 #: Bytes of records the producer puts in one batch per partition.
 PRODUCER_BATCH_BYTES = 512 * 1024
 #: Faust's broker_commit_every high enough never to be reached.
@@ -116,6 +139,10 @@ COMMIT_NEVER_BY_COUNT = 2**62
 
 class RowsLeftHalfUpdated(RuntimeError):
     """Applying a batch to the cached co-occurrence rows failed midway."""
+
+
+class RecommendationsLost(RuntimeError):
+    """A batch's recommendations were not published (the ranking failed)."""
 
 
 class UsersLeftHalfUpdated(RuntimeError):
@@ -167,7 +194,8 @@ class RecoStream:
         self.tau = self.config.popularity_half_life_days * DAY / 0.6931471805599453
         self.engagement_config = settings.engagement_config()
         self.counters = Counters()
-        self.item_partition = ItemPartitions(settings.partitions).__getitem__
+        self.item_partition = KeyPartitions(item_partition, settings.partitions).__getitem__
+        self.user_partition = KeyPartitions(user_partition, settings.partitions).__getitem__
         self.lag: dict[tuple[str, int], int] = {}  # refreshed when /metrics is scraped
         self.metrics = WorkerMetrics(self.counters, lambda: self.lag)
         # Event time per input topic partition (largest timestamp read there) and
@@ -188,6 +216,7 @@ class RecoStream:
         # neighbour lists other workers wrote, as counted when the snapshot was built
         self._others_lists_built = -1
         self.users_lock = asyncio.Lock()
+        self.rows_lock = asyncio.Lock()  # held by a batch of row updates under way
         # Decoded users and rows this worker wrote (see DecodedCache): emptied on
         # every rebalance. Changed users and rows are written to their tables once
         # per commit, not once per batch: each dirty one keeps the event whose
@@ -203,6 +232,12 @@ class RecoStream:
         # neighbour lists, snapshots and churn fits: see streams.model_work
         self.model_process = ModelProcess()
         self.app.add_dependency(self.model_process)
+        # each batch's recommendations, ranked with the snapshot it holds
+        self.ranker = ModelProcess(niceness=RANKER_NICENESS)
+        self.ranker.hold(hold_ranking_model, self.model)
+        self.app.add_dependency(self.ranker)
+        self._rankings: list[asyncio.Future[None]] = []  # batches being ranked, in order
+        self._rankings_lost: RecommendationsLost | None = None
         # Every record the worker writes goes through here (see streams.outbox).
         self.outbox = Outbox(KafkaSink(cast(App, self.app).kafka_producer))
         self._declare_topics_and_tables()
@@ -276,6 +311,10 @@ class RecoStream:
         self.dead_letters_topic = app.topic(s.topic("dead-letters"), **raw)
         self.churn_alerts_topic = app.topic(s.topic("churn-alerts"), **raw)
         self.triggers_topic = app.topic(s.topic("marketing-triggers"), **raw)
+        self.trigger_topics = {  # by the output names of streams.model_work.ranked_records
+            "churn-alerts": self.churn_alerts_topic.get_topic_name(),
+            "marketing-triggers": self.triggers_topic.get_topic_name(),
+        }
         # Table keys and values use the app's table serializers (JSON).
         self.users = app.Table("users", default=None, partitions=s.partitions)
         self.rows = app.Table("cooccurrence", default=None, partitions=s.partitions)
@@ -347,7 +386,7 @@ class RecoStream:
             self._rows_stream = stream
             async for batch in stream.take_events(s.batch_size, within=s.batch_seconds):
                 try:
-                    self.apply_row_batch(stream, batch)
+                    await self.apply_row_batch(stream, batch)
                 except RowsLeftHalfUpdated as exc:
                     # The cache held unwritten changes of earlier batches too, whose
                     # offsets may be committed next: stop this worker instead (it
@@ -388,6 +427,7 @@ class RecoStream:
         commit go to their tables, and every record queued so far is written (a
         failed batch raises :class:`streams.outbox.DeliveryFailed`, and nothing is
         committed)."""
+        await self.rankings_published()
         await self.write_rows_changed_so_far()
         await self.write_users_changed_so_far()
         await self.outbox.send()
@@ -398,11 +438,14 @@ class RecoStream:
                              signal: BaseSignalT[Any], **kwargs: Any) -> None:
         # Another worker may own these keys next: it recovers them from the
         # changelogs, so everything this worker wrote must be there before the
-        # rebalance goes on. A batch under way finishes first (it holds the users
-        # lock; batches of the old generation taken after it are skipped, see
-        # current_events); rows changed since the last commit are written too (if
-        # the partition comes back, the offsets acked meanwhile may be committed).
-        async with self.users_lock:
+        # rebalance goes on. A batch under way finishes first (a batch of events
+        # holds the users lock, one of row updates the rows lock; batches of the
+        # old generation taken after it are skipped, see current_events), and its
+        # lists are published before the states that record its events are
+        # written; rows changed since the last commit are written too (if the
+        # partition comes back, the offsets acked meanwhile may be committed).
+        async with self.users_lock, self.rows_lock:
+            await self.rankings_published()
             await self.write_rows_changed_so_far()
             await self.write_users_changed_so_far()
             await self.outbox.send()
@@ -468,15 +511,17 @@ class RecoStream:
         """Every user changed before this call is written to the ``users`` table
         (and its changelog) when it returns, :data:`USERS_PER_SLICE` at a time.
 
-        A state records the row updates and triggers of its events, which must
-        reach Kafka first (a crash in between replays them; the other way round
-        they would be lost). Each slice is therefore read at once (encoded), then
-        everything queued until then is delivered, then the slice is written. A
-        user a batch changes meanwhile stays changed, for the next slice or commit.
+        A state records the row updates, lists and triggers of its events, which
+        must reach Kafka first (a crash in between replays them; the other way
+        round they would be lost). Each slice is therefore read at once (encoded)
+        once the rankings under way are published, then everything queued until
+        then is delivered, then the slice is written. A user a batch changes
+        meanwhile stays changed, for the next slice or commit.
         """
         async with self._users_writer:
             pending = self.user_cache.dirty_count()
             while pending > 0 and self._events_stream is not None:
+                await self.rankings_published()
                 taken = self.user_cache.peek_dirty(min(pending, USERS_PER_SLICE))
                 if not taken:
                     break
@@ -545,6 +590,9 @@ class RecoStream:
         # state the other has half changed, and a rebalance (which takes the same
         # lock) lets the batch under way finish before the caches are forgotten.
         started = time.perf_counter()
+        # at most this many batches' lists in the ranking child (their profiles
+        # pickled, waiting): beyond that the child sets the pace
+        await self.rankings_published(RANKINGS_IN_FLIGHT - 1)
         async with self.users_lock:
             try:
                 await self._process_batch(stream, batch)
@@ -627,16 +675,6 @@ class RecoStream:
             if changed:
                 changed_users.append((user_id, state, trigger, trigger_ts))
 
-        # Recommendations need nothing written first (a replay sends a list again).
-        ranked = self.model.recommend_many(
-            [(user_id, state.profile) for user_id, state, _, _ in changed_users], s.k,
-            self.config)
-        recommendations_topic = self.recommendations_topic.get_topic_name()
-        for (user_id, _, trigger, trigger_ts), recs in zip(changed_users, ranked, strict=True):
-            self.outbox.add(recommendations_topic,
-                            orjson.dumps(recommendation_record(recs, trigger, trigger_ts)),
-                            key=user_id.encode())
-            self.counters.recommendations_out += 1
         # Row updates and triggers reach Kafka before the user states that record
         # them are written (see write_users_changed_so_far): a crash in between
         # replays them, and rows skip what they have. Rows skip by offset, so each
@@ -647,15 +685,78 @@ class RecoStream:
             self.outbox.add(rows_topic, orjson.dumps({"gains": gains}, default=tuple),
                             partition=partition)
             self.counters.row_updates_sent += sum(gain.update_count() for gain in gains)
-        # (A replayed trigger comes again; its trigger_id lets the marketing
-        # system drop the copy.) Changed states are marked with what recorded
-        # them queued already, and nothing awaited in between.
-        self.queue_triggers(due_triggers)
+        # Lists and triggers are ranked in the ranking child and published when
+        # they come back, before the states that record them are written (the
+        # commit waits for them). A replay sends a list again; a replayed trigger
+        # comes again too, and its trigger_id lets the marketing system drop the
+        # copy. Changed states are marked with what recorded them queued already,
+        # and nothing awaited in between.
+        self.publish_ranked(
+            [(user_id, state.profile.recent, state.profile.purchased, cause, ts)
+             for user_id, state, cause, ts in changed_users], due_triggers)
         with acting_as(stream) as act_as:
             for user_id, state, last_event in writes:
                 act_as(last_event)
                 self.write_user(user_id, state)
         await self.outbox.send()
+
+    def publish_ranked(self, lists: Sequence[ListRequest],
+                       triggers: Sequence[tuple[str, UserState, Trigger]]) -> None:
+        """Rank users' lists, and the items of their triggers, in the ranking child
+        (the profiles pickled now), and publish the records when they come back,
+        after those queued before. Offsets are committed, and user states written,
+        only once everything queued before is published (:meth:`before_commit`);
+        a failed ranking stops the worker."""
+        if not lists and not triggers:
+            return
+        requests = [(user_id, state.profile.recent, state.profile.purchased, trigger)
+                    for user_id, state, trigger in triggers]
+        ranking = self.ranker.submit(ranked_records, lists, requests, self.settings.k,
+                                     self.config)
+        previous = self._rankings[-1] if self._rankings else None
+        publish = self._publish_when_ranked(
+            ranking, [request[0] for request in lists],
+            [trigger for _, _, trigger in triggers], [user_id for user_id, _, _ in triggers],
+            previous)
+        task = asyncio.ensure_future(publish)
+        self._rankings.append(task)
+        task.add_done_callback(self._ranking_done)
+
+    async def _publish_when_ranked(
+        self, ranking: Awaitable[tuple[list[bytes], list[list[tuple[str, bytes]]]]],
+        list_users: list[str], triggers: list[Trigger], trigger_users: list[str],
+        previous: asyncio.Future[None] | None,
+    ) -> None:
+        records, triggered = await ranking
+        if previous is not None:
+            await previous  # a user's records leave in the order they were queued
+        topic = self.recommendations_topic.get_topic_name()
+        for user_id, record in zip(list_users, records, strict=True):
+            self.outbox.add(topic, record, key=user_id.encode())
+        self.counters.recommendations_out += len(records)
+        for user_id, trigger, outputs in zip(trigger_users, triggers, triggered, strict=True):
+            for output, record in outputs:
+                self.outbox.add(self.trigger_topics[output], record, key=user_id.encode())
+            self.counters.triggers_out[trigger.kind] += 1
+        await self.outbox.send()
+
+    def _ranking_done(self, task: asyncio.Future[None]) -> None:
+        self._rankings.remove(task)
+        if task.cancelled():
+            self._rankings_lost = RecommendationsLost("a batch's ranking was cancelled")
+        elif (exc := task.exception()) is not None:
+            self._rankings_lost = RecommendationsLost(f"a batch's ranking failed: {exc!r}")
+            self._rankings_lost.__cause__ = exc
+            self.app.add_future(self.app.crash(self._rankings_lost))
+
+    async def rankings_published(self, pending: int = 0) -> None:
+        """Wait until at most ``pending`` batches' lists are still being ranked;
+        :class:`RecommendationsLost` once any batch's were not published (their
+        events are then never committed: a replay ranks them again)."""
+        while len(self._rankings) > pending:
+            await asyncio.wait([self._rankings[-1 - pending]])
+        if self._rankings_lost is not None:
+            raise self._rankings_lost
 
     def recommend(self, user_id: str, state: UserState | None, n: int) -> Recommendations:
         profile = state.profile if state is not None else None
@@ -663,46 +764,67 @@ class RecoStream:
 
     # -- rows of C --------------------------------------------------------------------
 
-    def apply_row_batch(self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]) -> None:
+    async def apply_row_batch(self, stream: faust.Stream[bytes],
+                              batch: Sequence[EventT[bytes]]) -> None:
         """Apply a batch of row updates to the cached rows; they are written to the
         table by :meth:`write_pending_rows` (at the next commit at the latest). The
-        small per-item stats every worker reads go out now."""
-        s = self.settings
-        # the updates, by row, decoded in full before any row changes
-        pending: dict[str, list[Any]] = defaultdict(list)
-        carrier: dict[str, EventT[bytes]] = {}
-        for event in self.current_events(batch):
-            message = orjson.loads(event.message.value or b"{}")
-            for value in message.get("gains", ()):
-                for update in RowGain._make(value).updates():
-                    pending[update[0]].append(update)
-                    carrier[update[0]] = event
-            # one update per row, as workers before RowGain sent them: still
-            # applied, so that none left in the topic by an upgrade is lost
-            for value in message.get("updates", ()):
-                pending[value[0]].append(value)
-                carrier[value[0]] = event
+        small per-item stats every worker reads go out now.
+
+        About :data:`ROW_UPDATES_PER_SLICE` updates at a time, with the loop let in
+        between: a batch taken from a backlog held it 0.2-0.8 s in one go. A
+        rebalance waits for the batch under way (the rows lock), as it waits for a
+        batch of events.
+        """
+        async with self.rows_lock:
+            # decoded in full before any row changes
+            events = self.current_events(batch)
+            messages = [orjson.loads(event.message.value or b"{}") for event in events]
+            try:
+                pending: dict[str, list[Any]] = defaultdict(list)
+                carrier: dict[str, EventT[bytes]] = {}
+                count = 0
+                for event, message in zip(events, messages, strict=True):
+                    for value in message.get("gains", ()):
+                        for update in RowGain._make(value).updates():
+                            pending[update[0]].append(update)
+                            carrier[update[0]] = event
+                            count += 1
+                        if count >= ROW_UPDATES_PER_SLICE:
+                            self._apply_row_updates(stream, pending, carrier)
+                            pending, carrier, count = defaultdict(list), {}, 0
+                            await self.outbox.send()
+                            await asyncio.sleep(0)  # the send need not suspend
+                    # one update per row, as workers before RowGain sent them: still
+                    # applied, so that none left in the topic by an upgrade is lost
+                    for value in message.get("updates", ()):
+                        pending[value[0]].append(value)
+                        carrier[value[0]] = event
+                self._apply_row_updates(stream, pending, carrier)
+            except Exception as exc:
+                # rows are changed in place: these are neither whole nor undone
+                self.row_cache.clear()
+                raise RowsLeftHalfUpdated(f"applying row updates failed: {exc!r}") from exc
+
+    def _apply_row_updates(self, stream: faust.Stream[bytes], pending: Mapping[str, list[Any]],
+                           carrier: Mapping[str, EventT[bytes]]) -> None:
+        """Apply updates by row (each row's in order), the rows read first."""
         rows: dict[str, CooccurrenceRow] = {}
         with acting_as(stream) as act_as:
             for item_id in pending:
                 act_as(carrier[item_id])
                 rows[item_id] = self.row_state(item_id)
-        try:
-            for item_id, updates in pending.items():
-                row = rows[item_id]
-                stats_before = row.stats()
-                applied = row.apply_all(updates, self.tau, s.max_row_width)
-                self.counters.row_updates_applied += applied
-                self.counters.row_updates_skipped += len(updates) - applied
-                if applied:
-                    self.row_cache.mark_dirty(item_id, row, carrier[item_id])
-                    self._rows_changed[self.item_partition(item_id)].add(item_id)
-                    if row.stats() != stats_before:
-                        self.item_stats.set(item_id, row.stats())
-        except Exception as exc:
-            # rows are changed in place: these are neither whole nor undone
-            self.row_cache.clear()
-            raise RowsLeftHalfUpdated(f"applying row updates failed: {exc!r}") from exc
+        max_width = self.settings.max_row_width
+        for item_id, updates in pending.items():
+            row = rows[item_id]
+            stats_before = row.stats()
+            applied = row.apply_all(updates, self.tau, max_width)
+            self.counters.row_updates_applied += applied
+            self.counters.row_updates_skipped += len(updates) - applied
+            if applied:
+                self.row_cache.mark_dirty(item_id, row, carrier[item_id])
+                self._rows_changed[self.item_partition(item_id)].add(item_id)
+                if row.stats() != stats_before:
+                    self.item_stats.set(item_id, row.stats())
 
     def write_pending_rows(self, limit: int | None = None) -> int:
         """Write the rows changed since they were last written (the ``limit`` first
@@ -744,10 +866,11 @@ class RecoStream:
                   in self.item_stats.view().items()}
         lists = await self.partition_neighbors(partition, counts)
         item_neighbors_topic = self.item_neighbors_topic.get_topic_name()
-        for item_id, pairs in lists.items():
+        for n, (item_id, pairs) in enumerate(lists.items(), 1):
+            if n % LISTS_PER_SLICE == 0:
+                await asyncio.sleep(0)  # a partition's lists in one go: among the longest stalls
             value = [[j, score] for j, score in pairs]
-            if self.neighbors.own_value(item_id) != value:
-                self.neighbors.set(item_id, value)
+            if self.neighbors.set_if_changed(item_id, value):
                 self.outbox.add(item_neighbors_topic, orjson.dumps({
                     "item_id": item_id,
                     "neighbors": [{"item_id": j, "score": score} for j, score in pairs],
@@ -837,14 +960,14 @@ class RecoStream:
         process; the lists and stats are pickled at the call)."""
         async with self._rebuild_lock:
             self._others_lists_built = self.neighbors.others_writes
-            lists = {item_id: value for item_id, value
-                     in self.neighbors.view().items() if value}
-            stats = {item_id: value for item_id, value
-                     in self.item_stats.view().items() if value}
+            # as stored (JSON): decoded in the model process
+            lists = self.neighbors.view_encoded()
+            stats = self.item_stats.view_encoded()
             # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
             self.model = await self.model_process.run(
                 build_model, version, lists, stats, self.config.neighbors, self.tau)
+            self.ranker.hold(hold_ranking_model, self.model)
             self.model_round = version
 
     # -- churn alerts and marketing triggers ----------------------------------------------
@@ -910,7 +1033,6 @@ class RecoStream:
         partition's summary rows go to the ``churn`` global table; the owner of
         partition 0 refits the model from all partitions' rows, off the loop.
         """
-        s = self.settings
         # The lock holds every batch back while it is held: the watermark (log end
         # offsets from the broker, 1.0-1.3 s seen under load) is read before it,
         # and the users are scanned a slice at a time (4 x 0.6-0.9 s seen whole).
@@ -918,17 +1040,19 @@ class RecoStream:
         model = self.churn_model()
         stored = list(self.users.keys())
         unwritten = set(self.user_cache.dirty()).difference(stored)  # new since the commit
+        partition_of = self.user_partition
         user_ids = [user_id for user_id in [*stored, *sorted(unwritten)]
-                    if user_partition(user_id, s.partitions) == partition]
+                    if partition_of(user_id) == partition]
         rows: list[list[float]] = []
-        for first in range(0, len(user_ids), SCAN_SLICE_USERS):
+        first = 0
+        while first < len(user_ids):
             async with self.users_lock:
                 try:
-                    rows.extend(await self._scan_users(
-                        user_ids[first:first + SCAN_SLICE_USERS], now, model))
+                    first = await self._scan_users(user_ids, first, now, model, rows)
                 except Exception as exc:
                     await self._lose_cached_users(exc)
                     raise
+            await asyncio.sleep(0)  # neither the lock nor the send need suspend
         self.churn.set(f"p{partition}", compress_rows(rows))
         await self.outbox.send()
         if partition == 0:
@@ -939,14 +1063,21 @@ class RecoStream:
             self.churn.set("model", fitted.to_state())
             await self.outbox.send()
 
-    async def _scan_users(self, user_ids: Sequence[str], now: float,
-                          model: ChurnModel) -> list[list[float]]:
-        """Fire what is due at ``now`` for some users of a partition (read now: a
-        batch may have changed them since the scan began); their summary rows."""
+    async def _scan_users(self, user_ids: Sequence[str], first: int, now: float,
+                          model: ChurnModel, rows: list[list[float]]) -> int:
+        """Fire what is due at ``now`` for the users of a partition from ``first``
+        on (read now: a batch may have changed them since the scan began), and add
+        their summary rows to ``rows``, for :data:`SCAN_SLICE_SECONDS` or
+        :data:`SCAN_SLICE_USERS` users at most; where the next slice starts."""
         due: list[tuple[str, UserState, Trigger]] = []
-        rows: list[list[float]] = []
         changed: list[tuple[str, UserState]] = []
-        for user_id in user_ids:
+        deadline = time.perf_counter() + SCAN_SLICE_SECONDS
+        stop = min(len(user_ids), first + SCAN_SLICE_USERS)
+        for position in range(first, stop):
+            if position > first and time.perf_counter() > deadline:
+                stop = position
+                break
+            user_id = user_ids[position]
             state = self.user_cache.get(user_id)
             if state is None:
                 value = self.users.get(user_id)
@@ -965,25 +1096,11 @@ class RecoStream:
                 rows.append(row)
         # marked changed with their triggers queued, nothing awaited in between:
         # the triggers reach Kafka before the states are written
-        self.queue_triggers(due)
+        self.publish_ranked([], due)
         for user_id, state in changed:
             self.write_user(user_id, state)
         await self.outbox.send()
-        return rows
-
-    def queue_triggers(self, due: Sequence[tuple[str, UserState, Trigger]]) -> None:
-        """Queue triggers (and churn alerts) with the user's recommended items."""
-        for user_id, state, trigger in due:
-            items = list(self.recommend(user_id, state, self.settings.k).item_ids)
-            record = trigger_record(user_id, trigger, items)
-            key = user_id.encode()
-            if trigger.kind == "churn_risk":
-                self.outbox.add(self.churn_alerts_topic.get_topic_name(),
-                                orjson.dumps(churn_alert_record(user_id, trigger, items)),
-                                key=key)
-            self.outbox.add(self.triggers_topic.get_topic_name(), orjson.dumps(record),
-                            key=key)
-            self.counters.triggers_out[trigger.kind] += 1
+        return stop
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -1157,49 +1274,3 @@ def compress_rows(rows: Sequence[Sequence[float]]) -> list[list[float]]:
     for x, t_x, T, monetary, count in rows:
         counts[(x, round(t_x, 1), round(T, 1), round(monetary, 2))] += int(count)
     return [[*key, float(n)] for key, n in sorted(counts.items())]
-
-
-def trigger_record(user_id: str, trigger: Trigger, items: list[str]) -> dict[str, Any]:
-    """The ``marketing-triggers`` message; ``trigger_id`` is the same on a replay."""
-    subject = trigger.details.get("item_id", "")
-    return {
-        "trigger_id": f"{trigger.kind}:{user_id}:{subject}:{trigger.ts:.3f}",
-        "kind": trigger.kind,
-        "user_id": user_id,
-        "reason": trigger.reason,
-        "recommended_items": items,
-        "ts": trigger.ts,
-        "details": dict(trigger.details),
-    }
-
-
-def churn_alert_record(user_id: str, trigger: Trigger, items: list[str]) -> dict[str, Any]:
-    """The ``churn-alerts`` message."""
-    d = trigger.details
-    return {
-        "user_id": user_id,
-        "p_alive": d["p_alive"],
-        "expected_purchases_next_30d": d["expected_purchases"],
-        "horizon_days": d["horizon_days"],
-        "frequency": d["frequency"],
-        "recency": d["recency"],
-        "T": d["T"],
-        "monetary_value": d["monetary_value"],
-        "value_tier": d["value_tier"],
-        "recommended_items": items,
-        "action": d["action"],
-        "reason": trigger.reason,
-        "ts": trigger.ts,
-    }
-
-
-def recommendation_record(recs: Recommendations, trigger: str, ts: float | None) -> dict[str, Any]:
-    """The ``recommendations`` message (and HTTP answer) for one user."""
-    return {
-        "user_id": recs.user_id,
-        "items": [{"item_id": i, "score": round(s, 6)} for i, s in recs.as_pairs()],
-        "ts": ts,
-        "model_version": recs.model_version,
-        "trigger": trigger,
-        "cold_start": recs.cold_start,
-    }

@@ -1,5 +1,6 @@
-"""The model work of a worker (neighbour lists, ranking snapshots, churn fits) in a
-child process of its own.
+"""The model work of a worker in child processes: neighbour lists, ranking
+snapshots and churn fits in one (niced: background work), the ranking of each
+batch's recommendations in another.
 
 Measured at 1,100 events/s with that work in a thread of the worker: every refresh
 held the input back 1-2 s. A thread computing neighbour lists wants the GIL as
@@ -8,8 +9,12 @@ got its turns last. A child process shares no GIL: the work costs the event loop
 the pickling of its arguments (~10 ms for a partition's 140k pairs) and the
 results.
 
+Ranking was a fifth of the event loop's time at full speed (py-spy), while the
+second core was two thirds idle (the broker used 0.1-0.2 of it). Ranked in a
+child, a batch's lists are published when they come back, in batch order.
+
 The functions run here take and return plain data, and this module imports no
-Faust, so that the child starts in about a second.
+Faust, so that the child starts in well under a second.
 """
 
 from __future__ import annotations
@@ -21,15 +26,20 @@ import multiprocessing.connection
 import os
 import pickle
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar, cast
 
+import orjson
 from mode import Service
 
+from core.engagement import Trigger
 from core.ranking import NeighborModel, trending_scale
+from core.ratings import UserProfile
+from core.recommender import RecommenderConfig
 from core.similarity import SimilarityParams, neighbors_for_rows
+from streams.records import churn_alert_record, recommendation_record, trigger_record
 
 log = logging.getLogger("recostream.model")
 
@@ -39,22 +49,40 @@ R = TypeVar("R")
 #: cores, it took the CPU the broker and the event loop needed (input held back
 #: 1-1.7 s at every refresh at 2,100 events/s).
 MODEL_NICENESS = 10
+#: The ranking child's niceness: its work is the batches' own, moved off the loop.
+RANKER_NICENESS = 0
+
+#: How long stopping waits for the calls under way.
+STOP_GRACE_SECONDS = 5.0
+
+#: A list the ranking child ranks: (user id, recent items oldest first, purchased
+#: items, the event type that changed the user, its event time).
+ListRequest = tuple[str, Sequence[str], Collection[str], str, float]
+#: A trigger the ranking child ranks the user's items for: (user id, recent items,
+#: purchased items, the trigger).
+TriggerRequest = tuple[str, Sequence[str], Collection[str], Trigger]
 
 
 def build_model(
     version: int,
-    lists: Mapping[str, Sequence[Sequence[Any]]],
-    stats: Mapping[str, list[float]],
+    encoded_lists: Mapping[str, bytes],
+    encoded_stats: Mapping[str, bytes],
     k: int,
     tau: float,
 ) -> NeighborModel:
-    """The ranking snapshot from shared neighbour lists ([item id, score] pairs, as
-    stored) and item stats ([count, trend value, trend time], as stored).
+    """The ranking snapshot from shared neighbour lists ([item id, score] pairs) and
+    item stats ([count, trend value, trend time]), as stored (JSON); empty ones
+    are left out.
 
-    >>> model = build_model(3, {"a": [["b", 0.5]]}, {"a": [2.0, 1.0, 0.0]}, 10, 86400.0)
+    >>> model = build_model(3, {"a": b'[["b",0.5]]', "b": b"[]"}, {"a": b"[2.0,1.0,0.0]"},
+    ...                     10, 86400.0)
     >>> model.version, sorted(model.items.positions)
     (3, ['a', 'b'])
     """
+    lists = {item_id: pairs for item_id, value in encoded_lists.items()
+             if (pairs := orjson.loads(value))}
+    stats = {item_id: values for item_id, value in encoded_stats.items()
+             if (values := orjson.loads(value))}
     ids = sorted(stats)
     scaled = trending_scale([stats[i][1] for i in ids], [stats[i][2] for i in ids], tau)
     trending = dict(zip(ids, scaled.tolist(), strict=True))
@@ -80,6 +108,11 @@ def start_child(niceness: int) -> None:
 def _exit_with_parent(sentinel: int) -> None:
     multiprocessing.connection.wait([sentinel])
     os._exit(0)
+
+
+def _log_failure(future: Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a call the model process holds failed", exc_info=future.exception())
 
 
 def call_pickled(function: Callable[..., R], payload: bytes) -> R:
@@ -140,38 +173,108 @@ def neighbors_of_partition(
     return neighbors_for_rows(_held_rows[partition][1], counts, k, similarity, params)
 
 
+#: The snapshot the ranking child ranks with (see hold_ranking_model).
+_ranking_model: NeighborModel | None = None
+
+
+def hold_ranking_model(model: NeighborModel) -> None:
+    """Rank with ``model`` from now on (in the ranking child)."""
+    global _ranking_model
+    _ranking_model = model
+
+
+def ranked_records(
+    lists: Sequence[ListRequest], triggers: Sequence[TriggerRequest], n: int,
+    config: RecommenderConfig,
+) -> tuple[list[bytes], list[list[tuple[str, bytes]]]]:
+    """Ranked with the held snapshot (an empty one before any is held), in request
+    order: the ``recommendations`` record of each list, and the records of each
+    trigger (output name, JSON), which name the user's recommended items.
+
+    >>> model = NeighborModel.from_neighbor_lists(2, {"a": [("b", 0.5)]}, {}, k=1)
+    >>> hold_ranking_model(model)
+    >>> cart = Trigger("cart_abandoned", "left", 9.0, {"item_id": "a"})
+    >>> records, triggered = ranked_records([("u", ["a"], set(), "view", 5.0)],
+    ...                                     [("u", ["a"], set(), cart)], 2, RecommenderConfig())
+    >>> orjson.loads(records[0])["items"]
+    [{'item_id': 'b', 'score': 0.5}]
+    >>> [(output, orjson.loads(record)["recommended_items"]) for output, record in triggered[0]]
+    [('marketing-triggers', ['b'])]
+    """
+    model = _ranking_model or NeighborModel.empty(config.neighbors)
+    users = [request[:3] for request in lists] + [request[:3] for request in triggers]
+    ranked = model.recommend_many(
+        [(user_id, UserProfile(recent=list(recent), purchased=set(purchased)))
+         for user_id, recent, purchased in users], n, config)
+    records = [orjson.dumps(recommendation_record(recs, cause, ts))
+               for recs, (_, _, _, cause, ts) in zip(ranked, lists, strict=False)]
+    triggered = []
+    for recs, (user_id, _, _, trigger) in zip(ranked[len(lists):], triggers, strict=True):
+        items = list(recs.item_ids)
+        out = [("marketing-triggers", orjson.dumps(trigger_record(user_id, trigger, items)))]
+        if trigger.kind == "churn_risk":
+            out.insert(0, ("churn-alerts",
+                           orjson.dumps(churn_alert_record(user_id, trigger, items))))
+        triggered.append(out)
+    return records, triggered
+
+
 class ModelProcess(Service):
     """Runs functions in one child process, started on first use and stopped with
-    the app (a service of it).
+    the app (a service of it). Calls run in the order made.
 
     A child that died (killed, out of memory) is replaced once per call; a second
-    failure is raised to the caller.
+    failure is raised to the caller. A replacement first runs the call last made
+    with :meth:`hold`, so that it holds what its predecessor held.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, niceness: int = MODEL_NICENESS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.niceness = niceness
         self._pool: ProcessPoolExecutor | None = None
+        self._held: tuple[Callable[..., Any], bytes] | None = None
+        self._in_flight: set[Future[Any]] = set()
 
     async def run(self, function: Callable[..., R], *args: Any) -> R:
-        """``function(*args)`` in the child (a module-level function of a module
-        without Faust).
+        """``function(*args)`` in the child (see :meth:`submit`)."""
+        return await self.submit(function, *args)
+
+    def submit(self, function: Callable[..., R], *args: Any) -> Awaitable[R]:
+        """Queue ``function(*args)`` for the child (a module-level function of a
+        module without Faust) now; await the result.
 
         The arguments are pickled here and now, as they are when called: batches
-        may change them as soon as this awaits (the pool would pickle them later,
-        in a thread of its own).
+        may change them as soon as the caller awaits (the pool would pickle them
+        later, in a thread of its own).
         """
         payload = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            pool = self._ensure_pool()
-            try:
-                return await loop.run_in_executor(pool, call_pickled, function, payload)
-            except BrokenProcessPool:
+        return self._result(function, payload, *self._start(function, payload))
+
+    def hold(self, function: Callable[..., Any], *args: Any) -> None:
+        """Queue ``function(*args)`` now, and again first in any child that replaces
+        this one: for what the child keeps (the ranking snapshot). Not awaited; a
+        failure is logged."""
+        self._held = (function, pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
+        if self._pool is not None:
+            self._start_held(self._pool)
+
+    def _start(self, function: Callable[..., R], payload: bytes
+               ) -> tuple[ProcessPoolExecutor, Future[R]]:
+        pool = self._ensure_pool()
+        future = pool.submit(call_pickled, function, payload)
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return pool, future
+
+    async def _result(self, function: Callable[..., R], payload: bytes,
+                      pool: ProcessPoolExecutor, future: Future[R]) -> R:
+        try:
+            return await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            if self._pool is pool:  # the first of its calls to fail replaces it
                 self.close()
-                if attempt == 2:
-                    raise
                 log.warning("the model process died; starting another")
-        raise AssertionError("unreachable")
+        return await asyncio.wrap_future(self._start(function, payload)[1])
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -179,8 +282,14 @@ class ModelProcess(Service):
             # running copies their locks in whatever state they are
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=start_child, initargs=(MODEL_NICENESS,))
+                initializer=start_child, initargs=(self.niceness,))
+            if self._held is not None:
+                self._start_held(self._pool)
         return self._pool
+
+    def _start_held(self, pool: ProcessPoolExecutor) -> None:
+        function, payload = cast(tuple[Callable[..., Any], bytes], self._held)
+        pool.submit(call_pickled, function, payload).add_done_callback(_log_failure)
 
     def close(self) -> None:
         """Stop the child (what it runs is abandoned); the next call starts another."""
@@ -189,4 +298,9 @@ class ModelProcess(Service):
             pool.shutdown(wait=False, cancel_futures=True)
 
     async def on_stop(self) -> None:
+        # calls under way finish first (a batch's ranking: milliseconds), so that
+        # the last commit can include what they were for
+        if self._in_flight:
+            await asyncio.wait([asyncio.wrap_future(f) for f in self._in_flight],
+                               timeout=STOP_GRACE_SECONDS)
         self.close()

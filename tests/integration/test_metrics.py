@@ -48,6 +48,7 @@ def test_metrics_move_when_events_flow(kafka_bootstrap: str, stream_settings: Se
     assert middle[("recostream_batch_size_count", ())] > 0
     assert middle[("recostream_batch_size_sum", ())] == len(first) + 1
     assert middle[("recostream_refresh_seconds_count", ())] > 0
+    assert middle[("recostream_ranking_seconds_count", ())] > 0
     lags = {k: v for k, v in middle.items() if k[0] == "recostream_consumer_lag"}
     assert lags and all(v == 0 for v in lags.values())
 

@@ -267,7 +267,12 @@ class ModelProcess(Service):
     def _start(self, function: Callable[..., R], payload: bytes
                ) -> tuple[ProcessPoolExecutor, Future[R]]:
         pool = self._ensure_pool()
-        future = pool.submit(call_pickled, function, payload)
+        try:
+            future = pool.submit(call_pickled, function, payload)
+        except BrokenProcessPool:  # it died before, and the pool has noticed
+            self._replace(pool)
+            pool = self._ensure_pool()
+            future = pool.submit(call_pickled, function, payload)
         self._in_flight.add(future)
         future.add_done_callback(self._in_flight.discard)
         return pool, future
@@ -277,10 +282,15 @@ class ModelProcess(Service):
         try:
             return await asyncio.wrap_future(future)
         except BrokenProcessPool:
-            if self._pool is pool:  # the first of its calls to fail replaces it
-                self.close()
-                log.warning("the model process died; starting another")
+            self._replace(pool)
         return await asyncio.wrap_future(self._start(function, payload)[1])
+
+    def _replace(self, pool: ProcessPoolExecutor) -> None:
+        """Drop a broken pool; the next call starts another. Only the first of its
+        calls to fail does: the others find a new pool already."""
+        if self._pool is pool:
+            self.close()
+            log.warning("the model process died; starting another")
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -295,7 +305,10 @@ class ModelProcess(Service):
 
     def _start_held(self, pool: ProcessPoolExecutor) -> None:
         function, payload = cast(tuple[Callable[..., Any], bytes], self._held)
-        pool.submit(call_pickled, function, payload).add_done_callback(_log_failure)
+        try:
+            pool.submit(call_pickled, function, payload).add_done_callback(_log_failure)
+        except BrokenProcessPool:  # the next call's new pool runs it first
+            self._replace(pool)
 
     def close(self) -> None:
         """Stop the child (what it runs is abandoned); the next call starts another."""

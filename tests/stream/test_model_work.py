@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from core.ratings import UserProfile
 from core.similarity import SimilarityParams, neighbors_for_rows
@@ -42,12 +43,15 @@ async def test_work_runs_in_another_process_with_the_same_results() -> None:
         process.close()
 
 
+@pytest.mark.parametrize("noticed", [False, True], ids=["at once", "once noticed"])
 @run_async
-async def test_a_child_that_died_is_replaced() -> None:
+async def test_a_child_that_died_is_replaced(noticed: bool) -> None:
     process = ModelProcess()
     try:
         first = await process.run(os.getpid)
         os.kill(first, signal.SIGKILL)
+        if noticed:  # the pool knows it is broken: it refuses new calls outright
+            await asyncio.sleep(1.0)
         second = await process.run(os.getpid)
         assert second not in (first, os.getpid())
     finally:

@@ -591,7 +591,7 @@ class RecoStream:
         # lock) lets the batch under way finish before the caches are forgotten.
         started = time.perf_counter()
         # at most this many batches' lists in the ranking child (their profiles
-        # pickled, waiting): beyond that the child sets the pace
+        # encoded, waiting): beyond that the child sets the pace
         await self.rankings_published(RANKINGS_IN_FLIGHT - 1)
         async with self.users_lock:
             try:
@@ -703,7 +703,7 @@ class RecoStream:
     def publish_ranked(self, lists: Sequence[ListRequest],
                        triggers: Sequence[tuple[str, UserState, Trigger]]) -> None:
         """Rank users' lists, and the items of their triggers, in the ranking child
-        (the profiles pickled now), and publish the records when they come back,
+        (the profiles encoded now), and publish the records when they come back,
         after those queued before. Offsets are committed, and user states written,
         only once everything queued before is published (:meth:`before_commit`);
         a failed ranking stops the worker."""

@@ -815,6 +815,21 @@ def settled(health: dict[str, Any], events: int) -> bool:
                 and c["row_updates_applied"] + c["row_updates_skipped"] >= c["row_updates_sent"])
 
 
+def write_probe_log(path: Path, fraction: float, times: ProbeTimes) -> None:
+    """Append one CSV line per probe: load fraction, wall time sent, ms until the
+    worker's producer took its list and until it was read (empty: unanswered), to
+    lay the latency over time against a worker's own logs."""
+    new = not path.exists()
+    with path.open("a") as out:
+        if new:
+            out.write("fraction,sent_unix,in_worker_ms,latency_ms\n")
+        for user, sent in sorted(times.sent.items(), key=lambda item: item[1]):
+            created, seen = times.created.get(user), times.seen.get(user)
+            out.write(f"{fraction},{sent:.3f},"
+                      f"{'' if created is None else f'{(created - sent) * 1000.0:.1f}'},"
+                      f"{'' if seen is None else f'{(seen - sent) * 1000.0:.1f}'}\n")
+
+
 def run_latency(bench: Bench, base_eps: float) -> tuple[list[LatencyPoint], Run]:
     args = bench.args
     prefix = f"lat{bench.tag}."
@@ -874,6 +889,8 @@ def run_latency(bench: Bench, base_eps: float) -> tuple[list[LatencyPoint], Run]
             in_worker = sorted([(times.created[u] - times.sent[u]) * 1000.0
                                 for u in times.created] + missing)
             delivery = sorted((times.seen[u] - times.created[u]) * 1000.0 for u in times.seen)
+            if args.probe_log:
+                write_probe_log(Path(args.probe_log), fraction, times)
             point = LatencyPoint(
                 target_rate=rate, offered_rate=times.offered_rate, probes=len(times.sent),
                 answered=len(times.seen), p50_ms=nearest_rank(latencies, 50),
@@ -1064,6 +1081,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="measured seconds per latency rate (20)")
     parser.add_argument("--latency-base-eps", type=float, default=None,
                         help="rate the latency fractions apply to when the worker part is skipped")
+    parser.add_argument("--probe-log", metavar="CSV", default=None,
+                        help="append each latency probe (time sent, latencies) to CSV")
     parser.add_argument("--refresh-seconds", type=float, default=10.0)
     parser.add_argument("--batch-seconds", type=float, default=None,
                         help="the workers' RECOSTREAM_BATCH_SECONDS (default: the worker's)")

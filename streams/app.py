@@ -323,16 +323,13 @@ class RecoStream:
             # rocksdb store keeps the changelog offset it holds (recovery resumes there)
             self.outbox.on_delivered[table.changelog_topic.get_topic_name()] = (
                 functools.partial(persist_offset, table))
-        # A commit writes thousands of rows (megabytes): on a connection of their
-        # own, so that the batches' records do not wait behind them.
-        self.outbox.routes[self.rows.changelog_topic.get_topic_name()] = KafkaSink(
-            cast(App, app).kafka_bulk_producer)
         # Small state every worker reads in full (see streams.replicated): per-item
         # stats and neighbour lists, written by the owner of the item's partition;
         # per partition its customers' summary rows ("p<n>") and the fitted churn
         # model ("model", by the owner of partition 0).
         parts = s.partitions
         self.replica_topics: dict[str, faust.TopicT] = {}
+        self.replica_topics_by_table: dict[str, faust.TopicT] = {}
         replicas: dict[str, ReplicatedTable] = {}  # by topic name
 
         def replicated(name: str, partition_of: Callable[[str], int],
@@ -340,6 +337,7 @@ class RecoStream:
             topic = app.topic(f"{s.app_id}-{name}", partitions=parts, internal=True,
                               compacting=True, **raw)
             self.replica_topics[topic.get_topic_name()] = topic
+            self.replica_topics_by_table[name] = topic
 
             topic_name = topic.get_topic_name()
 
@@ -355,6 +353,14 @@ class RecoStream:
         self.neighbors = replicated("neighbors", self.item_partition,
                                     self.owned_item_partitions)
         self.churn = replicated("churn", churn_key_partition, self.owned_tick_partitions)
+        # A commit writes thousands of rows and users, a refresh round thousands of
+        # neighbour lists twice (megabytes each): on a connection of their own, so
+        # that recommendations do not queue behind them (aiokafka sends one request
+        # per broker at a time).
+        bulk = KafkaSink(cast(App, app).kafka_bulk_producer)
+        for topic in (self.rows.changelog_topic, self.users.changelog_topic,
+                      self.item_neighbors_topic, self.replica_topics_by_table["neighbors"]):
+            self.outbox.routes[topic.get_topic_name()] = bulk
         self.replica_reader = ReplicaReader(replicas, parts, s.kafka_client_options())
 
     def owned_partitions(self, topic: faust.TopicT) -> set[int]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
+from streams.app import RecoStream
+from streams.settings import Settings
 from streams.transport import FETCH_MAX_WAIT_MS, App, RewindingConsumer
 from tests.stream.harness import MakeHarness, run_async
 
@@ -24,3 +27,21 @@ async def test_the_broker_holds_a_fetch_for_a_short_wait_not_fausts_1500_ms(
         assert FETCH_MAX_WAIT_MS <= 100
     finally:
         await aiokafka_consumer.stop()
+
+
+def test_bulk_records_go_through_the_second_producer(tmp_path: Path) -> None:
+    # changelogs and neighbour lists are megabytes per commit or refresh round:
+    # recommendations must not queue behind them on one connection
+    stream = RecoStream(Settings(store="memory://", web_enabled=False, data_dir=tmp_path))
+    try:
+        bulk = {topic for topic, sink in stream.outbox.routes.items()
+                if sink is not stream.outbox.sink}
+        assert bulk == {stream.rows.changelog_topic.get_topic_name(),
+                        stream.users.changelog_topic.get_topic_name(),
+                        stream.item_neighbors_topic.get_topic_name(),
+                        f"{stream.settings.app_id}-neighbors"}
+        assert stream.outbox.sink_for(stream.recommendations_topic.get_topic_name()) is (
+            stream.outbox.sink)
+    finally:
+        stream.model_process.close()
+        stream.ranker.close()

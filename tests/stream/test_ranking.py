@@ -14,7 +14,7 @@ from core.events import Event
 from streams.app import RecommendationsLost
 from streams.model_work import build_model, hold_ranking_model
 from streams.records import recommendation_record
-from tests.stream.harness import TS, MakeHarness, click, run_async, user_state
+from tests.stream.harness import TS, Harness, MakeHarness, click, run_async, user_state
 
 PAIRS = {
     "i1": [["i2", 0.9], ["i3", 0.5], ["i4", 0.2]],
@@ -58,13 +58,20 @@ class HeldRanker:
     def __init__(self) -> None:
         self.rankings: list[asyncio.Future[Ranked]] = []
 
+    @classmethod
+    def instead_of(cls, h: Harness, monkeypatch: pytest.MonkeyPatch) -> HeldRanker:
+        """A held ranker standing in for ``h``'s ranking child."""
+        ranker = cls()
+        monkeypatch.setattr(h.stream.ranker, "submit", ranker.submit)
+        return ranker
+
     def submit(self, function: Any, *args: Any) -> Awaitable[Ranked]:
         future: asyncio.Future[Ranked] = asyncio.get_running_loop().create_future()
         self.rankings.append(future)
         return future
 
 
-async def put_and_wait(h: Any, agent: Any, event: Any) -> None:
+async def put_and_wait(h: Harness, agent: Any, event: Any) -> None:
     message = await h.put_event(agent, event)
     await h.wait_until(lambda: message.acked, "the batch")
 
@@ -74,8 +81,7 @@ async def test_lists_leave_in_batch_order_whichever_ranking_ends_first(
     make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = make_harness()
-    ranker = HeldRanker()
-    monkeypatch.setattr(h.stream.ranker, "submit", ranker.submit)
+    ranker = HeldRanker.instead_of(h, monkeypatch)
     async with h.stream.agents[0].test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
         await put_and_wait(h, agent, click("u1", "i2", TS + 1))
@@ -94,8 +100,7 @@ async def test_a_commit_waits_for_the_lists_of_the_batches_before_it(
     make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = make_harness()
-    ranker = HeldRanker()
-    monkeypatch.setattr(h.stream.ranker, "submit", ranker.submit)
+    ranker = HeldRanker.instead_of(h, monkeypatch)
     async with h.stream.agents[0].test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
         # the users writer itself waits (it runs before commits and rebalances)
@@ -115,8 +120,7 @@ async def test_a_failed_ranking_stops_the_worker_before_any_commit(
     make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = make_harness()
-    ranker = HeldRanker()
-    monkeypatch.setattr(h.stream.ranker, "submit", ranker.submit)
+    ranker = HeldRanker.instead_of(h, monkeypatch)
     async with h.stream.agents[0].test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
         ranker.rankings[0].set_exception(RuntimeError("the child raised"))

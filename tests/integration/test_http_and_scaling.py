@@ -332,9 +332,18 @@ def test_no_event_is_lost_while_a_worker_joins_and_another_leaves_mid_stream(
     second_settings = replace(first_settings, web_port=port, data_dir=tmp_path / "worker-b")
     messages = event_messages(first_settings.topic_prefix, ml_slice)
     chunks = [messages[i:i + 50] for i in range(0, len(messages), 50)]
+    # The input is paced (~15 s) and gated so that it cannot run out before a
+    # membership change however slow the broker is: the second half waits for the
+    # join, the last sixth for the leave. Events are produced up to each change and
+    # after it, whatever the timing.
+    second_joined, first_left = threading.Event(), threading.Event()
+    gates = {len(chunks) // 2: second_joined, len(chunks) * 5 // 6: first_left}
 
-    def produce_paced() -> None:  # ~15 s of input
-        for chunk in chunks:
+    def produce_paced() -> None:
+        for index, chunk in enumerate(chunks):
+            gate = gates.get(index)
+            if gate is not None:
+                gate.wait(timeout=180.0)
             produce(kafka_bootstrap, chunk)
             time.sleep(0.25)
 
@@ -350,11 +359,13 @@ def test_no_event_is_lost_while_a_worker_joins_and_another_leaves_mid_stream(
         except AssertionError as exc:  # what each worker was doing meanwhile
             raise AssertionError(f"{exc}\nfirst worker:\n{first.tail()}\n"
                                  f"second worker:\n{second.tail()}") from exc
-        assert producer.is_alive(), "the input ended before the second worker joined"
+        second_joined.set()
         first.stop()
         wait_for_group(kafka_bootstrap, first_settings.app_id, members=1)
-        assert producer.is_alive(), "the input ended before the first worker left"
+        first_left.set()
     finally:
+        second_joined.set()
+        first_left.set()
         producer.join()
 
     model = replay(first_settings, ml_slice)

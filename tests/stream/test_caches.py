@@ -156,6 +156,7 @@ async def test_a_large_batch_of_row_updates_lets_the_loop_in_and_a_rebalance_wai
     h = make_harness()
     stream = h.stream
     monkeypatch.setattr(app_module, "ROW_UPDATES_PER_SLICE", 2)
+    monkeypatch.setattr(app_module, "GAINS_PER_CALL", 1)
     gains = [["a", [], "clicks/0", 0, TS, ["b"]], ["c", [], "clicks/0", 1, TS, ["d"]],
              ["e", [], "clicks/0", 2, TS, []]]
     message = Sent(stream.rows_topic.get_topic_name(), None, orjson.dumps({"gains": gains}), 1)

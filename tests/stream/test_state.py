@@ -18,6 +18,7 @@ from streams.state import (
     STATE_VERSION,
     AppliedOffsets,
     CooccurrenceRow,
+    RowBatch,
     RowGain,
     RowUpdate,
     UserState,
@@ -264,3 +265,46 @@ def test_updates_applied_in_one_call_or_split_anywhere_make_the_same_row(
     one_by_one = CooccurrenceRow()
     assert sum(one_by_one.apply(u, TAU, width) for u in updates) == applied_whole
     assert one_by_one.to_json() == whole.to_json()
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdefg"),
+                       st.lists(st.sampled_from("abcdefg"), max_size=5, unique=True),
+                       st.sampled_from(["clicks/0", "clicks/1"]), st.integers(0, 12),
+                       st.floats(-3600.0, 3600.0), st.booleans()),
+             max_size=30),
+    st.lists(st.integers(0, 30), max_size=4),
+    st.integers(1, 5),
+)
+def test_a_row_batch_makes_the_rows_of_the_gains_updates_applied_one_by_one(
+    fields: list[tuple[str, list[str], str, int, float, bool]], cuts: list[int], width: int,
+) -> None:
+    # gains as split for one partition (own row or not), replays and older offsets
+    # included, applied in calls cut anywhere, through JSON as the rows agent gets them
+    gains = [RowGain(item, history if own else None, source, offset, TS + dt,
+                     [j for j in history if j != item])
+             for item, history, source, offset, dt, own in fields]
+    expected: dict[str, CooccurrenceRow] = {}
+    applied = 0
+    for gain in gains:
+        for update in gain.updates():
+            applied += expected.setdefault(update[0], CooccurrenceRow()).apply(
+                RowUpdate._make(update), TAU, width)
+    loaded: list[str] = []
+
+    def load(item_id: str) -> CooccurrenceRow:
+        loaded.append(item_id)
+        return CooccurrenceRow()
+
+    batch = RowBatch(load, TAU, width)
+    bounds = [0, *sorted(c for c in cuts if c <= len(gains)), len(gains)]
+    for start, stop in itertools.pairwise(bounds):
+        batch.apply(through_json([list(g) for g in gains[start:stop]]))  # type: ignore[arg-type]
+    assert batch.applied == applied
+    assert batch.applied + batch.skipped == sum(gain.update_count() for gain in gains)
+    assert sorted(loaded) == sorted(expected)  # each row read once
+    changed = {k: r for k, r in expected.items() if r.applied.offsets}
+    assert {k: r.to_json() for k, r in batch.changed.items()} == {
+        k: r.to_json() for k, r in changed.items()}
+    assert batch.counted == {gain.item_id for gain in gains if gain.history is not None
+                             and expected[gain.item_id].count > 0}

@@ -83,6 +83,7 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("p99 at half load (ms)", "p99_ms", "<=", 100.0),
 )
 HEALTH_POLL_S = 0.2
+ROWS_SETTLE_TIMEOUT_S = 120.0
 STALL_S = 20.0  # no progress this long: the configuration is stuck, stop measuring it
 LATENCY_WARMUP = 20_000
 LATENCY_LEAD_IN_S = 3.0  # paced but unmeasured: the worker settles at the new rate
@@ -631,6 +632,7 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
     spies = [start_profiler(bench, w, f"{name}-{i}") for i, w in enumerate(workers)]
     try:
         window = measure_workers(workers, expect, bench.args.max_seconds, label)
+        rows_lag = rows_settled_after(workers, ROWS_SETTLE_TIMEOUT_S)
         counters = [w.health()["counters"] for w in workers]
         rss = [worker_peak_rss_mb(w.proc.pid) for w in workers if w.proc is not None]
     finally:
@@ -639,8 +641,12 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
                 stop_profiler(spy)
         for worker in workers:
             worker.stop()
-    run = Run(label, eps=window.events / window.seconds if window.seconds > 0 else 0.0,
-              consumed=window.events, seconds=window.seconds, capped=window.capped)
+    # the full pipeline: the events' co-occurrence updates (the repartition topic's
+    # agent shares the loop, and runs behind the events at full speed) count too
+    seconds = window.seconds + (ROWS_SETTLE_TIMEOUT_S if rows_lag is None else rows_lag)
+    run = Run(label, eps=window.events / seconds if seconds > 0 else 0.0,
+              consumed=window.events, seconds=seconds,
+              capped=window.capped or rows_lag is None)
     known = [r for r in rss if r is not None]
     run.rss_mb = max(known) if known else None
     run.extra = {
@@ -649,13 +655,19 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
         "recommendations_out": sum(c["recommendations_out"] for c in counters),
         "row_updates_sent": sum(c["row_updates_sent"] for c in counters),
         "dead_lettered": sum(sum(c["dead_lettered"].values()) for c in counters),
+        "events_applied_eps": round(window.events / window.seconds, 1)
+        if window.seconds > 0 else None,
+        "rows_lag_s": None if rows_lag is None else round(rows_lag, 2),
     }
     notes = [window.note] if window.note else []
+    notes.append(f"events applied at {run.extra['events_applied_eps'] or 0:,.0f}/s, row "
+                 + (f"updates {rows_lag:.1f} s later" if rows_lag is not None
+                    else f"updates not all applied {ROWS_SETTLE_TIMEOUT_S:g} s later"))
     if count > 1:
         notes.append("applied per worker: " + " + ".join(f"{a:,}" for a in run.extra["applied"]))
     run.note = "; ".join(notes)
     say(f"{label}: {run.consumed:,} events in {run.seconds:.1f} s = {run.eps:,.0f}/s"
-        + (f" ({window.note})" if window.note else "")
+        + f" ({run.note})"
         + (f", peak RSS {run.rss_mb:.0f} MB" if known else ""))
     return run
 
@@ -806,6 +818,25 @@ def nearest_rank(ordered: Sequence[float], q: float) -> float | None:
         return None
     value = ordered[max(0, math.ceil(q / 100.0 * len(ordered)) - 1)]
     return None if math.isinf(value) else value
+
+
+def rows_settled_after(workers: Sequence[WorkerProcess], timeout: float) -> float | None:
+    """Seconds from now until every row update the workers sent is applied (None
+    if not within ``timeout``). Sums over the workers: a worker applies the
+    updates of its partitions of rows, whoever sent them."""
+    started = time.perf_counter()
+    while True:
+        try:
+            counters = [w.health()["counters"] for w in workers]
+        except (OSError, ValueError):
+            counters = []  # busy or between requests: the next poll will tell
+        if counters and (sum(c["row_updates_applied"] + c["row_updates_skipped"]
+                             for c in counters)
+                         >= sum(c["row_updates_sent"] for c in counters)):
+            return time.perf_counter() - started
+        if time.perf_counter() - started > timeout:
+            return None
+        time.sleep(HEALTH_POLL_S / 4)
 
 
 def settled(health: dict[str, Any], events: int) -> bool:

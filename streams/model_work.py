@@ -25,6 +25,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -91,13 +92,21 @@ def build_model(
 
 
 def start_child(niceness: int) -> None:
-    """In the child, first: lower its priority, and end it with its parent.
+    """In the child, first: lower its priority, leave stopping to its parent, and
+    end it with its parent.
+
+    Ctrl-C, and a supervisor's SIGTERM to the process group (systemd, the bench,
+    ``WorkerProcess.stop``), reach the children too: they died first, and the
+    stopping worker logged a dead child, started another and an ERROR for the
+    refresh it failed. The parent closes the pool when it stops.
 
     A worker killed outright (SIGKILL, the OOM killer) left the child waiting for
     work forever: it holds both ends of the pool's queue, so it never reads an end
     of file. It now watches the parent's sentinel instead.
     """
     os.nice(niceness)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None:
         sentinel = parent.sentinel

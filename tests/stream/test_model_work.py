@@ -107,6 +107,20 @@ async def test_stopping_lets_the_calls_under_way_finish() -> None:
     assert await call is None
 
 
+@run_async
+async def test_the_child_leaves_stopping_to_its_worker() -> None:
+    # Ctrl-C and a supervisor's SIGTERM reach the whole process group
+    process = ModelProcess()
+    try:
+        child = await process.run(os.getpid)
+        os.kill(child, signal.SIGINT)
+        os.kill(child, signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert await process.run(os.getpid) == child
+    finally:
+        process.close()
+
+
 PARENT_SCRIPT = """
 import asyncio, os, sys
 from streams.model_work import ModelProcess

@@ -677,6 +677,7 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
 
 @dataclass
 class LatencyPoint:
+    fraction: float
     target_rate: float
     offered_rate: float
     probes: int
@@ -866,7 +867,7 @@ def run_latency(bench: Bench, base_eps: float) -> tuple[list[LatencyPoint], Run]
     prefix = f"lat{bench.tag}."
     create_topics(bench.bootstrap, prefix, args.partitions)
     workload = Workload(users=args.users, items=args.items, seed=args.seed + 1)
-    fractions = (0.25, 0.5, 0.75)
+    fractions = args.latency_fractions
     per_rate = [int(base_eps * f * (LATENCY_LEAD_IN_S + args.latency_seconds)) for f in fractions]
     pool = synthetic_messages(LATENCY_WARMUP + sum(per_rate), prefix, workload,
                               seed=args.seed + 1, tag="l")
@@ -923,7 +924,8 @@ def run_latency(bench: Bench, base_eps: float) -> tuple[list[LatencyPoint], Run]
             if args.probe_log:
                 write_probe_log(Path(args.probe_log), fraction, times)
             point = LatencyPoint(
-                target_rate=rate, offered_rate=times.offered_rate, probes=len(times.sent),
+                fraction=fraction, target_rate=rate, offered_rate=times.offered_rate,
+                probes=len(times.sent),
                 answered=len(times.seen), p50_ms=nearest_rank(latencies, 50),
                 p99_ms=nearest_rank(latencies, 99), max_ms=nearest_rank(latencies, 100),
                 loop_p99_ms=nearest_rank(loop_ms, 99), loop_max_ms=nearest_rank(loop_ms, 100),
@@ -980,7 +982,7 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         run = runs.get(key)
         return round(run.eps, 1) if run is not None and run.eps is not None else None
 
-    half = points[1] if len(points) > 1 else None
+    half = next((p for p in points if p.fraction == 0.5), None)
     worker = runs.get("worker")
     result: dict[str, Any] = {
         "events": events,
@@ -994,7 +996,7 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         "p50_ms": round(half.p50_ms, 2) if half and half.p50_ms is not None else None,
         "p99_ms": round(half.p99_ms, 2) if half and half.p99_ms is not None else None,
         "latency_curve": [
-            {"fraction": f, "target_rate": round(p.target_rate, 1),
+            {"fraction": p.fraction, "target_rate": round(p.target_rate, 1),
              "offered_rate": round(p.offered_rate, 1),
              "p50_ms": None if p.p50_ms is None else round(p.p50_ms, 2),
              "p99_ms": None if p.p99_ms is None else round(p.p99_ms, 2),
@@ -1006,7 +1008,7 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
              "delivery_p50_ms": rounded(p.delivery_p50_ms),
              "delivery_p99_ms": rounded(p.delivery_p99_ms),
              "probes": p.probes, "answered": p.answered}
-            for f, p in zip((0.25, 0.5, 0.75), points, strict=False)
+            for p in points
         ],
         "peak_rss_mb": round(worker.rss_mb, 1) if worker and worker.rss_mb else None,
     }
@@ -1093,6 +1095,17 @@ def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
 # --- main -----------------------------------------------------------------------------------
 
 
+def fractions_list(text: str) -> tuple[float, ...]:
+    """``0.25,0.5`` -> (0.25, 0.5): loads in increasing order, each in (0, 1]."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
+    if not values or any(not 0.0 < v <= 1.0 for v in values) or list(values) != sorted(values):
+        raise argparse.ArgumentTypeError(f"fractions in (0, 1], increasing: {text!r}")
+    return values
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000, help="events produced (200,000)")
@@ -1112,6 +1125,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="measured seconds per latency rate (20)")
     parser.add_argument("--latency-base-eps", type=float, default=None,
                         help="rate the latency fractions apply to when the worker part is skipped")
+    parser.add_argument("--latency-fractions", type=fractions_list, default=(0.25, 0.5, 0.75),
+                        metavar="F,F,...",
+                        help="loads to measure, as fractions of worker_eps (0.25,0.5,0.75); "
+                             "the JSON's p50_ms and p99_ms are those at 0.5")
     parser.add_argument("--probe-log", metavar="CSV", default=None,
                         help="append each latency probe (time sent, latencies) to CSV")
     parser.add_argument("--refresh-seconds", type=float, default=10.0)

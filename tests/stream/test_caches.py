@@ -281,3 +281,59 @@ async def test_events_taken_before_a_rebalance_are_left_to_the_partitions_owner(
     assert stream.counters.applied == 1
     # and not acknowledged to the consumer, which would commit past it
     assert acked == [after.tp]
+
+
+class RecordedSleeps:
+    """``asyncio`` as the app module sees it, with each ``sleep`` recorded and cut
+    to a bare turn of the loop."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+        await asyncio.sleep(0)
+
+
+@run_async
+async def test_the_writers_take_a_share_of_the_loop_before_a_commit_and_all_at_a_rebalance(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    sleeps = RecordedSleeps()
+    monkeypatch.setattr(app_module, "asyncio", sleeps)
+    monkeypatch.setattr(app_module, "COMMIT_WRITER_SHARE", 0.25)
+    await stream.between_slices(0.01, paced=True)
+    await stream.between_slices(0.01, paced=False)
+    assert sleeps.seconds == [pytest.approx(0.03), 0]
+
+    monkeypatch.setattr(app_module, "ROWS_PER_SLICE", 1)
+    monkeypatch.setattr(app_module, "USERS_PER_SLICE", 1)
+    rows_topic = stream.rows_topic.get_topic_name()
+
+    async def change_three_users_and_three_rows(first_offset: int) -> None:
+        async with stream.agents[0].test_context() as agent:
+            for n, user in enumerate(("u1", "u2", "u3")):
+                await h.process(agent, click(user, "i1"), partition=0, offset=first_offset + n)
+        async with stream.agents[1].test_context() as rows_agent:
+            for n, item in enumerate(("a", "b", "c")):
+                await h.relay(rows_agent, [replace(row_update(item, ["x"], first_offset + n, 0),
+                                                   topic=rows_topic)])
+        assert stream.user_cache.dirty_count() == 3 and stream.row_cache.dirty_count() == 3
+
+    await change_three_users_and_three_rows(0)
+    sleeps.seconds.clear()
+    await stream.before_commit()
+    paused = [s for s in sleeps.seconds if s > 0]
+    assert len(paused) == 4  # between the three slices of rows, and of users
+    assert stream.user_cache.dirty_count() == 0 and stream.row_cache.dirty_count() == 0
+
+    await change_three_users_and_three_rows(10)
+    sleeps.seconds.clear()
+    await stream.app.on_partitions_revoked.send(set())
+    assert sleeps.seconds and not any(sleeps.seconds)  # the flow waits: no pauses
+    assert len(stream.user_cache) == 0 and len(stream.row_cache) == 0

@@ -419,11 +419,7 @@ class RecoStream:
 
         @app.timer(s.refresh_seconds, on_leader=True)  # type: ignore[untyped-decorator]
         async def send_refresh_ticks() -> None:
-            refresh_round = int(time.time())
-            payload = orjson.dumps({"round": refresh_round})
-            for partition in range(s.partitions):
-                self.outbox.add(self.ticks_topic.get_topic_name(), payload, partition=partition)
-            await self.outbox.send()
+            await self.send_refresh_round()
 
         @app.task  # type: ignore[untyped-decorator]
         async def read_replicas() -> None:
@@ -896,6 +892,24 @@ class RecoStream:
                 break
 
     # -- neighbour refresh ---------------------------------------------------------------
+
+    async def send_refresh_round(self) -> None:
+        """Start a refresh round (the group's leader, every ``refresh_seconds``): a
+        tick to each partition of rows, spread over the interval.
+
+        Ticked at once, a worker refreshed its partitions back to back, then rebuilt
+        its snapshot: 2-3 s of the loop's busiest work in every 10 s (pickling the
+        changed rows, publishing the lists, the churn scan), and at half load the
+        latency rose to 0.4-0.9 s each time. Every partition is still refreshed
+        once per interval, and the snapshot rebuilt after its last one.
+        """
+        s = self.settings
+        payload = orjson.dumps({"round": int(time.time())})
+        for partition in range(s.partitions):
+            if partition:
+                await asyncio.sleep(s.refresh_seconds / s.partitions)
+            self.outbox.add(self.ticks_topic.get_topic_name(), payload, partition=partition)
+            await self.outbox.send()
 
     async def refresh_partition(self, event: EventT[bytes]) -> None:
         s = self.settings

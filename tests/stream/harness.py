@@ -287,6 +287,21 @@ def _json(data: Any) -> Any:
 MakeHarness = Callable[..., Harness]
 
 
+class RecordedSleeps:
+    """``asyncio`` as ``streams.app`` sees it (monkeypatch ``streams.app.asyncio``),
+    with each ``sleep`` recorded and cut to a bare turn of the loop."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+        await asyncio.sleep(0)
+
+
 def click(user: str, item: str, ts: float = TS, kind: str = "view", **extra: Any
           ) -> dict[str, Any]:
     """A ``clicks`` message body."""

@@ -16,7 +16,15 @@ from streams import app as app_module
 from streams.app import ROWS_PER_SLICE, RowsLeftHalfUpdated, UsersLeftHalfUpdated
 from streams.state import CooccurrenceRow, UserState
 from streams.transport import App, RewindingConsumer
-from tests.stream.harness import TS, MakeHarness, Sent, click, run_async, user_state
+from tests.stream.harness import (
+    TS,
+    MakeHarness,
+    RecordedSleeps,
+    Sent,
+    click,
+    run_async,
+    user_state,
+)
 
 
 @run_async
@@ -281,21 +289,6 @@ async def test_events_taken_before_a_rebalance_are_left_to_the_partitions_owner(
     assert stream.counters.applied == 1
     # and not acknowledged to the consumer, which would commit past it
     assert acked == [after.tp]
-
-
-class RecordedSleeps:
-    """``asyncio`` as the app module sees it, with each ``sleep`` recorded and cut
-    to a bare turn of the loop."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    async def sleep(self, seconds: float) -> None:
-        self.seconds.append(seconds)
-        await asyncio.sleep(0)
 
 
 @run_async

@@ -308,3 +308,14 @@ def test_a_row_batch_makes_the_rows_of_the_gains_updates_applied_one_by_one(
         k: r.to_json() for k, r in changed.items()}
     assert batch.counted == {gain.item_id for gain in gains if gain.history is not None
                              and expected[gain.item_id].count > 0}
+
+
+@given(st.dictionaries(st.sampled_from([f"i{n}" for n in range(30)]),
+                       st.integers(1, 4).map(float), max_size=30),
+       st.integers(0, 31))
+def test_pruning_equals_sorting_the_pairs_by_count_then_id(pairs: dict[str, float],
+                                                           width: int) -> None:
+    row = CooccurrenceRow(pairs=dict(pairs))
+    row.prune(width)
+    strongest = sorted(pairs.items(), key=lambda p: (-p[1], p[0]))[:width]
+    assert row.pairs == dict(strongest)

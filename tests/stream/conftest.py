@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from streams.settings import Settings
-from tests.stream.harness import PARTITIONS, Harness, MakeHarness
+from tests.stream.harness import PARTITIONS, Harness, MakeHarness, RecordedSleeps
 
 
 @pytest.fixture
@@ -43,3 +43,12 @@ def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ma
     for harness in harnesses:  # the app is never started, so never stopped either
         harness.stream.model_process.close()
         harness.stream.ranker.close()
+
+
+@pytest.fixture
+def app_sleeps(monkeypatch: pytest.MonkeyPatch) -> RecordedSleeps:
+    """Every ``asyncio.sleep`` of ``streams.app``, recorded (and cut to a bare turn
+    of the loop)."""
+    sleeps = RecordedSleeps()
+    monkeypatch.setattr("streams.app.asyncio", sleeps)
+    return sleeps

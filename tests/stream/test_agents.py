@@ -20,7 +20,6 @@ import pytest
 from core.events import Event
 from core.recommender import Recommender
 from core.similarity import SimilarityParams, neighbors_for_rows
-from streams import app as app_module
 from streams.app import KeyPartitions, item_partition
 from streams.model_work import neighbors_of_partition
 from streams.state import CooccurrenceRow, RowGain, UserState
@@ -644,12 +643,10 @@ async def test_forwarded_event_is_applied_where_its_user_lives(make_harness: Mak
 
 @run_async
 async def test_a_refresh_round_ticks_each_partition_spread_over_the_interval(
-    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+    make_harness: MakeHarness, app_sleeps: RecordedSleeps,
 ) -> None:
     h = make_harness()
     stream = h.stream
-    sleeps = RecordedSleeps()
-    monkeypatch.setattr(app_module, "asyncio", sleeps)
     await stream.send_refresh_round()
     await stream.outbox.delivered()
     partitions = stream.settings.partitions
@@ -657,4 +654,4 @@ async def test_a_refresh_round_ticks_each_partition_spread_over_the_interval(
     assert [t.partition for t in ticks] == list(range(partitions))
     assert len({t.value for t in ticks}) == 1  # one round
     gap = stream.settings.refresh_seconds / partitions
-    assert [s for s in sleeps.seconds if s] == [gap] * (partitions - 1)
+    assert [s for s in app_sleeps.seconds if s] == [gap] * (partitions - 1)

@@ -293,12 +293,11 @@ async def test_events_taken_before_a_rebalance_are_left_to_the_partitions_owner(
 
 @run_async
 async def test_the_writers_take_a_share_of_the_loop_before_a_commit_and_all_at_a_rebalance(
-    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch, app_sleeps: RecordedSleeps,
 ) -> None:
     h = make_harness()
     stream = h.stream
-    sleeps = RecordedSleeps()
-    monkeypatch.setattr(app_module, "asyncio", sleeps)
+    sleeps = app_sleeps
     monkeypatch.setattr(app_module, "COMMIT_WRITER_SHARE", 0.25)
     await stream.between_slices(0.01, paced=True)
     await stream.between_slices(0.01, paced=False)

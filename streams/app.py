@@ -228,6 +228,7 @@ class RecoStream:
         self._others_lists_built = -1
         self.users_lock = asyncio.Lock()
         self.rows_lock = asyncio.Lock()  # held by a batch of row updates under way
+        self._rebalances_waiting = 0  # rebalances waiting for the writers (no pauses)
         # Decoded users and rows this worker wrote (see DecodedCache): emptied on
         # every rebalance. Changed users and rows are written to their tables once
         # per commit, not once per batch: each dirty one keeps the event whose
@@ -451,8 +452,9 @@ class RecoStream:
         """Let the loop in between two slices of a writer (that took ``spent``
         seconds). ``paced`` (before a commit): for long enough that the writer
         takes :data:`COMMIT_WRITER_SHARE` of the loop, unless the worker is
-        stopping. A rebalance or a stop waits for the writers: no pause there."""
-        if paced and not self.app.should_stop:
+        stopping or a rebalance waits: the flow is stopped then, so a commit's
+        writers under way go on unpaced, and those of a rebalance never pause."""
+        if paced and not self._rebalances_waiting and not self.app.should_stop:
             await asyncio.sleep(spent * (1.0 / COMMIT_WRITER_SHARE - 1.0))
         else:
             await asyncio.sleep(0)
@@ -467,16 +469,22 @@ class RecoStream:
         # lists are published before the states that record its events are
         # written; rows changed since the last commit are written too (if the
         # partition comes back, the offsets acked meanwhile may be committed).
-        async with self.users_lock, self.rows_lock:
-            await self.rankings_published()
-            await self.write_rows_changed_so_far()
-            await self.write_users_changed_so_far()
-            await self.outbox.send()
-            await self.outbox.delivered()
-            self.user_cache.clear()
-            self.row_cache.clear()
-            self._rows_token.clear()  # the partitions' rows may be others' now
-            self._rows_changed.clear()
+        # A commit's writers under way stop pausing (the users writer's lock is
+        # awaited below).
+        self._rebalances_waiting += 1
+        try:
+            async with self.users_lock, self.rows_lock:
+                await self.rankings_published()
+                await self.write_rows_changed_so_far()
+                await self.write_users_changed_so_far()
+                await self.outbox.send()
+                await self.outbox.delivered()
+                self.user_cache.clear()
+                self.row_cache.clear()
+                self._rows_token.clear()  # the partitions' rows may be others' now
+                self._rows_changed.clear()
+        finally:
+            self._rebalances_waiting -= 1
 
     def current_events(self, batch: Sequence[EventT[bytes]]) -> list[EventT[bytes]]:
         """The events of a batch read since the last rebalance.

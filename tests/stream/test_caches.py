@@ -329,3 +329,37 @@ async def test_the_writers_take_a_share_of_the_loop_before_a_commit_and_all_at_a
     await stream.app.on_partitions_revoked.send(set())
     assert sleeps.seconds and not any(sleeps.seconds)  # the flow waits: no pauses
     assert len(stream.user_cache) == 0 and len(stream.row_cache) == 0
+
+
+@run_async
+async def test_a_rebalance_during_a_paced_commit_lets_its_writers_go_on_unpaced(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch, app_sleeps: RecordedSleeps,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    monkeypatch.setattr(app_module, "ROWS_PER_SLICE", 1)
+    monkeypatch.setattr(app_module, "USERS_PER_SLICE", 1)
+    async with stream.agents[0].test_context() as agent:
+        for n, user in enumerate(("u1", "u2", "u3", "u4")):
+            await h.process(agent, click(user, "i1"), partition=0, offset=n)
+    async with stream.agents[1].test_context() as rows_agent:
+        for n, item in enumerate(("a", "b", "c", "d")):
+            await h.relay(rows_agent, [replace(row_update(item, ["x"], n, 0),
+                                               topic=stream.rows_topic.get_topic_name())])
+    revoked: list[asyncio.Future[Any]] = []
+    record = app_sleeps.sleep
+
+    async def rebalance_at_the_first_pause(seconds: float) -> None:
+        if seconds > 0 and not revoked:
+            revoked.append(asyncio.ensure_future(stream.app.on_partitions_revoked.send(set())))
+        await record(seconds)
+
+    monkeypatch.setattr(app_sleeps, "sleep", rebalance_at_the_first_pause)
+    app_sleeps.seconds.clear()
+    await stream.before_commit()
+    await revoked[0]
+    first, *rest = app_sleeps.seconds
+    assert first > 0 and rest and not any(rest)  # one pause: none once the rebalance waits
+    assert len(stream.user_cache) == 0 and len(stream.row_cache) == 0
+    written = {w.key for w in h.changelog("users")}
+    assert {"u1", "u2", "u3", "u4"} <= written

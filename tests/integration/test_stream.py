@@ -135,7 +135,10 @@ def test_redelivered_events_change_nothing(kafka_bootstrap: str, stream_settings
     # 1. the producer retries: the same event ids again, at new offsets
     produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, events[:700]))
     health = worker.wait_until_settled(len(events) + 700)
-    assert health["counters"]["deduplicated"] == 700
+    # At least once: a rebalance or a broker hiccup may deliver a message twice
+    # (a CI run under load saw 4 more duplicates, with the broker answering
+    # NotLeaderForPartition meanwhile). Exactly once is what is applied.
+    assert health["counters"]["deduplicated"] >= 700
     assert health["counters"]["applied"] == len(events)
     after_retry = {u: worker.get(f"/users/{u}") for u in users}
     for u in users:
@@ -149,7 +152,7 @@ def test_redelivered_events_change_nothing(kafka_bootstrap: str, stream_settings
     again = start_worker(replace(stream_settings, web_port=stream_settings.web_port))
     health = again.wait_until_settled(len(events) + 700)
     assert health["counters"]["applied"] == 0
-    assert health["counters"]["deduplicated"] == len(events) + 700
+    assert health["counters"]["deduplicated"] >= len(events) + 700  # at least once, as above
     assert health["counters"]["row_updates_sent"] == 0
     for u in users:
         assert again.get(f"/users/{u}") == after_retry[u]

@@ -122,8 +122,9 @@ SOURCE_ORDER = operator.itemgetter(2, 3)
 #: up to 0.55 s).
 SCAN_SLICE_USERS = 500
 SCAN_SLICE_SECONDS = 0.02
-#: Row updates applied per turn of the loop (each ~1 us), in calls of at most
-#: GAINS_PER_CALL gains (a message holds a source batch's gains of one partition).
+#: Row updates applied per turn of the loop (about 4 us each all told: 1.5M took
+#: 7.2 s catching up), in calls of at most GAINS_PER_CALL gains (a message holds
+#: a source batch's gains of one partition).
 ROW_UPDATES_PER_SLICE = 5000
 GAINS_PER_CALL = 100
 #: Neighbour lists a refresh stores and publishes per turn of the loop.

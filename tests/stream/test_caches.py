@@ -4,7 +4,7 @@ since the last commit) what they will hold once the commit writes them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -18,6 +18,7 @@ from streams.state import CooccurrenceRow, UserState
 from streams.transport import App, RewindingConsumer
 from tests.stream.harness import (
     TS,
+    Harness,
     MakeHarness,
     RecordedSleeps,
     Sent,
@@ -291,6 +292,22 @@ async def test_events_taken_before_a_rebalance_are_left_to_the_partitions_owner(
     assert acked == [after.tp]
 
 
+async def change_users_and_rows(h: Harness, users: Sequence[str], items: Sequence[str], *,
+                                first_offset: int) -> None:
+    """Users and rows changed and not written yet: a click of each user, an update
+    of each row, from offset ``first_offset`` on (partition 0)."""
+    stream = h.stream
+    async with stream.agents[0].test_context() as agent:
+        for n, user in enumerate(users):
+            await h.process(agent, click(user, "i1"), partition=0, offset=first_offset + n)
+    async with stream.agents[1].test_context() as rows_agent:
+        for n, item in enumerate(items):
+            await h.relay(rows_agent, [replace(row_update(item, ["x"], first_offset + n, 0),
+                                               topic=stream.rows_topic.get_topic_name())])
+    assert stream.user_cache.dirty_count() == len(users)
+    assert stream.row_cache.dirty_count() == len(items)
+
+
 @run_async
 async def test_the_writers_take_a_share_of_the_loop_before_a_commit_and_all_at_a_rebalance(
     make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch, app_sleeps: RecordedSleeps,
@@ -305,26 +322,14 @@ async def test_the_writers_take_a_share_of_the_loop_before_a_commit_and_all_at_a
 
     monkeypatch.setattr(app_module, "ROWS_PER_SLICE", 1)
     monkeypatch.setattr(app_module, "USERS_PER_SLICE", 1)
-    rows_topic = stream.rows_topic.get_topic_name()
-
-    async def change_three_users_and_three_rows(first_offset: int) -> None:
-        async with stream.agents[0].test_context() as agent:
-            for n, user in enumerate(("u1", "u2", "u3")):
-                await h.process(agent, click(user, "i1"), partition=0, offset=first_offset + n)
-        async with stream.agents[1].test_context() as rows_agent:
-            for n, item in enumerate(("a", "b", "c")):
-                await h.relay(rows_agent, [replace(row_update(item, ["x"], first_offset + n, 0),
-                                                   topic=rows_topic)])
-        assert stream.user_cache.dirty_count() == 3 and stream.row_cache.dirty_count() == 3
-
-    await change_three_users_and_three_rows(0)
+    await change_users_and_rows(h, ("u1", "u2", "u3"), ("a", "b", "c"), first_offset=0)
     sleeps.seconds.clear()
     await stream.before_commit()
     paused = [s for s in sleeps.seconds if s > 0]
     assert len(paused) == 4  # between the three slices of rows, and of users
     assert stream.user_cache.dirty_count() == 0 and stream.row_cache.dirty_count() == 0
 
-    await change_three_users_and_three_rows(10)
+    await change_users_and_rows(h, ("u1", "u2", "u3"), ("a", "b", "c"), first_offset=10)
     sleeps.seconds.clear()
     await stream.app.on_partitions_revoked.send(set())
     assert sleeps.seconds and not any(sleeps.seconds)  # the flow waits: no pauses
@@ -339,13 +344,8 @@ async def test_a_rebalance_during_a_paced_commit_lets_its_writers_go_on_unpaced(
     stream = h.stream
     monkeypatch.setattr(app_module, "ROWS_PER_SLICE", 1)
     monkeypatch.setattr(app_module, "USERS_PER_SLICE", 1)
-    async with stream.agents[0].test_context() as agent:
-        for n, user in enumerate(("u1", "u2", "u3", "u4")):
-            await h.process(agent, click(user, "i1"), partition=0, offset=n)
-    async with stream.agents[1].test_context() as rows_agent:
-        for n, item in enumerate(("a", "b", "c", "d")):
-            await h.relay(rows_agent, [replace(row_update(item, ["x"], n, 0),
-                                               topic=stream.rows_topic.get_topic_name())])
+    await change_users_and_rows(h, ("u1", "u2", "u3", "u4"), ("a", "b", "c", "d"),
+                                first_offset=0)
     revoked: list[asyncio.Future[Any]] = []
     record = app_sleeps.sleep
 

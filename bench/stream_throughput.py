@@ -66,7 +66,7 @@ from provenance import REPO, revision
 from streams.local_broker import TOPICS, LocalBroker, TopicSpec, ensure_topics_sync
 from streams.produce import OutMessage, Pacer, produce_events
 from streams.settings import Settings
-from streams.worker_process import WorkerProcess, free_port, worker_env
+from streams.worker_process import WorkerProcess, free_port, row_updates_caught_up, worker_env
 
 PARTS = ("bare", "noop", "naive", "worker", "rocksdb", "two", "latency")
 NAIVE_TOPIC = "naive-recommendations"
@@ -823,17 +823,14 @@ def nearest_rank(ordered: Sequence[float], q: float) -> float | None:
 
 def rows_settled_after(workers: Sequence[WorkerProcess], timeout: float) -> float | None:
     """Seconds from now until every row update the workers sent is applied (None
-    if not within ``timeout``). Sums over the workers: a worker applies the
-    updates of its partitions of rows, whoever sent them."""
+    if not within ``timeout``)."""
     started = time.perf_counter()
     while True:
         try:
             counters = [w.health()["counters"] for w in workers]
         except (OSError, ValueError):
             counters = []  # busy or between requests: the next poll will tell
-        if counters and (sum(c["row_updates_applied"] + c["row_updates_skipped"]
-                             for c in counters)
-                         >= sum(c["row_updates_sent"] for c in counters)):
+        if counters and row_updates_caught_up(counters):
             return time.perf_counter() - started
         if time.perf_counter() - started > timeout:
             return None
@@ -843,8 +840,7 @@ def rows_settled_after(workers: Sequence[WorkerProcess], timeout: float) -> floa
 def settled(health: dict[str, Any], events: int) -> bool:
     """Every event in and every row update it caused applied."""
     c = health["counters"]
-    return bool(c["applied"] + c["deduplicated"] >= events
-                and c["row_updates_applied"] + c["row_updates_skipped"] >= c["row_updates_sent"])
+    return bool(c["applied"] + c["deduplicated"] >= events and row_updates_caught_up([c]))
 
 
 def write_probe_log(path: Path, fraction: float, times: ProbeTimes) -> None:

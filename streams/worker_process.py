@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,9 +112,7 @@ class WorkerProcess:
         def drained(h: dict[str, Any]) -> bool:
             c = h["counters"]
             done = c["applied"] + (c["deduplicated"] if count_duplicates else 0)
-            return bool(done >= applied
-                        and c["row_updates_applied"] + c["row_updates_skipped"]
-                        >= c["row_updates_sent"])
+            return bool(done >= applied and row_updates_caught_up([c]))
 
         self.wait_for(drained, f"{applied} events and their row updates", timeout)
         quiet_since = int(time.time())
@@ -130,6 +128,24 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+
+def row_updates_caught_up(counters: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether the workers (their /health ``counters``) have applied, or skipped
+    as applied before, every row update they sent. Summed: a worker applies the
+    updates of its partitions of rows, whoever sent them.
+
+    >>> row_updates_caught_up([{"row_updates_sent": 5, "row_updates_applied": 2,
+    ...                         "row_updates_skipped": 0},
+    ...                        {"row_updates_sent": 0, "row_updates_applied": 3,
+    ...                         "row_updates_skipped": 0}])
+    True
+    """
+    done = sent = 0
+    for c in counters:
+        done += c["row_updates_applied"] + c["row_updates_skipped"]
+        sent += c["row_updates_sent"]
+    return done >= sent
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from core.events import Event
 from core.recommender import Recommender
 from streams.settings import Settings
+from streams.worker_process import row_updates_caught_up
 from tests.integration.stream_harness import (
     PARTITIONS,
     WorkerProcess,
@@ -151,8 +152,7 @@ def settle(workers: Sequence[WorkerProcess], applied: int, *, rounds: int = 1,
         if counters != last_counters:
             last_counters, still_since = counters, time.monotonic()
         return bool(sum(c["applied"] for c in cs) >= applied
-                    and sum(c["row_updates_applied"] + c["row_updates_skipped"] for c in cs)
-                    >= sum(c["row_updates_sent"] for c in cs)
+                    and row_updates_caught_up(cs)
                     and time.monotonic() - still_since >= 1.0)
 
     poll(drained, f"{applied} events and their row updates, then a quiet second")

@@ -25,8 +25,9 @@ The fixes, both here:
    after that seek and clear, with no await in between. Holding keeps the
    messages from the agents only: aiokafka's fetcher goes on fetching, Faust
    drops what it fetched for a partition not yet active, and the fetch position
-   moves past it. So a partition is sought again, to where recovery sought it,
-   when it is released (in the consumer thread, where aiokafka's fetcher runs).
+   moves past it. So a partition is sought again, to where recovery sought it
+   (its committed offset, or its beginning), when it is released (in the
+   consumer thread, where aiokafka's fetcher runs).
 2. When seeking to the committed offsets, such a partition without a committed
    offset goes back to its beginning (the group's ``auto.offset.reset=earliest``).
 
@@ -42,10 +43,13 @@ consumer a short fetch wait (:data:`FETCH_MAX_WAIT_MS`) in place of Faust's fixe
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import faust
+from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError
 from faust.app.base import BootStrategy as FaustBootStrategy
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -62,6 +66,14 @@ from mode.types.signals import BaseSignalT
 #: fetches of ~1,800 records every ~1.8 s, each 1.8 s old, where a bare consumer
 #: of the same topic got them 2 ms old.
 FETCH_MAX_WAIT_MS = 50
+
+
+log = logging.getLogger("recostream")
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("seeking released partitions failed", exc_info=future.exception())
 
 
 class RewindingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -137,27 +149,33 @@ class RewindingConsumer(faust_aiokafka.Consumer):
         main_loop = self.loop
         make_active = super().resume_partitions
 
-        def seek_then_release() -> None:
-            self._seek_to_read_offsets(held)
+        async def seek_then_release() -> None:
+            await self._seek_to_read_offsets(held)
             main_loop.call_soon_threadsafe(make_active, held)
 
-        self._thread.thread_loop.call_soon_threadsafe(seek_then_release)
+        asyncio.run_coroutine_threadsafe(
+            seek_then_release(), self._thread.thread_loop).add_done_callback(_log_failure)
 
-    def _seek_to_read_offsets(self, partitions: Iterable[TP]) -> None:
+    async def _seek_to_read_offsets(self, partitions: Iterable[TP]) -> None:
         # Holding a partition keeps its messages from the agents, not from
         # aiokafka's fetcher: it went on fetching, and Faust dropped what it
         # fetched for a partition not yet active. Seen: released at fetch
         # positions 258 and 347 after being sought to 217 and 240 (the messages in
         # between never processed). So each is sought again, to where recovery
-        # sought it (Faust's read offset; none: it was sent to its beginning).
+        # sought it: Faust's read offset, or (none) its beginning. Seen with the
+        # beginning left out: a partition without a commit sent to its beginning,
+        # released at offset 23, and 18-22 (read before the rebalance, cleared
+        # from the queues) never processed.
         consumer = self._thread._ensure_consumer()
         for tp in partitions:
             offset = self._read_offset.get(tp)
-            if offset is not None:
-                try:
+            try:
+                if offset is None:
+                    await consumer.seek_to_beginning(TopicPartition(tp.topic, tp.partition))
+                else:
                     consumer.seek(tp, offset)
-                except IllegalStateError:  # no longer assigned: another rebalance
-                    continue
+            except IllegalStateError:  # no longer assigned: another rebalance
+                continue
 
     async def _commit_offsets(self, offsets: Mapping[TP, int],
                               start_new_transaction: bool = True) -> bool:

@@ -174,6 +174,10 @@ async def test_batches_run_between_the_slices_of_a_churn_scan(
             # this batch waits for the lock, then goes before the scan's next slice
             late = await h.put_event(events_agent, click(late_user, "z", TS + 2 * CART_WINDOW))
             await h.wait_until(lambda: lock_waiters(stream.users_lock), "the batch to queue")
+            # the first slice's trigger goes out when the ranking child answers,
+            # which under load could be after the late batch
+            await h.wait_until(lambda: (triggers_topic, b"u1") in [
+                (m.topic, m.key) for m in h.sent], "the first slice's trigger")
             gate.set()
             await h.settle(ticks_agent, [scan])
             await h.settle(events_agent, [late])

@@ -10,9 +10,11 @@ Data flow (P = ``settings.partitions``):
   user to ``recommendations`` (ranked in the ranking child, see
   :mod:`streams.model_work`).
 - ``<app>-cooccurrence`` (by item partition) -> agent ``apply_cooccurrence``:
-  rows of C, item counts and trending (table ``cooccurrence``; the small
-  per-item stats every worker needs go to the replicated table ``item-stats``,
-  see :mod:`streams.replicated`).
+  hands the messages to the rows process, which holds this worker's rows of C,
+  item counts and trending (see :mod:`streams.held_rows`) and returns the rows
+  changed at each commit (table ``cooccurrence``); the small per-item stats every
+  worker needs go to the replicated table ``item-stats`` (see
+  :mod:`streams.replicated`).
 - A leader timer sends one tick per partition to ``<app>-refresh`` every
   ``refresh_seconds``; agent ``refresh_neighbors`` recomputes neighbours of the
   items of that partition in an executor (never on the event loop), writes them
@@ -32,7 +34,7 @@ import operator
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -52,13 +54,22 @@ from core.events import InvalidEvent, parse_event
 from core.ranking import NeighborModel, Recommendations
 from core.recommender import DAY, learn_event
 from core.similarity import SimilarityParams
+from streams.held_rows import (
+    RowMessage,
+    RowsNotHeld,
+    apply_row_messages,
+    hold_rows,
+    release_rows,
+    rows_to_send,
+    take_unwritten_rows,
+)
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import WorkerMetrics
 from streams.model_work import (
     RANKER_NICENESS,
+    ROWS_NICENESS,
     ListRequest,
     ModelProcess,
-    RowsNotHeld,
     build_model,
     hold_ranking_model,
     neighbors_of_partition,
@@ -69,13 +80,12 @@ from streams.records import recommendation_record
 from streams.replicated import ReplicaReader, ReplicatedTable
 from streams.settings import Settings
 from streams.state import (
-    CooccurrenceRow,
     DecodedCache,
-    RowBatch,
     RowGain,
     UserState,
     source_key,
     split_gain,
+    table_json,
 )
 from streams.transport import App
 
@@ -122,14 +132,10 @@ SOURCE_ORDER = operator.itemgetter(2, 3)
 #: up to 0.55 s).
 SCAN_SLICE_USERS = 500
 SCAN_SLICE_SECONDS = 0.02
-#: Row updates applied per turn of the loop (about 4 us each all told: 1.5M took
-#: 7.2 s catching up), in calls of at most GAINS_PER_CALL gains (a message holds
-#: a source batch's gains of one partition).
-ROW_UPDATES_PER_SLICE = 5000
-GAINS_PER_CALL = 100
 #: Neighbour lists a refresh stores and publishes per turn of the loop.
 LISTS_PER_SLICE = 250
-#: Rows written per turn of the loop before a commit (~50 us each).
+#: Rows written per turn of the loop before a commit (encoded by the rows process:
+#: the loop puts them in the store and the outbox).
 ROWS_PER_SLICE = 250
 #: Users read per delivery round before a commit (~10-20 us each).
 USERS_PER_SLICE = 1000
@@ -149,8 +155,10 @@ PRODUCER_BATCH_BYTES = 512 * 1024
 COMMIT_NEVER_BY_COUNT = 2**62
 
 
-class RowsLeftHalfUpdated(RuntimeError):
-    """Applying a batch to the cached co-occurrence rows failed midway."""
+class RowsLost(RuntimeError):
+    """The rows process failed (midway through a batch) or died: changes of rows
+    not written yet are lost, and the worker stops (it resumes from the last
+    commit)."""
 
 
 class RecommendationsLost(RuntimeError):
@@ -221,30 +229,39 @@ class RecoStream:
         self.partition_rounds: dict[int, int] = {}
         self._rebuild_lock = asyncio.Lock()
         # Rows of C the model process holds: per partition, the token of the full
-        # send they began with (none: send all), and the items changed since.
+        # send they began with (none: send all next time).
         self._rows_token: dict[int, int] = {}
-        self._rows_changed: dict[int, set[str]] = defaultdict(set)
+        # Rows of C the rows process holds: per partition, the token it holds them
+        # under; and the last event read there, under which they are written.
+        self._rows_held: dict[int, int] = {}
+        self._row_carriers: dict[int, EventT[bytes]] = {}
         self._row_tokens = itertools.count(1)
         # neighbour lists other workers wrote, as counted when the snapshot was built
         self._others_lists_built = -1
         self.users_lock = asyncio.Lock()
-        self.rows_lock = asyncio.Lock()  # held by a batch of row updates under way
+        # held by a batch of row updates under way, and while rows are read into
+        # the rows process or sent from it for a refresh
+        self.rows_lock = asyncio.Lock()
         self._rebalances_waiting = 0  # rebalances waiting for the writers (no pauses)
-        # Decoded users and rows this worker wrote (see DecodedCache): emptied on
-        # every rebalance. Changed users and rows are written to their tables once
-        # per commit, not once per batch: each dirty one keeps the event whose
-        # partition it belongs to (see write_users_changed_so_far, write_pending_rows).
+        # Decoded users this worker wrote (see DecodedCache): emptied on every
+        # rebalance. Changed users (and rows) are written to their tables once per
+        # commit, not once per batch: each dirty one keeps the event whose
+        # partition it belongs to (see write_users_changed_so_far).
         self.user_cache: DecodedCache[UserState, EventT[bytes]] = DecodedCache(
             settings.cache_keys)
         self._events_stream: faust.Stream[bytes] | None = None
         self._users_writer = asyncio.Lock()  # one writer of changed users at a time
-        self.row_cache: DecodedCache[CooccurrenceRow, EventT[bytes]] = DecodedCache(
-            settings.cache_keys)
+        self._rows_writer = asyncio.Lock()  # and of changed rows
         self._rows_stream: faust.Stream[bytes] | None = None
         self.app = self._make_app()
         # neighbour lists, snapshots and churn fits: see streams.model_work
         self.model_process = ModelProcess()
         self.app.add_dependency(self.model_process)
+        # this worker's rows of C (see streams.held_rows); stopped after the
+        # consumer's last commit, as the other children (added before Faust's
+        # services, stopped after them)
+        self.rows_process = ModelProcess(niceness=ROWS_NICENESS, replace_dead=False)
+        self.app.add_dependency(self.rows_process)
         # each batch's recommendations, ranked with the snapshot it holds
         self.ranker = ModelProcess(niceness=RANKER_NICENESS)
         self.ranker.hold(hold_ranking_model, self.model)
@@ -330,7 +347,9 @@ class RecoStream:
         }
         # Table keys and values use the app's table serializers (JSON).
         self.users = app.Table("users", default=None, partitions=s.partitions)
-        self.rows = app.Table("cooccurrence", default=None, partitions=s.partitions)
+        # rows as their JSON bytes: the rows process decodes and encodes them
+        self.rows = app.Table("cooccurrence", default=None, partitions=s.partitions,
+                              value_type=bytes)
         for table in (self.users, self.rows):
             # what Faust's own changelog send does once a record is written: the
             # rocksdb store keeps the changelog offset it holds (recovery resumes there)
@@ -404,14 +423,8 @@ class RecoStream:
             stream = cast(faust.Stream[bytes], updates)
             self._rows_stream = stream
             async for batch in stream.take_events(s.batch_size, within=s.batch_seconds):
-                try:
-                    await self.apply_row_batch(stream, batch)
-                except RowsLeftHalfUpdated as exc:
-                    # The cache held unwritten changes of earlier batches too, whose
-                    # offsets may be committed next: stop this worker instead (it
-                    # resumes from the last commit).
-                    await self.app.crash(exc)
-                    raise
+                # a failure stops the worker (see rows_call)
+                await self.apply_row_batch(batch)
                 await self.outbox.send()  # the item stats it changed
 
         @app.agent(self.ticks_topic, name="refresh_neighbors")
@@ -469,8 +482,9 @@ class RecoStream:
         # old generation taken after it are skipped, see current_events), and its
         # lists are published before the states that record its events are
         # written; rows changed since the last commit are written too (if the
-        # partition comes back, the offsets acked meanwhile may be committed).
-        # A commit's writers under way stop pausing (the users writer's lock is
+        # partition comes back, the offsets acked meanwhile may be committed),
+        # and the rows process lets go of them (read again when needed).
+        # A commit's writers under way stop pausing (the writers' locks are
         # awaited below).
         self._rebalances_waiting += 1
         try:
@@ -481,9 +495,11 @@ class RecoStream:
                 await self.outbox.send()
                 await self.outbox.delivered()
                 self.user_cache.clear()
-                self.row_cache.clear()
                 self._rows_token.clear()  # the partitions' rows may be others' now
-                self._rows_changed.clear()
+                self._row_carriers.clear()
+                if self._rows_held:
+                    self._rows_held.clear()
+                    await self.rows_call(release_rows)
         finally:
             self._rebalances_waiting -= 1
 
@@ -569,14 +585,17 @@ class RecoStream:
                 with acting_as(self._events_stream) as act_as:
                     for user_id, value, event, change in states:
                         act_as(event)
-                        self.write_table(self.users, user_id, value)
+                        self.write_table(self.users, user_id, table_json(value), value)
                         self.user_cache.mark_clean(user_id, change)
                 pending -= len(taken)
                 if pending > 0:
                     await self.between_slices(spent + time.perf_counter() - started, paced)
 
-    def write_table(self, table: TableT[Any, Any], key: str, value: Any) -> None:
-        """What ``table[key] = value`` does, with the changelog record batched.
+    def write_table(self, table: TableT[Any, Any], key: str, value: bytes,
+                    decoded: Any = None) -> None:
+        """What ``table[key] = decoded`` does, with the changelog record batched:
+        ``value`` is the record's value (JSON), ``decoded`` what a memory store
+        keeps (None: ``value`` itself, for a table of raw values).
 
         The value goes to the table's store, and its changelog record, to the
         partition of the current event (as Faust's own write does), to the outbox:
@@ -585,21 +604,16 @@ class RecoStream:
         event = faust.current_event()
         if event is None:
             raise RuntimeError(f"writing {table.name}[{key!r}] outside of an event")
-        key_bytes, value_bytes = table_json(key), table_json(value)
+        key_bytes = table_json(key)
         store = table.data
         if isinstance(store, SerializedStore):
             # rocksdb: the changelog's bytes are what Faust's codec would store, so
-            # the value is encoded once (for a commit's rows, megabytes of JSON)
-            store._set(key_bytes, value_bytes)
+            # the value is encoded once
+            store._set(key_bytes, value)
         else:
-            store[key] = value
-        self.outbox.add(table.changelog_topic.get_topic_name(), value_bytes,
+            store[key] = value if decoded is None else decoded
+        self.outbox.add(table.changelog_topic.get_topic_name(), value,
                         key=key_bytes, partition=event.message.partition)
-
-    def row_state(self, item_id: str) -> CooccurrenceRow:
-        """An item's row of C: cached, or read from the table (under its own event)."""
-        return self.row_cache.get_or_load(
-            item_id, lambda: CooccurrenceRow.from_json(self.rows.get(item_id)))
 
     # -- events -> user state -----------------------------------------------------
 
@@ -804,101 +818,86 @@ class RecoStream:
 
     # -- rows of C --------------------------------------------------------------------
 
-    async def apply_row_batch(self, stream: faust.Stream[bytes],
-                              batch: Sequence[EventT[bytes]]) -> None:
-        """Apply a batch of row updates to the cached rows; they are written to the
-        table by :meth:`write_pending_rows` (at the next commit at the latest). The
-        small per-item stats every worker reads go out now.
+    async def rows_call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` in the rows process. If it fails, or the process
+        died, rows changed since the last commit are lost: the worker stops (no
+        commit follows: it resumes from the last one) and :class:`RowsLost` is
+        raised."""
+        try:
+            return await self.rows_process.run(function, *args)
+        except Exception as exc:
+            lost = RowsLost(f"the rows process failed: {exc!r}")
+            lost.__cause__ = exc
+            await self.app.crash(lost)
+            raise lost from exc
 
-        About :data:`ROW_UPDATES_PER_SLICE` updates at a time, with the loop let in
-        between: a batch taken from a backlog held it 0.2-0.8 s in one go. A
-        rebalance waits for the batch under way (the rows lock), as it waits for a
-        batch of events.
+    async def hold_rows_of(self, partitions: Collection[int]) -> None:
+        """The rows process holds the rows of ``partitions`` once this returns: those
+        it does not hold yet are read from the table (every row of those
+        partitions, in one pass over the table). Under the rows lock."""
+        missing = {p for p in partitions if p not in self._rows_held}
+        if not missing:
+            return
+        encoded: dict[int, dict[str, bytes]] = {p: {} for p in missing}
+        partition_of = self.item_partition
+        for item_id, value in self.rows.items():
+            rows = encoded.get(partition_of(item_id))
+            if rows is not None and value is not None:
+                rows[item_id] = value
+        for partition, rows in encoded.items():
+            token = next(self._row_tokens)
+            await self.rows_call(hold_rows, partition, token, rows)
+            self._rows_held[partition] = token
+
+    async def apply_row_batch(self, batch: Sequence[EventT[bytes]]) -> None:
+        """Hand a batch of row updates to the rows process, which applies them to
+        the rows it holds; they are written to the table by
+        :meth:`write_rows_changed_so_far` (at the next commit at the latest). The
+        small per-item stats every worker reads go out now. A rebalance waits for
+        the batch under way (the rows lock), as it waits for a batch of events.
         """
         async with self.rows_lock:
-            # decoded in full before any row changes
             events = self.current_events(batch)
-            messages = [orjson.loads(event.message.value or b"{}") for event in events]
-            carrier: dict[str, EventT[bytes]] = {}  # rows by the event they came with
-            reading: list[EventT[bytes]] = []  # the event whose gains are applied
-
-            def load(item_id: str) -> CooccurrenceRow:
-                # A row arrives on its own partition only: read it, and write it at
-                # the commit, under the first event of the batch that names it.
-                carrier[item_id] = event = reading[-1]
-                act_as(event)
-                return self.row_state(item_id)
-
-            rows = RowBatch(load, self.tau, self.settings.max_row_width)
-            try:
-                for event, message in zip(events, messages, strict=True):
-                    reading.append(event)
-                    gains = message.get("gains", ())
-                    for start in range(0, len(gains), GAINS_PER_CALL):
-                        with acting_as(stream) as act_as:
-                            rows.apply(gains[start:start + GAINS_PER_CALL])
-                            # one update per row, as workers before RowGain sent
-                            # them: still applied, so that none left in the topic
-                            # by an upgrade is lost
-                            if start + GAINS_PER_CALL >= len(gains):
-                                rows.apply_updates(message.get("updates", ()))
-                        if rows.applied + rows.skipped >= ROW_UPDATES_PER_SLICE:
-                            self._rows_applied(rows, carrier)
-                            await self.outbox.send()
-                            await asyncio.sleep(0)  # the send need not suspend
-                    if not gains:
-                        with acting_as(stream) as act_as:
-                            rows.apply_updates(message.get("updates", ()))
-                self._rows_applied(rows, carrier)
-            except Exception as exc:
-                # rows are changed in place: these are neither whole nor undone
-                self.row_cache.clear()
-                raise RowsLeftHalfUpdated(f"applying row updates failed: {exc!r}") from exc
-
-    def _rows_applied(self, rows: RowBatch, carrier: Mapping[str, EventT[bytes]]) -> None:
-        """Rows changed since the last call: marked for the next commit, their
-        partitions' lists for the next refresh, and the stats of those counted
-        sent to every worker. The batch's counts start again."""
-        self.counters.row_updates_applied += rows.applied
-        self.counters.row_updates_skipped += rows.skipped
-        for item_id, row in rows.changed.items():
-            self.row_cache.mark_dirty(item_id, row, carrier[item_id])
-            self._rows_changed[self.item_partition(item_id)].add(item_id)
-        for item_id in rows.counted:
-            self.item_stats.set(item_id, rows.changed[item_id].stats())
-        rows.changed, rows.counted = {}, set()
-        rows.applied = rows.skipped = 0
-
-    def write_pending_rows(self, limit: int | None = None) -> int:
-        """Write the rows changed since they were last written (the ``limit`` first
-        changed, or all) to the ``cooccurrence`` table and queue their changelog
-        records, each under the partition of the event that last changed it; how
-        many were written."""
-        if self._rows_stream is None:
-            return 0
-        dirty = self.row_cache.take_dirty(limit)
-        with acting_as(self._rows_stream) as act_as:
-            for item_id, row, carrier in dirty:
-                act_as(carrier)
-                self.write_table(self.rows, item_id, row.to_json())
-        return len(dirty)
+            if not events:
+                return
+            await self.hold_rows_of({event.message.partition for event in events})
+            messages: list[RowMessage] = []
+            for event in events:
+                partition = event.message.partition
+                self._row_carriers[partition] = event
+                messages.append((partition, self._rows_held[partition],
+                                 event.message.value or b"{}"))
+            applied, skipped, stats = await self.rows_call(
+                apply_row_messages, messages, self.tau, self.settings.max_row_width)
+        self.counters.row_updates_applied += applied
+        self.counters.row_updates_skipped += skipped
+        for item_id, encoded in stats:
+            self.item_stats.set_encoded_if_changed(item_id, encoded)
 
     async def write_rows_changed_so_far(self, paced: bool = False) -> None:
         """Every row changed before this call is written when it returns (before
-        every offset commit and before a rebalance), :data:`ROWS_PER_SLICE` at a
-        time with batches let in between (``paced``: see :meth:`between_slices`):
-        a commit writes thousands of rows, which held the loop 0.1-0.2 s in one
-        go. A row a batch changes meanwhile is written as it is then (its applied
-        offsets say what it holds)."""
-        pending = self.row_cache.dirty_count()
-        while pending > 0:
-            started = time.perf_counter()
-            written = self.write_pending_rows(min(pending, ROWS_PER_SLICE))
-            pending -= written
-            if written and pending > 0:
-                await self.between_slices(time.perf_counter() - started, paced)
-            elif not written:
-                break
+        every offset commit and before a rebalance): the rows process hands over
+        the rows changed since the last commit, encoded, and they go to the table
+        :data:`ROWS_PER_SLICE` at a time with batches let in between (``paced``:
+        see :meth:`between_slices`). Each is written under the partition of the
+        last row-update event read there (rows and their updates are
+        co-partitioned). The stats of rows whose count moved go out again if
+        they changed since they were sent (see
+        :meth:`streams.held_rows.HeldRows.take_unwritten`)."""
+        async with self._rows_writer:
+            if not self._rows_held or self._rows_stream is None:
+                return
+            taken, stats = await self.rows_call(take_unwritten_rows)
+            for item_id, encoded in stats:
+                self.item_stats.set_encoded_if_changed(item_id, encoded)
+            for start in range(0, len(taken), ROWS_PER_SLICE):
+                started = time.perf_counter()
+                with acting_as(self._rows_stream) as act_as:
+                    for partition, item_id, value in taken[start:start + ROWS_PER_SLICE]:
+                        act_as(self._row_carriers[partition])
+                        self.write_table(self.rows, item_id, value)
+                if start + ROWS_PER_SLICE < len(taken):
+                    await self.between_slices(time.perf_counter() - started, paced)
 
     # -- neighbour refresh ---------------------------------------------------------------
 
@@ -958,56 +957,32 @@ class RecoStream:
 
     async def partition_neighbors(self, partition: int, counts: Mapping[str, float]
                                   ) -> dict[str, list[tuple[str, float]]]:
-        """Neighbour lists of a partition's items, by the model process, which holds
-        the partition's rows: sent in full once, then those changed since."""
+        """Neighbour lists of a partition's items, by the model process, which keeps
+        a copy of the partition's rows: sent in full once, then those changed since
+        (by the rows process, pickled: the loop passes the bytes on)."""
         args = (self.owned_tick_partitions(), counts, self.config.neighbors,
                 self.config.similarity, SimilarityParams())
-        token = self._rows_token.pop(partition, None)  # back once the child has them
-        # Popped and read with no await before the call pickles them: a row a
-        # batch changes from here on is marked for the next send.
-        changed = self._rows_changed.pop(partition, set())
-        try:
-            if token is not None:
-                rows = {item_id: self.current_pairs(item_id) for item_id in changed}
-                try:
-                    lists = await self.model_process.run(
-                        neighbors_of_partition, partition, token, rows, False, *args)
-                    self._rows_token[partition] = token
-                    return lists
-                except RowsNotHeld:  # a new child: it gets them all
-                    pass
-            token = next(self._row_tokens)
-            lists = await self.model_process.run(
-                neighbors_of_partition, partition, token, self.partition_rows(partition),
-                True, *args)
-            self._rows_token[partition] = token
-            return lists
-        except BaseException:
-            self._rows_changed.pop(partition, None)  # all of them next time
-            raise
-
-    def current_pairs(self, item_id: str, stored: Any = None) -> Mapping[str, float]:
-        """An item's row of C as it is now: the cache has the newest rows, those
-        not written since the last commit too; else the table (``stored``: its
-        value, when read already)."""
-        cached = self.row_cache.get(item_id)
-        if cached is not None:
-            return cached.pairs
-        if stored is None:
-            stored = self.rows.get(item_id)
-        return stored["pairs"] if stored is not None else {}
-
-    def partition_rows(self, partition: int) -> dict[str, Mapping[str, float]]:
-        """Every row of C of a partition, as it is now."""
-        rows: dict[str, Mapping[str, float]] = {}
-        for item_id in self.row_cache.dirty():
-            row = self.row_cache.get(item_id)
-            if row is not None and self.item_partition(item_id) == partition:
-                rows[item_id] = row.pairs
-        for item_id, value in self.rows.items():
-            if item_id not in rows and self.item_partition(item_id) == partition:
-                rows[item_id] = self.current_pairs(item_id, value)
-        return rows
+        # back once the model process has the rows sent (none: send them all)
+        token = self._rows_token.pop(partition, None)
+        if token is not None:
+            async with self.rows_lock:
+                await self.hold_rows_of({partition})
+                changed = await self.rows_call(rows_to_send, partition, False)
+            try:
+                lists: dict[str, list[tuple[str, float]]] = await self.model_process.run(
+                    neighbors_of_partition, partition, token, changed, False, *args)
+                self._rows_token[partition] = token
+                return lists
+            except RowsNotHeld:  # a new model process: it gets them all
+                pass
+        token = next(self._row_tokens)
+        async with self.rows_lock:
+            await self.hold_rows_of({partition})
+            every = await self.rows_call(rows_to_send, partition, True)
+        lists = await self.model_process.run(
+            neighbors_of_partition, partition, token, every, True, *args)
+        self._rows_token[partition] = token
+        return lists
 
     def owned_tick_partitions(self) -> set[int]:
         return self.owned_partitions(self.ticks_topic)
@@ -1312,16 +1287,6 @@ def user_partition(user_id: str, partitions: int) -> int:
 def persist_offset(table: TableT[Any, Any], tp: Any, offset: int) -> None:
     """Tell a table's store the changelog offset it now holds (rocksdb keeps it)."""
     cast(StoreT[Any, Any], table.data).set_persisted_offset(tp, offset)
-
-
-def table_json(value: Any) -> bytes:
-    """A table key or value as Faust's ``json`` codec writes it (orjson, non-str
-    keys allowed), so that Faust's recovery reads the changelog records back.
-
-    >>> table_json("u1"), table_json({"a": [1.0, 2]})
-    (b'"u1"', b'{"a":[1.0,2]}')
-    """
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def churn_key_partition(key: str) -> int:

@@ -40,6 +40,7 @@ from core.ranking import NeighborModel, trending_scale
 from core.ratings import UserProfile
 from core.recommender import RecommenderConfig
 from core.similarity import SimilarityParams, neighbors_for_rows
+from streams.held_rows import RowsNotHeld
 from streams.records import churn_alert_record, recommendation_record, trigger_record
 
 log = logging.getLogger("recostream.model")
@@ -52,6 +53,9 @@ R = TypeVar("R")
 MODEL_NICENESS = 10
 #: The ranking child's niceness: its work is the batches' own, moved off the loop.
 RANKER_NICENESS = 0
+#: The rows process's niceness: applying row updates is the batches' own work too
+#: (niced, it would fall behind whenever the loop and the broker want both cores).
+ROWS_NICENESS = 0
 
 #: How long stopping waits for the calls under way.
 STOP_GRACE_SECONDS = 5.0
@@ -129,10 +133,6 @@ def call_pickled(function: Callable[..., R], payload: bytes) -> R:
     return function(*pickle.loads(payload))
 
 
-class RowsNotHeld(Exception):
-    """The child does not hold the rows a partial send builds on (a new child)."""
-
-
 #: Rows of C the child holds per partition: the token of the full send they began
 #: with, and the rows (item id -> pairs).
 _held_rows: dict[int, tuple[int, dict[str, Mapping[str, float]]]] = {}
@@ -141,7 +141,7 @@ _held_rows: dict[int, tuple[int, dict[str, Mapping[str, float]]]] = {}
 def neighbors_of_partition(
     partition: int,
     token: int,
-    rows: Mapping[str, Mapping[str, float]],
+    rows: Mapping[str, Mapping[str, float]] | bytes,
     full: bool,
     owned: Collection[int],
     counts: Mapping[str, float],
@@ -151,7 +151,9 @@ def neighbors_of_partition(
 ) -> dict[str, list[tuple[str, float]]]:
     """Neighbour lists of every row of ``partition`` the child holds once ``rows``
     are in: all of the partition's rows (``full``, which ``token`` names from then
-    on), or those changed since the last send under the same ``token``.
+    on), or those changed since the last send under the same ``token``. ``rows``
+    may come pickled (as :func:`streams.held_rows.rows_to_send` gives them: the
+    worker passes them on without reading them).
 
     Sending only changed rows keeps the worker's pickling (the event loop's part of
     a refresh) proportional to what changed, not to the partition. A full send
@@ -165,11 +167,13 @@ def neighbors_of_partition(
     >>> neighbors_of_partition(0, 8, {}, False, {0, 1}, *args)
     Traceback (most recent call last):
     ...
-    streams.model_work.RowsNotHeld: partition 0 under token 8
+    streams.held_rows.RowsNotHeld: partition 0 under token 8
     >>> _ = neighbors_of_partition(1, 9, {}, True, {1}, *args)
     >>> sorted(_held_rows)  # partition 0 is another worker's now
     [1]
     """
+    if isinstance(rows, bytes):
+        rows = cast(Mapping[str, Mapping[str, float]], pickle.loads(rows))
     if full:
         for other in [p for p in _held_rows if p != partition and p not in owned]:
             del _held_rows[other]
@@ -234,6 +238,10 @@ def ranked_records(
     return records, triggered
 
 
+class ChildLost(RuntimeError):
+    """The child died, and with it what it held that exists nowhere else."""
+
+
 class ModelProcess(Service):
     """Runs functions in one child process, started on first use and stopped with
     the app (a service of it). Calls run in the order made.
@@ -241,11 +249,17 @@ class ModelProcess(Service):
     A child that died (killed, out of memory) is replaced once per call; a second
     failure is raised to the caller. A replacement first runs the call last made
     with :meth:`hold`, so that it holds what its predecessor held.
+
+    ``replace_dead=False``: for a child that holds what no one else has (the rows
+    process). Once it died, every call raises :class:`ChildLost`, and none starts
+    another child until :meth:`close`.
     """
 
-    def __init__(self, niceness: int = MODEL_NICENESS, **kwargs: Any) -> None:
+    def __init__(self, niceness: int = MODEL_NICENESS, replace_dead: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.niceness = niceness
+        self.replace_dead = replace_dead
         self._pool: ProcessPoolExecutor | None = None
         self._held: tuple[Callable[..., Any], bytes] | None = None
         self._in_flight: set[Future[Any]] = set()
@@ -278,7 +292,9 @@ class ModelProcess(Service):
         pool = self._ensure_pool()
         try:
             future = pool.submit(call_pickled, function, payload)
-        except BrokenProcessPool:  # it died before, and the pool has noticed
+        except BrokenProcessPool as exc:  # it died before, and the pool has noticed
+            if not self.replace_dead:
+                raise ChildLost(f"the child process died: {exc}") from exc
             self._replace(pool)
             pool = self._ensure_pool()
             future = pool.submit(call_pickled, function, payload)
@@ -290,7 +306,9 @@ class ModelProcess(Service):
                       pool: ProcessPoolExecutor, future: Future[R]) -> R:
         try:
             return await asyncio.wrap_future(future)
-        except BrokenProcessPool:
+        except BrokenProcessPool as exc:
+            if not self.replace_dead:
+                raise ChildLost(f"the child process died: {exc}") from exc
             self._replace(pool)
         return await asyncio.wrap_future(self._start(function, payload)[1])
 

@@ -88,7 +88,10 @@ class ReplicatedTable:
     def set_if_changed(self, key: str, value: Any) -> bool:
         """:meth:`set`, unless ``value`` is this worker's last write of ``key``;
         whether it was written."""
-        encoded = orjson.dumps(value)
+        return self.set_encoded_if_changed(key, orjson.dumps(value))
+
+    def set_encoded_if_changed(self, key: str, encoded: bytes) -> bool:
+        """:meth:`set_if_changed` with the value encoded already (JSON)."""
         if self._own.get(key) == encoded:
             return False
         self._write(key, encoded)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import pickle
 import random
 import zlib
 from typing import Any
@@ -39,12 +40,12 @@ from tests.stream.harness import (
 )
 
 
-def row(h: Harness, item: str) -> CooccurrenceRow:
-    """An item's row as the table holds it after the next commit."""
-    h.stream.write_pending_rows()
+async def row(h: Harness, item: str) -> CooccurrenceRow:
+    """An item's row as the table holds it after a commit's writes."""
+    await h.stream.write_rows_changed_so_far()
     value = h.stream.rows.get(item)
     assert value is not None, f"no row for {item}"
-    return CooccurrenceRow.from_json(value)
+    return CooccurrenceRow.from_json(orjson.loads(value))
 
 
 def updates_of(sends: list[Sent]) -> list[list[Any]]:
@@ -132,8 +133,8 @@ async def test_rocksdb_store_reads_each_key_under_its_own_partition(
         assert user_state(h, "u1").profile.recent == ["a0", "a1", "a2"]
         assert user_state(h, "u2").profile.recent == ["b0", "b1", "b2"]
         await h.relay(rows_agent, h.sent_to(stream.rows_topic.get_topic_name()))
-    assert row(h, "a1").pairs == {"a0": 1.0, "a2": 1.0}
-    assert row(h, "b0").pairs == {"b1": 1.0, "b2": 1.0}
+    assert (await row(h, "a1")).pairs == {"a0": 1.0, "a2": 1.0}
+    assert (await row(h, "b0")).pairs == {"b1": 1.0, "b2": 1.0}
     assert stream.counters.row_updates_skipped == 0
 
 
@@ -355,14 +356,15 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
     async with stream.agents[1].test_context() as rows_agent:
         await h.relay(rows_agent, row_sends)
         assert stream.counters.row_updates_applied == len(expected)
-        assert row(h, "a").pairs == {"b": 1.0, "c": 2.0}
-        assert row(h, "b").pairs == {"a": 1.0, "c": 1.0}
-        assert row(h, "c").pairs == {"a": 2.0, "b": 1.0}
-        counts = {i: row(h, i).count for i in "abc"}
+        assert (await row(h, "a")).pairs == {"b": 1.0, "c": 2.0}
+        assert (await row(h, "b")).pairs == {"a": 1.0, "c": 1.0}
+        assert (await row(h, "c")).pairs == {"a": 2.0, "b": 1.0}
+        counts = {i: (await row(h, i)).count for i in "abc"}
         assert counts == {"a": 2.0, "b": 1.0, "c": 2.0}
         assert {i: stream.item_stats.get(i)[0] for i in "abc"} == counts
-        assert {i: stream.item_stats.get(i) for i in "abc"} == {i: row(h, i).stats() for i in "abc"}
-        assert row(h, "a").applied.offsets == {"clicks/0": 2, "clicks/1": 1}
+        assert {i: stream.item_stats.get(i) for i in "abc"} == {
+            i: (await row(h, i)).stats() for i in "abc"}
+        assert (await row(h, "a")).applied.offsets == {"clicks/0": 2, "clicks/1": 1}
         rows_before = {i: stream.rows[i] for i in "abc"}
         stats_before = {i: stream.item_stats.get(i) for i in "abc"}
 
@@ -388,8 +390,8 @@ async def test_rows_apply_updates_in_the_form_sent_before_gains(
     async with stream.agents[1].test_context() as rows_agent:
         await h.relay(rows_agent, sends)
         await h.relay(rows_agent, sends)
-    assert row(h, "a").pairs == {"b": 1.0, "c": 1.0, "d": 1.0}
-    assert row(h, "a").count == 1.0
+    assert (await row(h, "a")).pairs == {"b": 1.0, "c": 1.0, "d": 1.0}
+    assert (await row(h, "a")).count == 1.0
     assert (stream.counters.row_updates_applied, stream.counters.row_updates_skipped) == (2, 2)
 
 
@@ -463,8 +465,8 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
         assert not stream.rows
         tick = Sent(ticks_topic, None, orjson.dumps({"round": 5}), 2)
         await h.relay(ticks_agent, [tick])
-        stream.write_pending_rows()
-        rows = {i: CooccurrenceRow.from_json(v) for i, v in stream.rows.items()}
+        await stream.write_rows_changed_so_far()
+        rows = {i: CooccurrenceRow.from_json(orjson.loads(v)) for i, v in stream.rows.items()}
         counts = {i: float(v[0]) for i, v in stream.item_stats.view().items()}
         assert set(rows) == set(counts) == {e.item_id for e in events if e.type !=
                                             "remove_from_cart"}
@@ -527,7 +529,7 @@ async def test_refresh_sends_the_model_process_only_rows_changed_since(
 
     async def spy(function: Any, *args: Any) -> Any:
         if function is neighbors_of_partition:
-            sends.append((args[3], set(args[2])))
+            sends.append((args[3], set(pickle.loads(args[2]))))
         return await run(function, *args)
 
     monkeypatch.setattr(stream.model_process, "run", spy)
@@ -535,10 +537,14 @@ async def test_refresh_sends_the_model_process_only_rows_changed_since(
     ticks_topic = stream.ticks_topic.get_topic_name()
     rows_topic = stream.rows_topic.get_topic_name()
 
-    def lists_are_those_of_every_row(partition: int) -> None:
-        stream.write_pending_rows()
-        rows = {i: CooccurrenceRow.from_json(v).pairs for i, v in stream.rows.items()
-                if item_partition(i, PARTITIONS) == partition}
+    async def partition_rows(partition: int) -> dict[str, dict[str, float]]:
+        """The rows of a partition as they are now (written as a commit does)."""
+        await stream.write_rows_changed_so_far()
+        return {i: CooccurrenceRow.from_json(orjson.loads(v)).pairs
+                for i, v in stream.rows.items() if item_partition(i, PARTITIONS) == partition}
+
+    async def lists_are_those_of_every_row(partition: int) -> None:
+        rows = await partition_rows(partition)
         counts = {i: float(v[0]) for i, v in stream.item_stats.view().items()}
         expected = neighbors_for_rows(rows, counts, 10, "cosine", SimilarityParams())
         assert {i: stream.neighbors.get(i) for i in rows} == {
@@ -551,12 +557,12 @@ async def test_refresh_sends_the_model_process_only_rows_changed_since(
     ):
         async def feed(part: list[Event]) -> set[str]:
             """Apply events and their row updates; the rows of partition 2 changed."""
-            before = {i: dict(stream.current_pairs(i)) for i in stream.partition_rows(2)}
+            before = await partition_rows(2)
             sent = len(h.sent_to(rows_topic))
             await h.settle(events_agent, [await h.put_event(events_agent, e) for e in part])
             await h.relay(rows_agent, h.sent_to(rows_topic)[sent:])
-            now = stream.partition_rows(2)
-            return {i for i in now if dict(now[i]) != before.get(i)}
+            now = await partition_rows(2)
+            return {i for i in now if now[i] != before.get(i)}
 
         async def tick(round_: int) -> None:
             await h.relay(ticks_agent, [Sent(ticks_topic, None,
@@ -569,12 +575,12 @@ async def test_refresh_sends_the_model_process_only_rows_changed_since(
         assert changed and len(changed) < len(first)
         await tick(2)
         assert sends[-1] == (False, changed)
-        lists_are_those_of_every_row(2)
+        await lists_are_those_of_every_row(2)
         stream.model_process.close()  # a new child holds nothing
         changed = await feed(events[340:])
         await tick(3)
-        assert sends[-2:] == [(False, changed), (True, set(stream.partition_rows(2)))]
-        lists_are_those_of_every_row(2)
+        assert sends[-2:] == [(False, changed), (True, set(await partition_rows(2)))]
+        await lists_are_those_of_every_row(2)
 
 
 @run_async

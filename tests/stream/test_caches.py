@@ -1,10 +1,11 @@
-"""The decoded users and rows a worker keeps: what the tables hold, or (rows changed
-since the last commit) what they will hold once the commit writes them."""
+"""The decoded users a worker keeps, and the rows the rows process holds: what the
+tables hold, or (changed since the last commit) what they will hold once the
+commit writes them."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -13,7 +14,8 @@ import pytest
 from faust.types import TP, Message
 
 from streams import app as app_module
-from streams.app import ROWS_PER_SLICE, RowsLeftHalfUpdated, UsersLeftHalfUpdated
+from streams.app import ROWS_PER_SLICE, RowsLost, UsersLeftHalfUpdated
+from streams.held_rows import apply_row_messages, held_rows_summary
 from streams.state import CooccurrenceRow, UserState
 from streams.transport import App, RewindingConsumer
 from tests.stream.harness import (
@@ -44,7 +46,7 @@ async def test_cached_users_match_the_table_and_a_rebalance_forgets_them(
         # Another worker may own the partition next: what is cached is forgotten,
         # and the table (recovered from the changelog) is read again.
         await stream.app.on_partitions_revoked.send(set())
-        assert len(stream.user_cache) == 0 and len(stream.row_cache) == 0
+        assert len(stream.user_cache) == 0
         stream.users.data["u1"] = UserState().to_json()  # as recovered: another worker reset it
         await h.process(agent, click("u1", "i3"), partition=0, offset=2)
         assert user_state(h, "u1").profile.recent == ["i3"]
@@ -91,6 +93,12 @@ def row_update(item: str, pairs: list[str], offset: int, partition: int) -> Sent
                 partition)
 
 
+async def unwritten_rows(h: Harness) -> int:
+    """How many rows the rows process holds changed and not written yet."""
+    summary = await h.stream.rows_process.run(held_rows_summary)
+    return sum(part["unwritten"] for part in summary.values())
+
+
 @run_async
 async def test_changed_rows_are_written_once_per_commit(make_harness: MakeHarness) -> None:
     h = make_harness()
@@ -108,7 +116,8 @@ async def test_changed_rows_are_written_once_per_commit(make_harness: MakeHarnes
         (write,) = h.changelog("rows")
         assert (write.key, write.partition) == ("a", 1)
         assert write.value["pairs"] == {"b": 2.0, "c": 1.0}
-        assert CooccurrenceRow.from_json(stream.rows["a"]).pairs == {"b": 2.0, "c": 1.0}
+        assert CooccurrenceRow.from_json(orjson.loads(stream.rows["a"])).pairs == {
+            "b": 2.0, "c": 1.0}
         await stream.before_commit()
         assert h.changelog("rows") == []  # nothing changed since
 
@@ -125,11 +134,11 @@ async def test_a_commit_writes_many_rows_in_slices_with_the_loop_let_in_between(
         await h.relay(rows_agent, [replace(row_update(item, ["z"], n, 1), topic=rows_topic)
                                    for n, item in enumerate(items)])
         h.changelog("rows")
-        seen: list[int] = []  # rows left to write, as other tasks saw it
+        seen: list[int] = []  # rows written, as other tasks saw it
 
         async def watch() -> None:
             while True:
-                seen.append(stream.row_cache.dirty_count())
+                seen.append(len(stream.rows))
                 await asyncio.sleep(0)
 
         watcher = asyncio.ensure_future(watch())
@@ -138,9 +147,9 @@ async def test_a_commit_writes_many_rows_in_slices_with_the_loop_let_in_between(
         watcher.cancel()
         written = h.changelog("rows")
         assert sorted(w.key for w in written) == sorted(items)  # each once
-        assert stream.row_cache.dirty_count() == 0
+        assert await unwritten_rows(h) == 0
         # other tasks ran between the three slices
-        assert {len(items) - ROWS_PER_SLICE, len(items) - 2 * ROWS_PER_SLICE} <= set(seen)
+        assert {ROWS_PER_SLICE, 2 * ROWS_PER_SLICE} <= set(seen)
 
 
 @run_async
@@ -154,36 +163,63 @@ async def test_a_rebalance_writes_the_changed_rows_before_forgetting_them(
                                            topic=stream.rows_topic.get_topic_name())])
         h.changelog("rows")
         await stream.app.on_partitions_revoked.send(set())
-        assert len(stream.row_cache) == 0
         assert [(w.key, w.partition) for w in h.changelog("rows")] == [("a", 2)]
+        # and the rows process lets go of them: read again from the table if needed
+        assert stream._rows_held == {}
+        assert await stream.rows_process.run(held_rows_summary) == {}
 
 
 @run_async
-async def test_a_large_batch_of_row_updates_lets_the_loop_in_and_a_rebalance_waits(
+async def test_a_commit_sends_the_stats_a_stopped_batch_left_behind(
+    make_harness: MakeHarness,
+) -> None:
+    """An agent cancelled (the worker stopping) between the rows process's update
+    and the stats it returned: the commit still sends them, since a replay of
+    the update is skipped and would not."""
+    h = make_harness()
+    stream = h.stream
+    rows_topic = stream.rows_topic.get_topic_name()
+    async with stream.agents[1].test_context() as rows_agent:
+        await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 1), topic=rows_topic)])
+    assert stream.item_stats.get("a")[0] == 1.0
+    # what a cancelled batch leaves: the update applied, its stats never sent
+    update = row_update("a", ["c"], 1, 1).value
+    await stream.rows_process.run(apply_row_messages, [(1, stream._rows_held[1], update)],
+                                  stream.tau, h.settings.max_row_width)
+    assert stream.item_stats.get("a")[0] == 1.0
+    sent = len(h.sent_to(stream.replica_topics_by_table["item-stats"].get_topic_name()))
+    await stream.before_commit()
+    assert stream.item_stats.get("a")[0] == 2.0
+    stats_sent = h.sent_to(stream.replica_topics_by_table["item-stats"].get_topic_name())
+    assert [(m.key, m.json()[0]) for m in stats_sent[sent:]] == [(b"a", 2.0)]
+    await stream.before_commit()  # sent once
+    assert len(h.sent_to(stream.replica_topics_by_table["item-stats"].get_topic_name())) == (
+        len(stats_sent))
+
+
+@run_async
+async def test_a_rebalance_waits_for_the_batch_of_row_updates_under_way(
     make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = make_harness()
     stream = h.stream
-    monkeypatch.setattr(app_module, "ROW_UPDATES_PER_SLICE", 2)
-    monkeypatch.setattr(app_module, "GAINS_PER_CALL", 1)
-    gains = [["a", [], "clicks/0", 0, TS, ["b"]], ["c", [], "clicks/0", 1, TS, ["d"]],
-             ["e", [], "clicks/0", 2, TS, []]]
+    gains = [["a", [], "clicks/0", 0, TS, ["b"]], ["c", [], "clicks/0", 1, TS, ["d"]]]
     message = Sent(stream.rows_topic.get_topic_name(), None, orjson.dumps({"gains": gains}), 1)
-    # the batch stops midway: the first slice's hand-over to the outbox waits
-    gate, hand_over, slices = asyncio.Event(), stream.outbox.send, []
+    # the rows process's answer to the batch is held back
+    gate, run, applying = asyncio.Event(), stream.rows_process.run, []
 
-    async def send_after_the_gate() -> list[Awaitable[None]]:
-        slices.append(stream.counters.row_updates_applied)
-        if len(slices) == 1:
+    async def answer_after_the_gate(function: Any, *args: Any) -> Any:
+        result = await run(function, *args)
+        if function.__name__ == "apply_row_messages":
+            applying.append(True)
             await gate.wait()
-        return await hand_over()
+        return result
 
-    monkeypatch.setattr(stream.outbox, "send", send_after_the_gate)
+    monkeypatch.setattr(stream.rows_process, "run", answer_after_the_gate)
     h.changelog("rows")
     async with stream.agents[1].test_context() as rows_agent:
         relay = asyncio.ensure_future(h.relay(rows_agent, [message]))
-        await h.wait_until(lambda: slices, "the first slice")
-        assert slices == [2]  # rows a and b: not c, d and e yet
+        await h.wait_until(lambda: applying, "the batch in the rows process")
         revoked = asyncio.ensure_future(stream.app.on_partitions_revoked.send(set()))
         for _ in range(50):
             await asyncio.sleep(0)
@@ -191,13 +227,12 @@ async def test_a_large_batch_of_row_updates_lets_the_loop_in_and_a_rebalance_wai
         gate.set()
         await relay
         await revoked
-    assert stream.counters.row_updates_applied == 5
-    assert len(stream.row_cache) == 0
-    assert sorted(w.key for w in h.changelog("rows")) == ["a", "b", "c", "d", "e"]
+    assert stream.counters.row_updates_applied == 4
+    assert sorted(w.key for w in h.changelog("rows")) == ["a", "b", "c", "d"]
 
 
 @run_async
-async def test_a_batch_failing_midway_through_the_rows_stops_the_worker(
+async def test_a_batch_failing_in_the_rows_process_stops_the_worker(
     make_harness: MakeHarness,
 ) -> None:
     h = make_harness()
@@ -205,15 +240,38 @@ async def test_a_batch_failing_midway_through_the_rows_stops_the_worker(
     rows_topic = stream.rows_topic.get_topic_name()
     async with stream.agents[1].test_context() as rows_agent:
         await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 0), topic=rows_topic)])
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(CooccurrenceRow, "apply_all", lambda *_: 1 / 0)
-            with pytest.raises(AssertionError, match="agent crashed"):
-                await h.relay(rows_agent, [replace(row_update("a", ["c"], 1, 0),
-                                                   topic=rows_topic)])
-        # the unwritten change of the first batch is gone with the half-done one:
-        # no commit may follow, or it would count both as done
-        assert len(stream.row_cache) == 0
-        assert isinstance(stream.app.crash_reason, RowsLeftHalfUpdated)
+        broken = Sent(rows_topic, None, orjson.dumps({"gains": [["a", ["c"], "clicks/0"]]}), 0)
+        with pytest.raises(AssertionError, match="agent crashed"):
+            await h.relay(rows_agent, [broken])
+        # the unwritten change of the first batch may be gone with the half-done
+        # one: no commit may follow, or it would count both as done
+        assert isinstance(stream.app.crash_reason, RowsLost)
+        assert "ValueError" in str(stream.app.crash_reason)
+
+
+@run_async
+async def test_a_rows_process_that_died_stops_the_worker_and_no_other_is_started(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    rows_topic = stream.rows_topic.get_topic_name()
+    async with stream.agents[1].test_context() as rows_agent:
+        await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 0), topic=rows_topic)])
+        pool = stream.rows_process._pool
+        assert pool is not None
+        for process in list(pool._processes.values()):  # killed (the OOM killer, say)
+            process.kill()
+            process.join()
+        with pytest.raises(AssertionError, match="agent crashed"):
+            await h.relay(rows_agent, [replace(row_update("a", ["c"], 1, 0),
+                                               topic=rows_topic)])
+        assert isinstance(stream.app.crash_reason, RowsLost)
+        assert "died" in str(stream.app.crash_reason)
+        assert stream.rows_process._pool is pool  # no new child holding nothing
+        # and the commit's writers fail too: nothing is committed
+        with pytest.raises(RowsLost):
+            await stream.write_rows_changed_so_far()
 
 
 @run_async
@@ -243,23 +301,6 @@ async def test_a_commit_writes_what_is_held_back_before_flushing(
         app.before_commit.append(write_held_back)
         assert await consumer._commit_offsets({tp: 7})
     assert calls == ["write held-back values", "flush", "commit 7"]
-
-
-@run_async
-async def test_without_a_cache_changed_rows_are_still_held_until_the_commit(
-    make_harness: MakeHarness,
-) -> None:
-    h = make_harness(cache_keys=0)
-    stream = h.stream
-    async with stream.agents[1].test_context() as rows_agent:
-        for offset, pairs in enumerate([["b"], ["c"]]):
-            await h.relay(rows_agent, [replace(row_update("a", pairs, offset, 3),
-                                               topic=stream.rows_topic.get_topic_name())])
-        h.changelog("rows")
-        await stream.before_commit()
-        (write,) = h.changelog("rows")
-        assert write.value["pairs"] == {"b": 1.0, "c": 1.0}
-        assert len(stream.row_cache) == 0  # clean values are not kept
 
 
 @run_async
@@ -305,7 +346,7 @@ async def change_users_and_rows(h: Harness, users: Sequence[str], items: Sequenc
             await h.relay(rows_agent, [replace(row_update(item, ["x"], first_offset + n, 0),
                                                topic=stream.rows_topic.get_topic_name())])
     assert stream.user_cache.dirty_count() == len(users)
-    assert stream.row_cache.dirty_count() == len(items)
+    assert await unwritten_rows(h) == len(items)
 
 
 @run_async
@@ -327,13 +368,13 @@ async def test_the_writers_take_a_share_of_the_loop_before_a_commit_and_all_at_a
     await stream.before_commit()
     paused = [s for s in sleeps.seconds if s > 0]
     assert len(paused) == 4  # between the three slices of rows, and of users
-    assert stream.user_cache.dirty_count() == 0 and stream.row_cache.dirty_count() == 0
+    assert stream.user_cache.dirty_count() == 0 and await unwritten_rows(h) == 0
 
     await change_users_and_rows(h, ("u1", "u2", "u3"), ("a", "b", "c"), first_offset=10)
     sleeps.seconds.clear()
     await stream.app.on_partitions_revoked.send(set())
     assert sleeps.seconds and not any(sleeps.seconds)  # the flow waits: no pauses
-    assert len(stream.user_cache) == 0 and len(stream.row_cache) == 0
+    assert len(stream.user_cache) == 0 and stream._rows_held == {}
 
 
 @run_async
@@ -360,6 +401,6 @@ async def test_a_rebalance_during_a_paced_commit_lets_its_writers_go_on_unpaced(
     await revoked[0]
     first, *rest = app_sleeps.seconds
     assert first > 0 and rest and not any(rest)  # one pause: none once the rebalance waits
-    assert len(stream.user_cache) == 0 and len(stream.row_cache) == 0
+    assert len(stream.user_cache) == 0 and stream._rows_held == {}
     written = {w.key for w in h.changelog("users")}
     assert {"u1", "u2", "u3", "u4"} <= written

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any, cast
 
 import orjson
@@ -88,9 +87,10 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
     assert committed == []
 
 
-def row_update(item: str, pairs: list[str], offset: int, partition: int) -> Sent:
-    return Sent("", None, orjson.dumps({"gains": [[item, pairs, "clicks/0", offset, TS, []]]}),
-                partition)
+def row_update(h: Harness, item: str, pairs: list[str], offset: int, partition: int) -> Sent:
+    """A message of the rows topic: one gain of ``item`` after ``pairs``."""
+    return Sent(h.stream.rows_topic.get_topic_name(), None,
+                orjson.dumps({"gains": [[item, pairs, "clicks/0", offset, TS, []]]}), partition)
 
 
 async def unwritten_rows(h: Harness) -> int:
@@ -103,12 +103,10 @@ async def unwritten_rows(h: Harness) -> int:
 async def test_changed_rows_are_written_once_per_commit(make_harness: MakeHarness) -> None:
     h = make_harness()
     stream = h.stream
-    rows_topic = stream.rows_topic.get_topic_name()
     h.changelog("rows")
     async with stream.agents[1].test_context() as rows_agent:
         for offset, pairs in enumerate([["b"], ["c"], ["b"]]):
-            await h.relay(rows_agent, [replace(row_update("a", pairs, offset, 1),
-                                               topic=rows_topic)])
+            await h.relay(rows_agent, [row_update(h, "a", pairs, offset, 1)])
         assert h.changelog("rows") == []  # three batches changed "a": not written yet
         assert stream.rows.get("a") is None
         for write_pending in cast(App, stream.app).before_commit:  # as a commit does
@@ -128,10 +126,9 @@ async def test_a_commit_writes_many_rows_in_slices_with_the_loop_let_in_between(
 ) -> None:
     h = make_harness()
     stream = h.stream
-    rows_topic = stream.rows_topic.get_topic_name()
     items = [f"i{n}" for n in range(2 * ROWS_PER_SLICE + 10)]
     async with stream.agents[1].test_context() as rows_agent:
-        await h.relay(rows_agent, [replace(row_update(item, ["z"], n, 1), topic=rows_topic)
+        await h.relay(rows_agent, [row_update(h, item, ["z"], n, 1)
                                    for n, item in enumerate(items)])
         h.changelog("rows")
         seen: list[int] = []  # rows written, as other tasks saw it
@@ -159,8 +156,7 @@ async def test_a_rebalance_writes_the_changed_rows_before_forgetting_them(
     h = make_harness()
     stream = h.stream
     async with stream.agents[1].test_context() as rows_agent:
-        await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 2),
-                                           topic=stream.rows_topic.get_topic_name())])
+        await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 2)])
         h.changelog("rows")
         await stream.app.on_partitions_revoked.send(set())
         assert [(w.key, w.partition) for w in h.changelog("rows")] == [("a", 2)]
@@ -178,12 +174,11 @@ async def test_a_commit_sends_the_stats_a_stopped_batch_left_behind(
     the update is skipped and would not."""
     h = make_harness()
     stream = h.stream
-    rows_topic = stream.rows_topic.get_topic_name()
     async with stream.agents[1].test_context() as rows_agent:
-        await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 1), topic=rows_topic)])
+        await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 1)])
     assert stream.item_stats.get("a")[0] == 1.0
     # what a cancelled batch leaves: the update applied, its stats never sent
-    update = row_update("a", ["c"], 1, 1).value
+    update = row_update(h, "a", ["c"], 1, 1).value
     await stream.rows_process.run(apply_row_messages, [(1, stream._rows_held[1], update)],
                                   stream.tau, h.settings.max_row_width)
     assert stream.item_stats.get("a")[0] == 1.0
@@ -239,7 +234,7 @@ async def test_a_batch_failing_in_the_rows_process_stops_the_worker(
     stream = h.stream
     rows_topic = stream.rows_topic.get_topic_name()
     async with stream.agents[1].test_context() as rows_agent:
-        await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 0), topic=rows_topic)])
+        await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 0)])
         broken = Sent(rows_topic, None, orjson.dumps({"gains": [["a", ["c"], "clicks/0"]]}), 0)
         with pytest.raises(AssertionError, match="agent crashed"):
             await h.relay(rows_agent, [broken])
@@ -255,17 +250,15 @@ async def test_a_rows_process_that_died_stops_the_worker_and_no_other_is_started
 ) -> None:
     h = make_harness()
     stream = h.stream
-    rows_topic = stream.rows_topic.get_topic_name()
     async with stream.agents[1].test_context() as rows_agent:
-        await h.relay(rows_agent, [replace(row_update("a", ["b"], 0, 0), topic=rows_topic)])
+        await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 0)])
         pool = stream.rows_process._pool
         assert pool is not None
         for process in list(pool._processes.values()):  # killed (the OOM killer, say)
             process.kill()
             process.join()
         with pytest.raises(AssertionError, match="agent crashed"):
-            await h.relay(rows_agent, [replace(row_update("a", ["c"], 1, 0),
-                                               topic=rows_topic)])
+            await h.relay(rows_agent, [row_update(h, "a", ["c"], 1, 0)])
         assert isinstance(stream.app.crash_reason, RowsLost)
         assert "died" in str(stream.app.crash_reason)
         assert stream.rows_process._pool is pool  # no new child holding nothing
@@ -343,8 +336,7 @@ async def change_users_and_rows(h: Harness, users: Sequence[str], items: Sequenc
             await h.process(agent, click(user, "i1"), partition=0, offset=first_offset + n)
     async with stream.agents[1].test_context() as rows_agent:
         for n, item in enumerate(items):
-            await h.relay(rows_agent, [replace(row_update(item, ["x"], first_offset + n, 0),
-                                               topic=stream.rows_topic.get_topic_name())])
+            await h.relay(rows_agent, [row_update(h, item, ["x"], first_offset + n, 0)])
     assert stream.user_cache.dirty_count() == len(users)
     assert await unwritten_rows(h) == len(items)
 

@@ -311,7 +311,7 @@ ENVIRONMENT: tuple[Setting, ...] = (
             "longest wait to fill a batch"),
     Setting("RECOSTREAM_DEDUP_IDS", "dedup_ids", int, "event ids remembered per user"),
     Setting("RECOSTREAM_CACHE_KEYS", "cache_keys", int,
-            "decoded users and rows kept in memory, each (0: none)"),
+            "decoded users kept in memory (0: none; the rows process holds its rows)"),
     Setting("RECOSTREAM_CHURN_SECONDS", "churn_seconds", float,
             "seconds between churn scoring and trigger checks of a partition"),
     Setting("RECOSTREAM_CHURN_THRESHOLD", "churn_threshold", float,

@@ -962,27 +962,24 @@ class RecoStream:
         (by the rows process, pickled: the loop passes the bytes on)."""
         args = (self.owned_tick_partitions(), counts, self.config.neighbors,
                 self.config.similarity, SimilarityParams())
+
+        async def lists_after_send(token: int, full: bool) -> dict[str, list[tuple[str, float]]]:
+            async with self.rows_lock:
+                await self.hold_rows_of({partition})
+                rows = await self.rows_call(rows_to_send, partition, full)
+            lists: dict[str, list[tuple[str, float]]] = await self.model_process.run(
+                neighbors_of_partition, partition, token, rows, full, *args)
+            self._rows_token[partition] = token
+            return lists
+
         # back once the model process has the rows sent (none: send them all)
         token = self._rows_token.pop(partition, None)
         if token is not None:
-            async with self.rows_lock:
-                await self.hold_rows_of({partition})
-                changed = await self.rows_call(rows_to_send, partition, False)
             try:
-                lists: dict[str, list[tuple[str, float]]] = await self.model_process.run(
-                    neighbors_of_partition, partition, token, changed, False, *args)
-                self._rows_token[partition] = token
-                return lists
+                return await lists_after_send(token, full=False)
             except RowsNotHeld:  # a new model process: it gets them all
                 pass
-        token = next(self._row_tokens)
-        async with self.rows_lock:
-            await self.hold_rows_of({partition})
-            every = await self.rows_call(rows_to_send, partition, True)
-        lists = await self.model_process.run(
-            neighbors_of_partition, partition, token, every, True, *args)
-        self._rows_token[partition] = token
-        return lists
+        return await lists_after_send(next(self._row_tokens), full=True)
 
     def owned_tick_partitions(self) -> set[int]:
         return self.owned_partitions(self.ticks_topic)

@@ -385,7 +385,7 @@ class DecodedCache(Generic[V, T]):
     A value changed but not yet written to its table is *dirty*: it is kept (never
     evicted) with a token saying where it goes, until :meth:`take_dirty` hands it
     to the writer. Writing a key once per commit instead of once per batch is what
-    this is for (a hot co-occurrence row changes in every batch).
+    this is for (an active user changes in batch after batch).
 
     >>> cache: DecodedCache[list[int], str] = DecodedCache(capacity=2)
     >>> cache.put("a", [1]); cache.put("b", [2]); _ = cache.get("a"); cache.put("c", [3])

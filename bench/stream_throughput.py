@@ -831,10 +831,12 @@ def batch_summary(workers: Sequence[WorkerProcess]) -> dict[str, float]:
     """The workers' batches of events so far, from their /metrics: how many, their
     mean size, and the seconds spent in them (summed over workers).
 
-    The seconds are the event loop's time in our own batch processing; set against
-    the measured window they say how much of the loop the rest took (Faust taking
-    messages in, the rows agent, refreshes, commits). Larger batches spread each
-    batch's fixed cost (the hand-overs to the children, the sends) thinner.
+    The seconds are wall time inside our batch processing, its waits included
+    (for the ranking child's backpressure, the locks): an upper bound on the event
+    loop's time there; set against the measured window, a lower bound on what the
+    rest took (Faust taking messages in, the rows agent, refreshes, commits).
+    Larger batches spread each batch's fixed cost (the hand-overs to the children,
+    the sends) thinner.
     """
     count = events = seconds = 0.0
     for worker in workers:

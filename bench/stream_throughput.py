@@ -51,7 +51,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -62,7 +61,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 from provenance import REPO, revision
 
 from streams.local_broker import TOPICS, LocalBroker, TopicSpec, ensure_topics_sync
@@ -839,17 +837,10 @@ def batch_summary(workers: Sequence[WorkerProcess]) -> dict[str, float]:
     the sends) thinner.
     """
     count = events = seconds = 0.0
-    for worker in workers:
-        with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "recostream_batch_size_count":
-                    count += sample.value
-                elif sample.name == "recostream_batch_size_sum":
-                    events += sample.value
-                elif sample.name == "recostream_batch_seconds_sum":
-                    seconds += sample.value
+    for samples in (worker.metrics() for worker in workers):
+        count += samples[("recostream_batch_size_count", ())]
+        events += samples[("recostream_batch_size_sum", ())]
+        seconds += samples[("recostream_batch_seconds_sum", ())]
     return {"batches": count, "events_per_batch": round(events / count, 1) if count else 0.0,
             "batch_seconds": round(seconds, 2)}
 

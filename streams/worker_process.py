@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from streams.settings import Settings
+
+#: A sample of Prometheus text: (metric name, its labels sorted) -> value.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def free_port() -> int:
@@ -78,6 +83,22 @@ class WorkerProcess:
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self.get("/health")
         return result
+
+    def metrics(self) -> Samples:
+        """Every sample of ``GET /metrics``; raises unless it answered with
+        Prometheus text."""
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+                content_type = response.headers["Content-Type"]
+                text = response.read().decode()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"/metrics answered {exc.code}:\n{self.tail(30)}") from None
+        if not content_type.startswith("text/plain"):
+            raise RuntimeError(f"/metrics answered {content_type!r}, not Prometheus text")
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+        }
 
     def wait_for(self, condition: Callable[[dict[str, Any]], bool], what: str,
                  timeout: float = 90.0) -> dict[str, Any]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from core.events import Event
 from streams.settings import Settings
@@ -16,31 +13,18 @@ from tests.integration.stream_harness import WorkerProcess, event_messages, prod
 pytestmark = pytest.mark.integration
 
 
-def scrape(worker: WorkerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    try:
-        with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as response:
-            assert response.headers["Content-Type"].startswith("text/plain")
-            text = response.read().decode()
-    except urllib.error.HTTPError as exc:
-        raise AssertionError(f"/metrics answered {exc.code}:\n{worker.tail(30)}") from None
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
-    }
-
-
 def test_metrics_move_when_events_flow(kafka_bootstrap: str, stream_settings: Settings,
                                        start_worker: Callable[[Settings], WorkerProcess],
                                        ml_slice: list[Event]) -> None:
     worker = start_worker(stream_settings)
-    before = scrape(worker)
+    before = worker.metrics()
     assert before[("recostream_events_applied_total", ())] == 0
     first, second = ml_slice[:400], ml_slice[400:1000]
     clicks = stream_settings.topic("clicks")
     produce(kafka_bootstrap, [*event_messages(stream_settings.topic_prefix, first),
                               (clicks, b"u", b"{broken")])
     worker.wait_until_settled(len(first))
-    middle = scrape(worker)
+    middle = worker.metrics()
     assert middle[("recostream_events_in_total", (("topic", "clicks"),))] == len(first) + 1
     assert middle[("recostream_events_applied_total", ())] == len(first)
     assert middle[("recostream_dead_letters_total", (("reason", "invalid_json"),))] == 1
@@ -54,7 +38,7 @@ def test_metrics_move_when_events_flow(kafka_bootstrap: str, stream_settings: Se
 
     produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, second))
     worker.wait_until_settled(len(first) + len(second))
-    after = scrape(worker)
+    after = worker.metrics()
     assert after[("recostream_events_applied_total", ())] == len(first) + len(second)
     assert (after[("recostream_recommendations_out_total", ())]
             > middle[("recostream_recommendations_out_total", ())])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from core.churn import BGNBDParams, CustomerSummary, fit_bgnbd, score_summaries
+from core.churn import BGNBDParams, CustomerSummary, fit_bgnbd, p_alive, score_summaries
 from core.events import Event
 
 STATE_VERSION = 1
@@ -182,26 +182,20 @@ class Engagement:
 
     def due(self, now: float, model: ChurnModel | None, config: EngagementConfig
             ) -> list[Trigger]:
-        """Triggers made due by event time ``now`` (each fires once)."""
-        triggers: list[Trigger] = []
+        """Triggers made due by event time ``now`` (each fires once); see
+        :func:`due_many`."""
+        return due_many([self], now, model, config)[0]
+
+    def _abandoned_carts(self, now: float, config: EngagementConfig) -> list[Trigger]:
         expired = sorted(i for i, ts in self.cart.items()
                          if now - ts >= config.cart_window_seconds)
+        triggers: list[Trigger] = []
         for item_id in expired:
             added = self.cart.pop(item_id)
             triggers.append(Trigger(
                 "cart_abandoned",
                 f"added to cart {now - added:.0f} s ago without a purchase",
                 now, {"item_id": item_id, "added_ts": added}))
-        if model is not None and not self.alerted and not self.customer.is_empty:
-            score = score_summaries(model.params, [self.customer], now,
-                                    horizon_days=config.horizon_days)[0]
-            if score.p_alive < config.churn_threshold:
-                self.alerted = True
-                tier = model.tiers.tier(score.monetary_value)
-                triggers.append(Trigger(
-                    "churn_risk",
-                    f"P(alive) {score.p_alive:.3f} fell below {config.churn_threshold:g}",
-                    now, {**score.to_dict(), "value_tier": tier, "action": ACTIONS[tier]}))
         return triggers
 
     def summary_row(self, now: float) -> list[float] | None:
@@ -230,3 +224,42 @@ class Engagement:
             cart={str(k): float(v) for k, v in state["cart"].items()},
             bought={str(k): float(v) for k, v in state.get("bought", {}).items()},
         )
+
+
+def due_many(engagements: Sequence[Engagement], now: float, model: ChurnModel | None,
+             config: EngagementConfig) -> list[list[Trigger]]:
+    """The triggers event time ``now`` made due, per customer (each fires once):
+    abandoned cart items, and a churn alert where P(alive) fell below the
+    threshold. Every customer's P(alive) is computed in one vectorised pass: the
+    churn scan goes over all users of a partition, and scored one at a time they
+    were 2% of the worker's event loop at full speed (py-spy).
+
+    >>> config = EngagementConfig()
+    >>> buyers = [Engagement(), Engagement()]
+    >>> for e, ts in zip(buyers, (0.0, 300 * 86_400.0)):
+    ...     for day in (0, 10, 20):
+    ...         _ = e.observe(Event("u", "i", ts + day * 86_400.0, "purchase", price=5.0), config)
+    >>> [[t.kind for t in fired] for fired in due_many(buyers, 330 * 86_400.0, PRIOR_MODEL, config)]
+    [['churn_risk'], []]
+    """
+    fired = [e._abandoned_carts(now, config) for e in engagements]
+    if model is None:
+        return fired
+    scored = [i for i, e in enumerate(engagements) if not e.alerted and not e.customer.is_empty]
+    if not scored:
+        return fired
+    period = model.params.period_days
+    rfm = np.array([engagements[i].customer.rfm(now, period) for i in scored], dtype=np.float64)
+    alive = p_alive(model.params, rfm[:, 0], rfm[:, 1], rfm[:, 2])
+    churning = [i for i, p in zip(scored, alive.tolist(), strict=True)
+                if p < config.churn_threshold]
+    scores = score_summaries(model.params, [engagements[i].customer for i in churning], now,
+                             horizon_days=config.horizon_days)
+    for i, score in zip(churning, scores, strict=True):
+        engagements[i].alerted = True
+        tier = model.tiers.tier(score.monetary_value)
+        fired[i].append(Trigger(
+            "churn_risk",
+            f"P(alive) {score.p_alive:.3f} fell below {config.churn_threshold:g}",
+            now, {**score.to_dict(), "value_tier": tier, "action": ACTIONS[tier]}))
+    return fired

@@ -49,7 +49,7 @@ from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
 from core.churn import score_customer
-from core.engagement import PRIOR_MODEL, ChurnModel, Trigger, fit_churn_model
+from core.engagement import PRIOR_MODEL, ChurnModel, Trigger, due_many, fit_churn_model
 from core.events import InvalidEvent, parse_event
 from core.ranking import NeighborModel, Recommendations
 from core.recommender import DAY, learn_event
@@ -1104,8 +1104,7 @@ class RecoStream:
         on (read now: a batch may have changed them since the scan began), and add
         their summary rows to ``rows``, for :data:`SCAN_SLICE_SECONDS` or
         :data:`SCAN_SLICE_USERS` users at most; where the next slice starts."""
-        due: list[tuple[str, UserState, Trigger]] = []
-        changed: list[tuple[str, UserState]] = []
+        scanned: list[tuple[str, UserState]] = []
         deadline = time.perf_counter() + SCAN_SLICE_SECONDS
         stop = min(len(user_ids), first + SCAN_SLICE_USERS)
         for position in range(first, stop):
@@ -1122,13 +1121,18 @@ class RecoStream:
             engagement = state.engagement
             if engagement.customer.is_empty and not engagement.cart:
                 continue
-            fired = engagement.due(now, model, self.engagement_config)
-            if fired:
-                changed.append((user_id, state))
-                due.extend((user_id, state, trigger) for trigger in fired)
+            scanned.append((user_id, state))
             row = engagement.summary_row(now)
             if row is not None:
                 rows.append(row)
+        due: list[tuple[str, UserState, Trigger]] = []
+        changed: list[tuple[str, UserState]] = []
+        for (user_id, state), fired in zip(scanned, due_many(
+                [state.engagement for _, state in scanned], now, model,
+                self.engagement_config), strict=True):
+            if fired:
+                changed.append((user_id, state))
+                due.extend((user_id, state, trigger) for trigger in fired)
         # marked changed with their triggers queued, nothing awaited in between:
         # the triggers reach Kafka before the states are written
         self.publish_ranked([], due)

@@ -8,7 +8,9 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.churn import score_customer
 from core.cooccurrence import CooccurrenceTable
+from core.engagement import PRIOR_MODEL, ChurnModel, Engagement, EngagementConfig, due_many
 from core.events import Event
 from core.ratings import UserProfile
 from core.recommender import Recommender, RecommenderConfig
@@ -153,3 +155,40 @@ def test_row_local_refresh_equals_full_refresh(rows: list[tuple[str, str, str]],
         local = neighbors_for_rows(mine, counts, 3, name, SimilarityParams())
         for item_id, pairs in local.items():
             assert pairs == model.neighbors_of(item_id)
+
+
+customer_histories = st.lists(
+    st.tuples(
+        st.lists(st.tuples(st.floats(0.0, 400.0), st.sampled_from(["purchase", "add_to_cart"])),
+                 max_size=6),
+        st.booleans(),
+    ),
+    max_size=12,
+)
+
+
+@given(customer_histories, st.floats(0.0, 800.0), st.sampled_from([None, PRIOR_MODEL]))
+def test_due_many_fires_each_due_trigger_once(
+        histories: list[tuple[list[tuple[float, str]], bool]], now_days: float,
+        model: ChurnModel | None) -> None:
+    config = EngagementConfig(cart_window_seconds=86_400.0)
+    customers = []
+    for events, alerted in histories:
+        e = Engagement(alerted=alerted)
+        for day, kind in events:
+            e.observe(Event("u", f"i{int(day) % 3}", day * 86_400.0, kind, price=9.0), config)
+        customers.append(e)
+    now = now_days * 86_400.0
+    # what each should fire, worked out one customer at a time
+    expected = []
+    for e in customers:
+        kinds = [("cart_abandoned", item) for item, added in sorted(e.cart.items())
+                 if now - added >= config.cart_window_seconds]
+        if model is not None and not e.alerted and not e.customer.is_empty and score_customer(
+                model.params, e.customer, now).p_alive < config.churn_threshold:
+            kinds.append(("churn_risk", None))
+        expected.append(kinds)
+    fired = due_many(customers, now, model, config)
+    assert [[(t.kind, t.details.get("item_id")) for t in f] for f in fired] == expected
+    # each fires once
+    assert all(f == [] for f in due_many(customers, now, model, config))

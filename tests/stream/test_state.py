@@ -105,6 +105,20 @@ def test_user_state_keeps_only_the_latest_event_ids() -> None:
     assert not state.is_duplicate("clicks/0", 6, "e1")  # forgotten
 
 
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), max_size=40),
+       st.integers(1, 6), st.booleans())
+def test_event_id_lookup_agrees_with_the_ids_kept(ids: list[str], keep_ids: int,
+                                                  reloaded: bool) -> None:
+    state = UserState()
+    for offset, event_id in enumerate(ids):
+        state.mark("clicks/0", offset, event_id, keep_ids)
+        if reloaded:  # as read back from the table: the lookup made afresh
+            state = UserState.from_json(orjson.loads(orjson.dumps(state.to_json())))
+        assert state.event_ids == ids[max(0, offset + 1 - keep_ids):offset + 1]
+        for other in "abcdefg":
+            assert state.is_duplicate("clicks/0", 10_000, other) == (other in state.event_ids)
+
+
 def test_row_gain_json_round_trip() -> None:
     gain = RowGain("a", ("b", "c"), "clicks/2", 17, TS, ("d",))
     value = ["a", ["b", "c"], "clicks/2", 17, TS, ["d"]]

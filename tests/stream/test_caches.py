@@ -252,16 +252,15 @@ async def test_a_rows_process_that_died_stops_the_worker_and_no_other_is_started
     stream = h.stream
     async with stream.agents[1].test_context() as rows_agent:
         await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 0)])
-        pool = stream.rows_process._pool
-        assert pool is not None
-        for process in list(pool._processes.values()):  # killed (the OOM killer, say)
-            process.kill()
-            process.join()
+        child = stream.rows_process._child
+        assert child is not None
+        child.process.kill()  # killed (the OOM killer, say)
+        child.process.join()
         with pytest.raises(AssertionError, match="agent crashed"):
             await h.relay(rows_agent, [row_update(h, "a", ["c"], 1, 0)])
         assert isinstance(stream.app.crash_reason, RowsLost)
         assert "died" in str(stream.app.crash_reason)
-        assert stream.rows_process._pool is pool  # no new child holding nothing
+        assert stream.rows_process._child is child  # no new child holding nothing
         # and the commit's writers fail too: nothing is committed
         with pytest.raises(RowsLost):
             await stream.write_rows_changed_so_far()

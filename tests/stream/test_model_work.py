@@ -43,6 +43,41 @@ async def test_work_runs_in_another_process_with_the_same_results() -> None:
         process.close()
 
 
+def echo(value: bytes) -> bytes:
+    """In the child: the value back."""
+    return value
+
+
+def fail(message: str) -> None:
+    """In the child: a failure."""
+    raise ValueError(message)
+
+
+@run_async
+async def test_calls_and_results_larger_than_the_pipe_keep_their_order() -> None:
+    process = ModelProcess()
+    try:
+        # several MiB each way, queued together: written as the pipe drains, read
+        # in pieces, answered in the order of the calls
+        values = [bytes([n]) * (3 << 20) for n in range(4)] + [b"small"]
+        results = await asyncio.gather(*[process.submit(echo, v) for v in values])
+        assert results == values
+    finally:
+        process.close()
+
+
+@run_async
+async def test_a_failure_in_the_child_is_raised_with_where_it_happened() -> None:
+    process = ModelProcess()
+    try:
+        with pytest.raises(ValueError, match="no such rows") as raised:
+            await process.run(fail, "no such rows")
+        assert "in fail" in str(raised.value.__cause__)  # the child's traceback
+        assert await process.run(echo, b"next") == b"next"  # the child goes on
+    finally:
+        process.close()
+
+
 @pytest.mark.parametrize("noticed", [False, True], ids=["at once", "once noticed"])
 @run_async
 async def test_a_child_that_died_is_replaced(noticed: bool) -> None:

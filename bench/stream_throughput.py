@@ -66,7 +66,13 @@ from provenance import REPO, revision
 from streams.local_broker import TOPICS, LocalBroker, TopicSpec, ensure_topics_sync
 from streams.produce import OutMessage, Pacer, produce_events
 from streams.settings import Settings
-from streams.worker_process import WorkerProcess, free_port, row_updates_caught_up, worker_env
+from streams.worker_process import (
+    Samples,
+    WorkerProcess,
+    free_port,
+    row_updates_caught_up,
+    worker_env,
+)
 
 PARTS = ("bare", "noop", "naive", "worker", "rocksdb", "two", "latency")
 NAIVE_TOPIC = "naive-recommendations"
@@ -695,6 +701,8 @@ class LatencyPoint:
     worker_p99_ms: float | None = None
     delivery_p50_ms: float | None = None  # record created -> consumed by the bench
     delivery_p99_ms: float | None = None
+    batch_mean_ms: float | None = None  # the worker's own histograms, this load only
+    ranking_mean_ms: float | None = None
 
 
 class LoopProbe:
@@ -845,6 +853,26 @@ def batch_summary(workers: Sequence[WorkerProcess]) -> dict[str, float]:
             "batch_seconds": round(seconds, 2)}
 
 
+def stage_means_ms(before: Samples, after: Samples) -> dict[str, float | None]:
+    """Mean milliseconds of a batch (processing, from the window's end) and of a
+    batch's ranking (hand-over to the ranking child until its lists are queued)
+    between two scrapes of a worker's /metrics: two stages of 'in worker'.
+
+    >>> stage_means_ms({("recostream_ranking_seconds_sum", ()): 1.0,
+    ...                 ("recostream_ranking_seconds_count", ()): 10.0},
+    ...                {("recostream_ranking_seconds_sum", ()): 3.0,
+    ...                 ("recostream_ranking_seconds_count", ()): 60.0})
+    {'batch': None, 'ranking': 40.0}
+    """
+    means: dict[str, float | None] = {}
+    for stage, name in (("batch", "recostream_batch_seconds"),
+                        ("ranking", "recostream_ranking_seconds")):
+        count = after.get((f"{name}_count", ()), 0.0) - before.get((f"{name}_count", ()), 0.0)
+        spent = after.get((f"{name}_sum", ()), 0.0) - before.get((f"{name}_sum", ()), 0.0)
+        means[stage] = round(spent / count * 1000.0, 2) if count else None
+    return means
+
+
 def rows_settled_after(workers: Sequence[WorkerProcess], timeout: float) -> float | None:
     """Seconds from now until every row update the workers sent is applied (None
     if not within ``timeout``)."""
@@ -926,9 +954,11 @@ def run_latency(bench: Bench, base_eps: float) -> tuple[list[LatencyPoint], Run]
             say(f"latency: {rate:,.0f}/s ({fraction:g} of {base_eps:,.0f}) for "
                 f"{LATENCY_LEAD_IN_S:g} + {args.latency_seconds:g} s, "
                 f"{len(probe_users):,} probes")
+            before = worker.metrics()
             with LoopProbe(worker) as loop_probe:
                 times = asyncio.run(paced_load(bench.bootstrap, prefix, args.partitions, load,
                                                probe_users, rate, lead_in))
+            stages = stage_means_ms(before, worker.metrics())
             loop_ms = sorted(loop_probe.times_ms)
             produced += len(load)
             # a probe never answered (within LATENCY_DRAIN_S after the load) is slower
@@ -953,6 +983,7 @@ def run_latency(bench: Bench, base_eps: float) -> tuple[list[LatencyPoint], Run]
                 worker_p99_ms=nearest_rank(in_worker, 99),
                 delivery_p50_ms=nearest_rank(delivery, 50),
                 delivery_p99_ms=nearest_rank(delivery, 99),
+                batch_mean_ms=stages["batch"], ranking_mean_ms=stages["ranking"],
             )
             points.append(point)
             say(f"latency: offered {point.offered_rate:,.0f}/s, {point.answered}/{point.probes} "
@@ -960,7 +991,9 @@ def run_latency(bench: Bench, base_eps: float) -> tuple[list[LatencyPoint], Run]
                 f"p99 {fmt(point.p99_ms, '.1f')} ms; "
                 f"in worker p50/p99 {fmt(point.worker_p50_ms)}/{fmt(point.worker_p99_ms)} ms, "
                 f"delivery {fmt(point.delivery_p50_ms)}/{fmt(point.delivery_p99_ms)} ms; "
-                f"/health p99 {fmt(point.loop_p99_ms)} ms, max {fmt(point.loop_max_ms)} ms")
+                f"/health p99 {fmt(point.loop_p99_ms)} ms, max {fmt(point.loop_max_ms)} ms; "
+                f"mean batch {fmt(point.batch_mean_ms, '.1f')} ms, "
+                f"ranking {fmt(point.ranking_mean_ms, '.1f')} ms")
             if index == len(fractions) - 1:
                 break
             # the next rate starts from an empty backlog, row updates included
@@ -1027,6 +1060,8 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
              "in_worker_p99_ms": rounded(p.worker_p99_ms),
              "delivery_p50_ms": rounded(p.delivery_p50_ms),
              "delivery_p99_ms": rounded(p.delivery_p99_ms),
+             "batch_mean_ms": rounded(p.batch_mean_ms),
+             "ranking_mean_ms": rounded(p.ranking_mean_ms),
              "probes": p.probes, "answered": p.answered}
             for p in points
         ],
@@ -1082,12 +1117,14 @@ def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
                      f"{run.seconds:>8.1f} {fmt(run.rss_mb):>7}  {note}")
     lines += ["", "latency, produce -> recommendation consumed (ms); 'in worker' ends when the",
               "worker's producer takes the record, 'health' is how long /health took (the loop",
-              "was blocked that long)", "",
+              "was blocked that long); 'batch/ranking' are the worker's mean batch and batch",
+              "ranking times over the load, from its /metrics", "",
               f"{'load':<22} {'offered/s':>9} {'p50':>8} {'p99':>8} {'max':>8} "
               f"{'in worker p50/p99':>18} {'delivery p50/p99':>17} {'health p99/max':>15} "
-              f"{'answered':>10}"]
+              f"{'batch/ranking':>14} {'answered':>10}"]
     for point in result["latency_curve"]:
         behind = "  behind" if point["answered"] < point["probes"] else ""
+        stages = f"{fmt(point['batch_mean_ms'], '.1f')}/{fmt(point['ranking_mean_ms'], '.1f')}"
         lines.append(
             f"{format(point['fraction'], 'g') + ' of worker_eps':<22} "
             f"{fmt(point['offered_rate']):>9} {fmt(point['p50_ms'], '.1f'):>8} "
@@ -1095,6 +1132,7 @@ def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
             f"{fmt(point['in_worker_p50_ms']) + '/' + fmt(point['in_worker_p99_ms']):>18} "
             f"{fmt(point['delivery_p50_ms']) + '/' + fmt(point['delivery_p99_ms']):>17} "
             f"{fmt(point['health_p99_ms']) + '/' + fmt(point['health_max_ms']):>15} "
+            f"{stages:>14} "
             f"{str(point['answered']) + '/' + str(point['probes']):>10}{behind}")
     if not result["latency_curve"]:
         lines.append("skipped")

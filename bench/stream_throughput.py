@@ -601,8 +601,9 @@ def start_profiler(bench: Bench, worker: WorkerProcess,
 
     Collapsed stacks (py-spy's raw format) rather than an SVG, so that the share of
     each function can be summed with a text tool; ``--nonblocking`` so the worker is
-    never paused (at the price of the odd torn stack); ``--idle`` is left off, so
-    every sample is the event loop or a thread doing work.
+    never paused (at the price of the odd torn stack); ``--idle`` so that waiting
+    threads are sampled too (the loop in ``select``): each thread's samples then
+    cover the whole run, and a share of them is a share of its wall time.
     """
     if not bench.args.profile or worker.proc is None:
         return None

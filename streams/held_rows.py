@@ -1,5 +1,5 @@
-"""The rows of C a worker owns, held and updated in a child process of their own
-(the rows process), off the event loop.
+"""The rows of C a worker owns, held and updated in child processes of their own
+(the rows processes, each holding a share of the partitions), off the event loop.
 
 Applying row updates was the largest share of the event loop (23% at half load,
 py-spy), and at full speed the rows agent ran behind the events (7-10 s of

@@ -117,6 +117,7 @@ class Settings:
     batch_seconds: float = 0.05
     dedup_ids: int = 256
     cache_keys: int = 100_000
+    rows_processes: int = 2
     churn_seconds: float = 60.0
     churn_threshold: float = EngagementConfig.churn_threshold
     churn_horizon_days: float = EngagementConfig.horizon_days
@@ -260,6 +261,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_seconds": (_positive, "must be positive"),
     "dedup_ids": (lambda v: v >= 0, "must not be negative"),
     "cache_keys": (lambda v: v >= 0, "must not be negative"),
+    "rows_processes": (_at_least_one, "must be at least 1"),
     "max_message_bytes": (_at_least_one, "must be at least 1"),
     "session_timeout": (_positive, "must be positive"),
     "churn_seconds": (lambda v: v >= 0, "must not be negative (0: at every refresh)"),
@@ -311,7 +313,9 @@ ENVIRONMENT: tuple[Setting, ...] = (
             "longest wait to fill a batch"),
     Setting("RECOSTREAM_DEDUP_IDS", "dedup_ids", int, "event ids remembered per user"),
     Setting("RECOSTREAM_CACHE_KEYS", "cache_keys", int,
-            "decoded users kept in memory (0: none; the rows process holds its rows)"),
+            "decoded users kept in memory (0: none; the rows processes hold the rows)"),
+    Setting("RECOSTREAM_ROWS_PROCESSES", "rows_processes", int,
+            "child processes holding the rows of C, each a share of the partitions"),
     Setting("RECOSTREAM_CHURN_SECONDS", "churn_seconds", float,
             "seconds between churn scoring and trigger checks of a partition"),
     Setting("RECOSTREAM_CHURN_THRESHOLD", "churn_threshold", float,

@@ -47,4 +47,5 @@ def test_released_partitions_go_back_to_where_recovery_sought_them(
     finally:
         stream.model_process.close()
         stream.ranker.close()
-        stream.rows_process.close()
+        for process in stream.rows_processes:
+            process.close()

@@ -43,7 +43,8 @@ def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ma
     for harness in harnesses:  # the app is never started, so never stopped either
         harness.stream.model_process.close()
         harness.stream.ranker.close()
-        harness.stream.rows_process.close()
+        for process in harness.stream.rows_processes:
+            process.close()
 
 
 @pytest.fixture

@@ -93,10 +93,17 @@ def row_update(h: Harness, item: str, pairs: list[str], offset: int, partition: 
                 orjson.dumps({"gains": [[item, pairs, "clicks/0", offset, TS, []]]}), partition)
 
 
+async def held_rows(h: Harness) -> dict[int, Any]:
+    """What the rows processes hold, per partition."""
+    held: dict[int, Any] = {}
+    for process in h.stream.rows_processes:
+        held.update(await process.run(held_rows_summary))
+    return held
+
+
 async def unwritten_rows(h: Harness) -> int:
-    """How many rows the rows process holds changed and not written yet."""
-    summary = await h.stream.rows_process.run(held_rows_summary)
-    return sum(part["unwritten"] for part in summary.values())
+    """How many rows the rows processes hold changed and not written yet."""
+    return sum(part["unwritten"] for part in (await held_rows(h)).values())
 
 
 @run_async
@@ -118,6 +125,27 @@ async def test_changed_rows_are_written_once_per_commit(make_harness: MakeHarnes
             "b": 2.0, "c": 1.0}
         await stream.before_commit()
         assert h.changelog("rows") == []  # nothing changed since
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+@run_async
+async def test_each_rows_process_holds_its_share_of_the_partitions(
+    make_harness: MakeHarness, processes: int,
+) -> None:
+    h = make_harness(rows_processes=processes, batch_size=10)
+    stream = h.stream
+    h.changelog("rows")
+    async with stream.agents[1].test_context() as rows_agent:
+        # one batch of row updates of four partitions
+        await h.relay(rows_agent, [row_update(h, f"a{p}", ["b"], p, p) for p in range(4)])
+        assert stream.counters.row_updates_applied == 4
+        held = [sorted(await process.run(held_rows_summary))
+                for process in stream.rows_processes]
+        assert held == [[p for p in range(4) if p % processes == index]
+                        for index in range(processes)]
+        await stream.before_commit()
+    assert sorted((w.key, w.partition) for w in h.changelog("rows") if w.key.startswith("a")) == [
+        (f"a{p}", p) for p in range(4)]
 
 
 @run_async
@@ -162,7 +190,7 @@ async def test_a_rebalance_writes_the_changed_rows_before_forgetting_them(
         assert [(w.key, w.partition) for w in h.changelog("rows")] == [("a", 2)]
         # and the rows process lets go of them: read again from the table if needed
         assert stream._rows_held == {}
-        assert await stream.rows_process.run(held_rows_summary) == {}
+        assert await held_rows(h) == {}
 
 
 @run_async
@@ -179,8 +207,9 @@ async def test_a_commit_sends_the_stats_a_stopped_batch_left_behind(
     assert stream.item_stats.get("a")[0] == 1.0
     # what a cancelled batch leaves: the update applied, its stats never sent
     update = row_update(h, "a", ["c"], 1, 1).value
-    await stream.rows_process.run(apply_row_messages, [(1, stream._rows_held[1], update)],
-                                  stream.tau, h.settings.max_row_width)
+    await stream.rows_process_of(1).run(apply_row_messages,
+                                        [(1, stream._rows_held[1], update)],
+                                        stream.tau, h.settings.max_row_width)
     assert stream.item_stats.get("a")[0] == 1.0
     sent = len(h.sent_to(stream.replica_topics_by_table["item-stats"].get_topic_name()))
     await stream.before_commit()
@@ -201,7 +230,7 @@ async def test_a_rebalance_waits_for_the_batch_of_row_updates_under_way(
     gains = [["a", [], "clicks/0", 0, TS, ["b"]], ["c", [], "clicks/0", 1, TS, ["d"]]]
     message = Sent(stream.rows_topic.get_topic_name(), None, orjson.dumps({"gains": gains}), 1)
     # the rows process's answer to the batch is held back
-    gate, run, applying = asyncio.Event(), stream.rows_process.run, []
+    gate, run, applying = asyncio.Event(), stream.rows_process_of(1).run, []
 
     async def answer_after_the_gate(function: Any, *args: Any) -> Any:
         result = await run(function, *args)
@@ -210,7 +239,7 @@ async def test_a_rebalance_waits_for_the_batch_of_row_updates_under_way(
             await gate.wait()
         return result
 
-    monkeypatch.setattr(stream.rows_process, "run", answer_after_the_gate)
+    monkeypatch.setattr(stream.rows_process_of(1), "run", answer_after_the_gate)
     h.changelog("rows")
     async with stream.agents[1].test_context() as rows_agent:
         relay = asyncio.ensure_future(h.relay(rows_agent, [message]))
@@ -252,7 +281,7 @@ async def test_a_rows_process_that_died_stops_the_worker_and_no_other_is_started
     stream = h.stream
     async with stream.agents[1].test_context() as rows_agent:
         await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 0)])
-        child = stream.rows_process._child
+        child = stream.rows_process_of(0)._child
         assert child is not None
         child.process.kill()  # killed (the OOM killer, say)
         child.process.join()
@@ -260,7 +289,7 @@ async def test_a_rows_process_that_died_stops_the_worker_and_no_other_is_started
             await h.relay(rows_agent, [row_update(h, "a", ["c"], 1, 0)])
         assert isinstance(stream.app.crash_reason, RowsLost)
         assert "died" in str(stream.app.crash_reason)
-        assert stream.rows_process._child is child  # no new child holding nothing
+        assert stream.rows_process_of(0)._child is child  # no new child holding nothing
         # and the commit's writers fail too: nothing is committed
         with pytest.raises(RowsLost):
             await stream.write_rows_changed_so_far()

@@ -133,11 +133,6 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
         log.error("a call the model process holds failed", exc_info=future.exception())
 
 
-def call_pickled(function: Callable[..., R], payload: bytes) -> R:
-    """``function`` with the arguments pickled in ``payload`` (in the child)."""
-    return function(*pickle.loads(payload))
-
-
 #: Rows of C the child holds per partition: the token of the full send they began
 #: with, and the rows (item id -> pairs).
 _held_rows: dict[int, tuple[int, dict[str, Mapping[str, float]]]] = {}
@@ -297,12 +292,11 @@ class ChildPipes:
         self.died: ChildDied | None = None
         self.loop.add_reader(self._results_fd, self._read)
 
-    def call(self, function: Callable[..., Any], payload: bytes) -> asyncio.Future[Any]:
-        """Send ``function`` and its pickled arguments; the future of its result.
+    def call(self, frame: bytes) -> asyncio.Future[Any]:
+        """Send a call, ``(function, args)`` pickled; the future of its result.
         :class:`ChildDied` (raised, or the future's) when the child is gone."""
         if self.died is not None:
             raise self.died
-        frame = pickle.dumps((function, payload), protocol=pickle.HIGHEST_PROTOCOL)
         future: asyncio.Future[Any] = self.loop.create_future()
         self._pending.append(future)
         writing = bool(self._unsent)
@@ -408,9 +402,9 @@ def serve_calls(calls: multiprocessing.connection.Connection,
         frame = _read_exactly(calls_fd, FRAME_HEADER.unpack(header)[0])
         if frame is None:
             return
-        function, payload = pickle.loads(frame)
+        function, args = pickle.loads(frame)
         try:
-            outcome = pickle.dumps((True, call_pickled(function, payload), ""),
+            outcome = pickle.dumps((True, function(*args), ""),
                                    protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # every failure goes back to the caller
             where = traceback.format_exc()
@@ -465,7 +459,7 @@ class ModelProcess(Service):
         self.niceness = niceness
         self.replace_dead = replace_dead
         self._child: ChildPipes | None = None
-        self._held: tuple[Callable[..., Any], bytes] | None = None
+        self._held: bytes | None = None  # the call held, pickled
         self._in_flight: set[asyncio.Future[Any]] = set()
 
     async def run(self, function: Callable[..., R], *args: Any) -> R:
@@ -476,44 +470,43 @@ class ModelProcess(Service):
         """Queue ``function(*args)`` for the child (a module-level function of a
         module without Faust) now; await the result.
 
-        The arguments are pickled here and now, as they are when called: batches
-        may change them as soon as the caller awaits.
+        The call is pickled here and now, its arguments as they are when called:
+        batches may change them as soon as the caller awaits.
         """
-        payload = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
-        return self._result(function, payload, *self._start(function, payload))
+        frame = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
+        return cast(Awaitable[R], self._result(frame, *self._start(frame)))
 
     def hold(self, function: Callable[..., Any], *args: Any) -> None:
         """Queue ``function(*args)`` now, and again first in any child that replaces
         this one: for what the child keeps (the ranking snapshot). Not awaited; a
         failure is logged."""
-        self._held = (function, pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
+        self._held = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
         if self._child is not None and self._child.died is None:
             self._start_held(self._child)
 
-    def _start(self, function: Callable[..., R], payload: bytes
-               ) -> tuple[ChildPipes, asyncio.Future[R]]:
+    def _start(self, frame: bytes) -> tuple[ChildPipes, asyncio.Future[Any]]:
         child = self._ensure_child()
         try:
-            future = child.call(function, payload)
+            future = child.call(frame)
         except ChildDied as exc:  # it died before, and that was noticed
             if not self.replace_dead:
                 raise ChildLost(str(exc)) from exc
             self._replace(child)
             child = self._ensure_child()
-            future = child.call(function, payload)
+            future = child.call(frame)
         self._in_flight.add(future)
         future.add_done_callback(self._in_flight.discard)
         return child, future
 
-    async def _result(self, function: Callable[..., R], payload: bytes,
-                      child: ChildPipes, future: asyncio.Future[R]) -> R:
+    async def _result(self, frame: bytes, child: ChildPipes,
+                      future: asyncio.Future[Any]) -> Any:
         try:
             return await future
         except ChildDied as exc:
             if not self.replace_dead:
                 raise ChildLost(str(exc)) from exc
             self._replace(child)
-        return await self._start(function, payload)[1]
+        return await self._start(frame)[1]
 
     def _replace(self, child: ChildPipes) -> None:
         """Drop a dead child; the next call starts another. Only the first of its
@@ -530,9 +523,8 @@ class ModelProcess(Service):
         return self._child
 
     def _start_held(self, child: ChildPipes) -> None:
-        function, payload = cast(tuple[Callable[..., Any], bytes], self._held)
         try:
-            child.call(function, payload).add_done_callback(_log_failure)
+            child.call(cast(bytes, self._held)).add_done_callback(_log_failure)
         except ChildDied:  # the next call's new child runs it first
             self._replace(child)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
+
+import pytest
 
 from streams.app import RecoStream
 from streams.settings import Settings
-from streams.transport import FETCH_MAX_WAIT_MS, App, RewindingConsumer
+from streams.transport import FETCH_MAX_WAIT_MS, App, RewindingConsumer, finish_suspended
 from tests.stream.harness import MakeHarness, run_async
 
 
@@ -45,3 +48,113 @@ def test_bulk_records_go_through_the_second_producer(tmp_path: Path) -> None:
     finally:
         stream.model_process.close()
         stream.ranker.close()
+
+
+@run_async
+async def test_a_delivery_that_need_not_wait_runs_in_place(make_harness: MakeHarness) -> None:
+    # Faust runs each delivery as a task raced against the flow being suspended:
+    # four tasks and a turn of the loop per message
+    consumer = cast(RewindingConsumer, make_harness().stream.app.consumer)
+    ran_in: list[asyncio.Task[Any] | None] = []
+
+    async def deliver_now(message: Any) -> None:
+        ran_in.append(asyncio.current_task())
+
+    consumer.callback = deliver_now
+    await consumer.deliver("message")
+    assert ran_in == [asyncio.current_task()]
+
+
+@run_async
+async def test_a_delivery_that_waits_finishes_once_it_may(make_harness: MakeHarness) -> None:
+    consumer = cast(RewindingConsumer, make_harness().stream.app.consumer)
+    room = asyncio.get_running_loop().create_future()
+    delivered: list[Any] = []
+
+    async def deliver_when_room(message: Any) -> None:
+        delivered.append((message, await room))
+
+    consumer.callback = deliver_when_room
+    delivery = asyncio.ensure_future(consumer.deliver("message"))
+    await asyncio.sleep(0.01)
+    assert not delivery.done()
+    room.set_result("room")
+    await delivery
+    assert delivered == [("message", "room")]
+
+
+@run_async
+async def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended(
+    make_harness: MakeHarness,
+) -> None:
+    # a rebalance: Faust clears the queues and seeks, so the message must not go in
+    consumer = cast(RewindingConsumer, make_harness().stream.app.consumer)
+    room = asyncio.get_running_loop().create_future()
+    outcome: list[str] = []
+
+    async def deliver_when_room(message: Any) -> None:
+        try:
+            await room
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        outcome.append("delivered")
+
+    consumer.callback = deliver_when_room
+    delivery = asyncio.ensure_future(consumer.deliver("message"))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()
+    await asyncio.wait_for(delivery, 1.0)
+    assert outcome == ["cancelled"] and room.cancelled()
+
+
+@run_async
+async def test_while_the_flow_is_suspended_deliveries_race_it_as_in_faust(
+    make_harness: MakeHarness,
+) -> None:
+    consumer = cast(RewindingConsumer, make_harness().stream.app.consumer)
+    ran_in: list[asyncio.Task[Any] | None] = []
+
+    async def deliver_now(message: Any) -> None:
+        ran_in.append(asyncio.current_task())
+
+    consumer.callback = deliver_now
+    consumer.suspend_flow.set()
+    await consumer.deliver("message")
+    assert asyncio.current_task() not in ran_in
+
+
+async def steps(awaited: list[asyncio.Future[str]]) -> list[str]:
+    results = []
+    for future in awaited:
+        try:
+            results.append(await future)
+        except ValueError as exc:
+            results.append(f"raised {exc}")
+    return results
+
+
+@run_async
+async def test_finish_suspended_resumes_with_each_result_or_exception() -> None:
+    loop = asyncio.get_running_loop()
+    awaited = [loop.create_future() for _ in range(3)]
+    coroutine = steps(awaited)
+    finishing = asyncio.ensure_future(finish_suspended(coroutine, coroutine.send(None)))
+    awaited[0].set_result("a")
+    await asyncio.sleep(0)
+    loop.call_later(0.01, awaited[1].set_exception, ValueError("b"))
+    loop.call_later(0.02, awaited[2].set_result, "c")
+    assert await finishing == ["a", "raised b", "c"]
+
+
+@run_async
+async def test_finish_suspended_cancels_the_coroutine_where_it_waits() -> None:
+    awaited: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    coroutine = steps([awaited])
+    finishing = asyncio.ensure_future(finish_suspended(coroutine, coroutine.send(None)))
+    await asyncio.sleep(0.01)
+    finishing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await finishing
+    assert awaited.cancelled()
+    assert coroutine.cr_frame is None  # finished, not left suspended

@@ -15,6 +15,9 @@ data and each with its own consumer group:
 - ``bare``: an aiokafka ``getmany`` + ``orjson.loads`` loop (the physical limit;
   median of ``--bare-repeats``);
 - ``noop``: a Faust agent that only decodes and counts (the framework's ceiling);
+- ``noop-ours``: the same agent on recostream's consumer
+  (:mod:`streams.transport`), whose hand-over of each message to the agents is
+  cheaper than Faust's: the worker's own ceiling, reported beside the stock one;
 - ``naive``: a Faust agent with a per-event dict model, top-10 and one send per
   event (the shape of the public flurs Faust example); capped at ``--naive-seconds``;
 - ``worker``: ``recostream worker`` (memory store), rate from its /health counters;
@@ -26,7 +29,7 @@ data and each with its own consumer group:
   at that record's timestamp (inside the worker / delivery) while a thread times
   the worker's /health (how long its event loop is blocked).
 
-The Faust agents run in child processes (``--role noop|naive``, internal). Every
+The Faust agents run in child processes (``--role noop|noop-ours|naive``, internal). Every
 configuration is bounded by ``--max-seconds``; a capped one reports its rate over
 what it consumed. Progress goes to stderr; the table to stdout, or with ``--json``
 to stderr and exactly one JSON object to stdout. Figures move with the machine:
@@ -74,7 +77,7 @@ from streams.worker_process import (
     worker_env,
 )
 
-PARTS = ("bare", "noop", "naive", "worker", "rocksdb", "two", "latency")
+PARTS = ("bare", "noop", "noop-ours", "naive", "worker", "rocksdb", "two", "latency")
 NAIVE_TOPIC = "naive-recommendations"
 # Event mix: 95% clicks of the four click types, 5% purchases.
 KINDS = ("view", "click", "add_to_cart", "remove_from_cart", "purchase")
@@ -240,10 +243,14 @@ class Tally:
 
 
 def run_faust_role(args: argparse.Namespace) -> int:
-    """``--role noop|naive``: consume the prefixed topics from earliest, report the rate."""
+    """``--role noop|noop-ours|naive``: consume the prefixed topics from earliest, report
+    the rate."""
     import faust
 
-    app = faust.App(
+    from streams.transport import App as RecostreamApp
+
+    app_class = RecostreamApp if args.role == "noop-ours" else faust.App
+    app = app_class(
         args.app_id,
         broker=f"kafka://{args.bootstrap}",
         store="memory://",
@@ -262,7 +269,7 @@ def run_faust_role(args: argparse.Namespace) -> int:
     source = app.topic(args.prefix + "clicks", args.prefix + "purchases", **raw)
     tally = Tally(args.expect, args.max_seconds, Path(args.result))
 
-    if args.role == "noop":
+    if args.role in ("noop", "noop-ours"):
         @app.agent(source, name="noop")
         async def noop(stream: Any) -> None:
             async for value in stream:
@@ -1042,6 +1049,7 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         "events": events,
         "bare_eps": eps("bare"),
         "faust_noop_eps": eps("noop"),
+        "faust_noop_our_consumer_eps": eps("noop-ours"),
         "naive_eps": eps("naive"),
         "worker_eps": eps("worker"),
         "worker_rocksdb_eps": eps("rocksdb"),
@@ -1070,6 +1078,8 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
     }
     result["ratios"] = {
         "worker_over_noop": ratio(result["worker_eps"], result["faust_noop_eps"]),
+        "worker_over_noop_our_consumer": ratio(result["worker_eps"],
+                                               result["faust_noop_our_consumer_eps"]),
         "worker_over_naive": ratio(result["worker_eps"], result["naive_eps"]),
         "two_over_one": ratio(result["two_workers_eps"], result["worker_eps"]),
         "rocksdb_over_noop": ratio(result["worker_rocksdb_eps"], result["faust_noop_eps"]),
@@ -1101,6 +1111,7 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
 
 def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
     labels = {"bare": "bare aiokafka getmany + orjson", "noop": "Faust no-op agent",
+              "noop-ours": "no-op, recostream's consumer",
               "naive": "Faust naive (per-event send)", "worker": "recostream worker, memory",
               "rocksdb": "recostream worker, rocksdb", "two": "two workers, memory"}
     lines = [f"stream throughput  (rev {result['setup']['revision']}, "
@@ -1108,7 +1119,7 @@ def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
              f"{result['events']:,} events produced)", ""]
     lines.append(f"{'configuration':<32} {'events/s':>10} {'events':>9} {'seconds':>8} "
                  f"{'RSS MB':>7}  note")
-    for key in ("bare", "noop", "naive", "worker", "rocksdb", "two"):
+    for key in ("bare", "noop", "noop-ours", "naive", "worker", "rocksdb", "two"):
         run = runs.get(key)
         if run is None:
             lines.append(f"{labels[key]:<32} {'skipped':>10}")
@@ -1144,6 +1155,9 @@ def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
         lines.append(f"{name:<24} {fmt(value, '.2f'):>8} {op + format(bound, 'g'):>8}  "
                      f"{'-' if met is None else 'yes' if met else 'NO'}")
     lines.append(f"{'worker / bare':<24} {fmt(result['ratios']['worker_over_bare'], '.3f'):>8}")
+    lines.append(f"{'worker / no-op, ours':<24} "
+                 f"{fmt(result['ratios']['worker_over_noop_our_consumer'], '.2f'):>8}"
+                 "  (the no-op agent on recostream's consumer)")
     setup = result["setup"]
     lines.append(f"\nwall {setup['wall_seconds']:.0f} s; other processes on this machine used "
                  f"{setup['other_cpu_seconds']:.0f} CPU-s meanwhile "
@@ -1197,7 +1211,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="sample every worker with py-spy into DIR/<name>.folded")
     # internal: the Faust child processes
-    parser.add_argument("--role", choices=("noop", "naive"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("noop", "noop-ours", "naive"),
+                        help=argparse.SUPPRESS)
     for name in ("--bootstrap", "--prefix", "--app-id", "--result", "--data-dir"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--expect", type=int, help=argparse.SUPPRESS)
@@ -1238,6 +1253,8 @@ def run_all(bench: Bench) -> dict[str, Any]:
         runs["bare"] = run_bare(bench, events)
     if "noop" not in args.skip:
         runs["noop"] = run_faust_child(bench, "noop", events, args.max_seconds)
+    if "noop-ours" not in args.skip:
+        runs["noop-ours"] = run_faust_child(bench, "noop-ours", events, args.max_seconds)
     if "naive" not in args.skip:
         runs["naive"] = run_faust_child(bench, "naive", events, args.naive_seconds)
     if "worker" not in args.skip:

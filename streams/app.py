@@ -1182,6 +1182,7 @@ class RecoStream:
             async def get(self, request: Request) -> Response:
                 return self.json({
                     "status": "ok",
+                    "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                     "model_version": worker.model_round,
                     "model_items": worker.model.n_items,
                     "replicas": {"records": worker.replica_reader.records,

@@ -125,6 +125,7 @@ class Settings:
     cart_window_seconds: float = EngagementConfig.cart_window_seconds
     max_message_bytes: int = 64 * 1024
     session_timeout: float = 60.0
+    event_loop: str = "uvloop"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
     sasl_username: str = ""
@@ -239,6 +240,9 @@ def _at_least_one(value: int) -> bool:
     return value >= 1
 
 
+#: The worker's event loops, by setting value: the name mode gives each.
+EVENT_LOOPS: dict[str, str] = {"uvloop": "uvloop", "asyncio": "aio"}
+
 #: field -> (is the value usable, what it must be)
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "partitions": (_at_least_one, "must be at least 1"),
@@ -264,6 +268,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rows_processes": (_at_least_one, "must be at least 1"),
     "max_message_bytes": (_at_least_one, "must be at least 1"),
     "session_timeout": (_positive, "must be positive"),
+    "event_loop": (lambda v: v in EVENT_LOOPS, "must be uvloop or asyncio"),
     "churn_seconds": (lambda v: v >= 0, "must not be negative (0: at every refresh)"),
     "churn_threshold": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     "churn_horizon_days": (_positive, "must be positive"),
@@ -330,6 +335,8 @@ ENVIRONMENT: tuple[Setting, ...] = (
             "larger input messages are dead-lettered"),
     Setting("RECOSTREAM_SESSION_TIMEOUT", "session_timeout", float,
             "consumer session timeout, seconds (a dead worker's partitions move after it)"),
+    Setting("RECOSTREAM_EVENT_LOOP", "event_loop", str,
+            "the worker's event loop: uvloop or asyncio"),
     Setting("RECOSTREAM_SECURITY_PROTOCOL", "security_protocol", str,
             "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     Setting("RECOSTREAM_SASL_MECHANISM", "sasl_mechanism", str,

@@ -180,6 +180,7 @@ def test_every_endpoint_on_a_running_worker(
     # /health counters move when events flow
     h0 = worker.health()
     assert h0["status"] == "ok"
+    assert h0["event_loop"] == "uvloop"  # the default
     assert events_in(h0) == 0 and h0["counters"]["applied"] == 0
     produce(kafka_bootstrap, event_messages(settings.topic_prefix, first))
     [h1] = settle([worker], len(first))
@@ -263,7 +264,9 @@ def test_two_workers_share_the_partitions_and_answer_like_one(
     port = free_port()
     while port == first_settings.web_port:
         port = free_port()
-    second_settings = replace(first_settings, web_port=port, data_dir=tmp_path / "worker-b")
+    # the second on asyncio's own loop: both loops work, side by side in one group
+    second_settings = replace(first_settings, web_port=port, data_dir=tmp_path / "worker-b",
+                              event_loop="asyncio")
     # The second joins once the first is in the group (as when scaling out), and
     # both are in, the input partitions split between them, before any event.
     first = start_worker(first_settings)
@@ -283,6 +286,7 @@ def test_two_workers_share_the_partitions_and_answer_like_one(
     assert first.port != second.port
     counters = [h["counters"] for h in healths]
     assert all(h["status"] == "ok" for h in healths)
+    assert [h["event_loop"] for h in healths] == ["uvloop", "asyncio"]
     assert all(c["applied"] > 0 for c in counters), counters
     # each event applied once; a message read again around the rebalance (at least
     # once delivery) is counted as deduplicated and changes nothing

@@ -46,6 +46,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "RECOSTREAM_CART_WINDOW_SECONDS": ("1800", 1800.0),
     "RECOSTREAM_MAX_MESSAGE_BYTES": ("4096", 4096),
     "RECOSTREAM_SESSION_TIMEOUT": ("12", 12.0),
+    "RECOSTREAM_EVENT_LOOP": ("asyncio", "asyncio"),
     "RECOSTREAM_SECURITY_PROTOCOL": ("SASL_SSL", "SASL_SSL"),
     "RECOSTREAM_SASL_MECHANISM": ("SCRAM-SHA-512", "SCRAM-SHA-512"),
     "RECOSTREAM_SASL_USERNAME": ("reco", "reco"),
@@ -193,6 +194,12 @@ def test_ease_similarity_is_refused_with_the_reason_and_the_way_out() -> None:
     assert "recostream evaluate --similarity ease" in message
     with pytest.raises(SettingsError, match=r"^RECOSTREAM_SIMILARITY=pearson: "):
         Settings.from_env({"RECOSTREAM_SIMILARITY": "pearson"})
+
+
+def test_unknown_event_loop_is_refused() -> None:
+    with pytest.raises(SettingsError,
+                       match=r"^RECOSTREAM_EVENT_LOOP=tokio: must be uvloop or asyncio$"):
+        Settings.from_env({"RECOSTREAM_EVENT_LOOP": "tokio"})
 
 
 def test_unknown_security_protocol_is_refused() -> None:

@@ -277,6 +277,7 @@ async def finish_suspended(coroutine: Coroutine[Any, Any, Any], awaiting: Any) -
             if awaiting is None:  # a bare yield: asyncio.sleep(0)
                 await asyncio.sleep(0)
             else:  # a future; its result or exception goes to the coroutine
+                awaiting._asyncio_future_blocking = False  # taken, as a task takes it
                 await asyncio.wait((awaiting,))
         except asyncio.CancelledError as cancel:
             if awaiting is not None:

@@ -1119,7 +1119,7 @@ def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
              f"{result['events']:,} events produced)", ""]
     lines.append(f"{'configuration':<32} {'events/s':>10} {'events':>9} {'seconds':>8} "
                  f"{'RSS MB':>7}  note")
-    for key in ("bare", "noop", "noop-ours", "naive", "worker", "rocksdb", "two"):
+    for key in (part for part in PARTS if part != "latency"):
         run = runs.get(key)
         if run is None:
             lines.append(f"{labels[key]:<32} {'skipped':>10}")

@@ -268,7 +268,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rows_processes": (_at_least_one, "must be at least 1"),
     "max_message_bytes": (_at_least_one, "must be at least 1"),
     "session_timeout": (_positive, "must be positive"),
-    "event_loop": (lambda v: v in EVENT_LOOPS, "must be uvloop or asyncio"),
+    "event_loop": (lambda v: v in EVENT_LOOPS, f"must be {' or '.join(EVENT_LOOPS)}"),
     "churn_seconds": (lambda v: v >= 0, "must not be negative (0: at every refresh)"),
     "churn_threshold": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     "churn_horizon_days": (_positive, "must be positive"),

@@ -222,8 +222,9 @@ class RewindingConsumer(faust_aiokafka.Consumer):
 
         Faust races each delivery against the flow being suspended (a
         rebalance), with ``Service.wait_first``: four tasks and at least one turn
-        of the event loop per message, about 35 us measured alone, a sixth of the
-        no-op agent's cost per message. A delivery almost always finishes without
+        of the event loop per message, about 35 us measured alone (the no-op agent
+        took 155 us a message under py-spy; on this consumer it runs 1.3-1.5x as
+        fast, bench/README.md). A delivery almost always finishes without
         waiting (the message goes into a queue with room), so it is run in place;
         one that has to wait (flow control, a full queue, the producer's buffer)
         is finished in Faust's race, abandoned if the flow is suspended meanwhile.

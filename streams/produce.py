@@ -324,7 +324,11 @@ async def produce_events(
                 if task is not None and task.cancelling():
                     # A Ctrl-C can be swallowed inside the producer (Python 3.11's
                     # asyncio.wait_for drops a cancel that races its inner future;
-                    # seen once in CI: the replay ran on and exited 0, not 130).
+                    # seen once in CI: the replay ran on and exited 0, not 130), or
+                    # still be pending when it came while this task ran and no send
+                    # has waited since. Yielding once takes a pending cancel here, so
+                    # that it cannot cut the flush in `finally` short instead.
+                    await asyncio.sleep(0)
                     raise asyncio.CancelledError
             while pending and pending[0].done():
                 _raise_failed(pending.popleft(), bootstrap)
@@ -340,12 +344,17 @@ async def produce_events(
         raise CliError(f"producing to {bootstrap} failed: {exc}") from None
     finally:
         # Also on cancellation (Ctrl-C): stop() flushes what the producer holds, so
-        # every message counted as sent has really been handed to the broker.
-        with quiet_aiokafka():
-            await producer.stop()
-        delivered = sent - sum(1 for f in pending if not _delivered(f))
-        if progress is not None:
-            progress(ProduceProgress(delivered, total, time.perf_counter() - started, done=True))
+        # every message counted as sent has really been handed to the broker. The
+        # count reports only what the broker acknowledged, so it stays true when a
+        # second Ctrl-C cuts the flush short.
+        try:
+            with quiet_aiokafka():
+                await producer.stop()
+        finally:
+            delivered = sent - sum(1 for f in pending if not _delivered(f))
+            if progress is not None:
+                progress(ProduceProgress(delivered, total, time.perf_counter() - started,
+                                         done=True))
     return delivered
 
 

@@ -27,7 +27,7 @@ from core.events import Event
 from streams.cli import main
 from streams.datasets import load_events
 from streams.local_broker import TopicSpec, ensure_topics_sync
-from streams.produce import produce_events, stable_event_id
+from streams.produce import ProduceProgress, produce_events, stable_event_id
 
 pytestmark = pytest.mark.integration
 
@@ -252,6 +252,38 @@ def test_ctrl_c_flushes_what_was_sent_and_exits_130(kafka_bootstrap: str, tmp_pa
     # Everything the summary counts is in Kafka: in-flight messages were flushed.
     assert sum(end_offsets(kafka_bootstrap, *topics).values()) == sent
     assert err.strip().splitlines()[-1] == "recostream: interrupted"
+
+
+def test_a_cancel_that_lands_while_the_replay_runs_still_flushes_and_reports(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # A Ctrl-C whose signal handler runs while the replay's task is running (not
+    # waiting) is only a pending cancel; the replay must not carry it into the
+    # producer's shutdown, which then stopped half-way and never reported the count
+    # (seen in CI: exit 130 without the summary line).
+    events = write_events(tmp_path / "events.jsonl", count=2000, seed=5)
+    prefix = fresh_prefix(kafka_bootstrap)
+    topics = {name: prefix + name for name in ("clicks", "purchases")}
+    reports: list[ProduceProgress] = []
+
+    async def replay_cancelled_from_within() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def progress(p: ProduceProgress) -> None:
+            reports.append(p)
+            if not p.done and p.sent >= 300 and not task.cancelling():
+                task.cancel()  # the task is running: the cancel waits for its next await
+
+        await produce_events(events, kafka_bootstrap, rate=None, topics=topics,
+                             progress=progress, progress_interval_s=0.0)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(replay_cancelled_from_within())
+    assert reports and reports[-1].done, "no final report after the cancel"
+    sent = reports[-1].sent
+    assert 300 <= sent < 2000
+    assert sum(end_offsets(kafka_bootstrap, *topics.values()).values()) == sent
 
 
 def _default_sigint() -> None:

@@ -87,7 +87,7 @@ from streams.state import (
     split_gain,
     table_json,
 )
-from streams.transport import App
+from streams.transport import App, RawSchema
 
 log = logging.getLogger("recostream")
 
@@ -332,7 +332,8 @@ class RecoStream:
 
     def _declare_topics_and_tables(self) -> None:
         app, s = self.app, self.settings
-        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        # bytes in, bytes out: the agents decode and validate events themselves
+        raw: dict[str, Any] = {"schema": RawSchema(key_serializer="raw", value_serializer="raw")}
         # real topic name -> contract name, for validation by contract topic
         self.contract_topic = {s.topic(name): name for name in INPUT_TOPICS}
         self.events_topic = app.topic(*self.contract_topic, **raw)

@@ -6,12 +6,21 @@ import asyncio
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 import pytest
+from faust.types.tuples import Message
 
 from streams.app import RecoStream
 from streams.settings import Settings
-from streams.transport import FETCH_MAX_WAIT_MS, App, RewindingConsumer, finish_suspended
-from tests.stream.harness import MakeHarness, run_async
+from streams.transport import (
+    FETCH_MAX_WAIT_MS,
+    App,
+    EventPathMonitor,
+    RawSchema,
+    RewindingConsumer,
+    finish_suspended,
+)
+from tests.stream.harness import TS, MakeHarness, click, run_async, user_state
 
 
 @run_async
@@ -158,3 +167,33 @@ async def test_finish_suspended_cancels_the_coroutine_where_it_waits() -> None:
         await finishing
     assert awaited.cancelled()
     assert coroutine.cr_frame is None  # finished, not left suspended
+
+
+@run_async
+async def test_each_partition_records_when_its_stream_last_took_an_event(
+    make_harness: MakeHarness,
+) -> None:
+    # Faust's check that a fetched partition is being processed reads this, and
+    # logs an error for a partition it never saw an event of
+    h = make_harness()
+    monitor = h.stream.app.monitor
+    assert isinstance(monitor, EventPathMonitor)
+    h.stream.app.sensors.add(monitor)  # as the app's start does (outside test_context)
+    async with h.stream.agents[0].test_context() as agent:
+        [message] = await h.process(agent, click("u1", "i1"), partition=2, offset=7)
+    assert set(monitor.stream_inbound_time) == {message.tp}
+    assert monitor.events_total == 0  # the statistics nothing reads are not kept
+
+
+@run_async
+async def test_events_reach_the_agent_as_the_bytes_sent(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    raw = orjson.dumps({"user_id": "u1", "item_id": "i1", "ts": TS, "type": "view"}) + b"  "
+    schema = h.stream.events_topic.schema
+    assert isinstance(schema, RawSchema)
+    decoded = await schema.compile(h.stream.app)(Message(
+        "clicks", 0, 1, 0.0, 0, [], b"u1", raw, None))
+    assert (decoded.key, decoded.value) == (b"u1", raw)
+    async with h.stream.agents[0].test_context() as agent:
+        await h.process(agent, click("u1", "i1"))
+    assert user_state(h, "u1").profile.recent == ["i1"]

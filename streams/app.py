@@ -68,11 +68,12 @@ from streams.metrics import WorkerMetrics
 from streams.model_work import (
     RANKER_NICENESS,
     ROWS_NICENESS,
+    EncodedList,
     ListRequest,
     ModelProcess,
     build_model,
+    encoded_neighbors_of_partition,
     hold_ranking_model,
-    neighbors_of_partition,
     ranked_records,
 )
 from streams.outbox import KafkaSink, Outbox, key_partition
@@ -951,18 +952,13 @@ class RecoStream:
         started = time.perf_counter()
         counts = {item_id: float(stats[0]) for item_id, stats
                   in self.item_stats.view().items()}
-        lists = await self.partition_neighbors(partition, counts)
+        lists = await self.partition_neighbors(partition, counts, refresh_round)
         item_neighbors_topic = self.item_neighbors_topic.get_topic_name()
-        for n, (item_id, pairs) in enumerate(lists.items(), 1):
+        for n, (item_id, value, record) in enumerate(lists, 1):
             if n % LISTS_PER_SLICE == 0:
                 await asyncio.sleep(0)  # a partition's lists in one go: among the longest stalls
-            value = [[j, score] for j, score in pairs]
-            if self.neighbors.set_if_changed(item_id, value):
-                self.outbox.add(item_neighbors_topic, orjson.dumps({
-                    "item_id": item_id,
-                    "neighbors": [{"item_id": j, "score": score} for j, score in pairs],
-                    "model_version": refresh_round,
-                }), key=item_id.encode())
+            if self.neighbors.set_encoded_if_changed(item_id, value):
+                self.outbox.add(item_neighbors_topic, record, key=item_id.encode())
         await self.outbox.send()
         self.counters.refreshes += 1
         self.counters.last_refresh_seconds = time.perf_counter() - started
@@ -980,21 +976,23 @@ class RecoStream:
         if complete > self.model_round or not owned:
             await self.rebuild_model(complete)
 
-    async def partition_neighbors(self, partition: int, counts: Mapping[str, float]
-                                  ) -> dict[str, list[tuple[str, float]]]:
-        """Neighbour lists of a partition's items, by the model process, which keeps
-        a copy of the partition's rows: sent in full once, then those changed since
-        (by the rows process, pickled: the loop passes the bytes on)."""
+    async def partition_neighbors(self, partition: int, counts: Mapping[str, float],
+                                  model_version: int) -> list[EncodedList]:
+        """Neighbour lists of a partition's items, encoded (see
+        :func:`streams.model_work.encoded_neighbors_of_partition`), by the model
+        process, which keeps a copy of the partition's rows: sent in full once, then
+        those changed since (by the rows process, pickled: the loop passes the bytes
+        on)."""
         args = (self.owned_tick_partitions(), counts, self.config.neighbors,
-                self.config.similarity, SimilarityParams())
+                self.config.similarity, SimilarityParams(), model_version)
 
-        async def lists_after_send(token: int, full: bool) -> dict[str, list[tuple[str, float]]]:
+        async def lists_after_send(token: int, full: bool) -> list[EncodedList]:
             async with self.rows_lock:
                 await self.hold_rows_of({partition})
                 rows = await self.rows_call(self.rows_process_of(partition), rows_to_send,
                                             partition, full)
-            lists: dict[str, list[tuple[str, float]]] = await self.model_process.run(
-                neighbors_of_partition, partition, token, rows, full, *args)
+            lists: list[EncodedList] = await self.model_process.run(
+                encoded_neighbors_of_partition, partition, token, rows, full, *args)
             self._rows_token[partition] = token
             return lists
 

@@ -45,7 +45,12 @@ from core.ratings import UserProfile
 from core.recommender import RecommenderConfig
 from core.similarity import SimilarityParams, neighbors_for_rows
 from streams.held_rows import RowsNotHeld
-from streams.records import churn_alert_record, recommendation_record, trigger_record
+from streams.records import (
+    churn_alert_record,
+    item_neighbors_record,
+    recommendation_record,
+    trigger_record,
+)
 
 log = logging.getLogger("recostream.model")
 
@@ -184,6 +189,43 @@ def neighbors_of_partition(
             raise RowsNotHeld(f"partition {partition} under token {token}")
         held[1].update(rows)
     return neighbors_for_rows(_held_rows[partition][1], counts, k, similarity, params)
+
+
+#: One item's neighbour list, encoded twice: (item id, its value in the ``neighbors``
+#: table, its ``item-neighbors`` record), both JSON.
+EncodedList = tuple[str, bytes, bytes]
+
+
+def encoded_neighbors_of_partition(
+    partition: int,
+    token: int,
+    rows: Mapping[str, Mapping[str, float]] | bytes,
+    full: bool,
+    owned: Collection[int],
+    counts: Mapping[str, float],
+    k: int,
+    similarity: str,
+    params: SimilarityParams,
+    model_version: int,
+) -> list[EncodedList]:
+    """:func:`neighbors_of_partition`, each list encoded as the worker stores and
+    publishes it, so that the event loop only compares and hands over bytes.
+
+    Decoding the lists and encoding them twice took the worker's loop ~0.1 s per
+    partition refresh of 1,250 items with 100 neighbours each, in the refresh's
+    slices, which held every batch back meanwhile.
+
+    >>> args = ({"a": 2.0, "b": 1.0}, 2, "cosine", SimilarityParams())
+    >>> [(item, orjson.loads(value), orjson.loads(record)["model_version"])
+    ...  for item, value, record in encoded_neighbors_of_partition(
+    ...      0, 3, {"a": {"b": 1.0}}, True, {0}, *args, 7)]
+    [('a', [['b', 0.7071067690849304]], 7)]
+    """
+    lists = neighbors_of_partition(partition, token, rows, full, owned, counts, k,
+                                   similarity, params)
+    return [(item_id, orjson.dumps([[j, score] for j, score in pairs]),
+             orjson.dumps(item_neighbors_record(item_id, pairs, model_version)))
+            for item_id, pairs in lists.items()]
 
 
 #: The snapshot the ranking child ranks with (see hold_ranking_model).

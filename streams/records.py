@@ -1,8 +1,10 @@
 """The records the worker publishes to its output topics, built from plain data
-(no Faust here: the ranking child builds recommendation records too)."""
+(no Faust here: the ranking child builds recommendation records, and the model
+process item-neighbors records)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from core.engagement import Trigger
@@ -52,4 +54,18 @@ def recommendation_record(recs: Recommendations, trigger: str, ts: float | None)
         "model_version": recs.model_version,
         "trigger": trigger,
         "cold_start": recs.cold_start,
+    }
+
+
+def item_neighbors_record(item_id: str, pairs: Sequence[tuple[str, float]],
+                          model_version: int) -> dict[str, Any]:
+    """An ``item-neighbors`` record: an item's neighbours, best first.
+
+    >>> item_neighbors_record("a", [("b", 0.5)], 7)
+    {'item_id': 'a', 'neighbors': [{'item_id': 'b', 'score': 0.5}], 'model_version': 7}
+    """
+    return {
+        "item_id": item_id,
+        "neighbors": [{"item_id": j, "score": score} for j, score in pairs],
+        "model_version": model_version,
     }

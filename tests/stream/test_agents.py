@@ -22,7 +22,7 @@ from core.events import Event
 from core.recommender import Recommender
 from core.similarity import SimilarityParams, neighbors_for_rows
 from streams.app import KeyPartitions, item_partition
-from streams.model_work import neighbors_of_partition
+from streams.model_work import encoded_neighbors_of_partition
 from streams.state import CooccurrenceRow, RowGain, UserState
 from tests.stream.harness import (
     MESSAGE_TS,
@@ -477,7 +477,8 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
             i: [[j, s] for j, s in pairs] for i, pairs in expected.items()}
         assert set(stream.neighbors.view()) == set(mine)
         published = [m.json() for m in h.sent_to("item-neighbors")]
-        assert {p["item_id"] for p in published} == set(mine)
+        assert {p["item_id"]: [(n["item_id"], n["score"]) for n in p["neighbors"]]
+                for p in published} == {i: list(pairs) for i, pairs in expected.items()}
         assert {p["model_version"] for p in published} == {5}
         assert stream.model_round == 5
 
@@ -528,7 +529,7 @@ async def test_refresh_sends_the_model_process_only_rows_changed_since(
     run = stream.model_process.run
 
     async def spy(function: Any, *args: Any) -> Any:
-        if function is neighbors_of_partition:
+        if function is encoded_neighbors_of_partition:
             sends.append((args[3], set(pickle.loads(args[2]))))
         return await run(function, *args)
 

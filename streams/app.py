@@ -72,8 +72,8 @@ from streams.model_work import (
     ListRequest,
     ModelProcess,
     build_model,
-    encoded_neighbors_of_partition,
     hold_ranking_model,
+    neighbors_of_partition,
     ranked_records,
 )
 from streams.outbox import KafkaSink, Outbox, key_partition
@@ -979,7 +979,7 @@ class RecoStream:
     async def partition_neighbors(self, partition: int, counts: Mapping[str, float],
                                   model_version: int) -> list[EncodedList]:
         """Neighbour lists of a partition's items, encoded (see
-        :func:`streams.model_work.encoded_neighbors_of_partition`), by the model
+        :func:`streams.model_work.neighbors_of_partition`), by the model
         process, which keeps a copy of the partition's rows: sent in full once, then
         those changed since (by the rows process, pickled: the loop passes the bytes
         on)."""
@@ -992,7 +992,7 @@ class RecoStream:
                 rows = await self.rows_call(self.rows_process_of(partition), rows_to_send,
                                             partition, full)
             lists: list[EncodedList] = await self.model_process.run(
-                encoded_neighbors_of_partition, partition, token, rows, full, *args)
+                neighbors_of_partition, partition, token, rows, full, *args)
             self._rows_token[partition] = token
             return lists
 

@@ -143,6 +143,11 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
 _held_rows: dict[int, tuple[int, dict[str, Mapping[str, float]]]] = {}
 
 
+#: One item's neighbour list, encoded twice: (item id, its value in the ``neighbors``
+#: table, its ``item-neighbors`` record), both JSON.
+EncodedList = tuple[str, bytes, bytes]
+
+
 def neighbors_of_partition(
     partition: int,
     token: int,
@@ -153,7 +158,8 @@ def neighbors_of_partition(
     k: int,
     similarity: str,
     params: SimilarityParams,
-) -> dict[str, list[tuple[str, float]]]:
+    model_version: int,
+) -> list[EncodedList]:
     """Neighbour lists of every row of ``partition`` the child holds once ``rows``
     are in: all of the partition's rows (``full``, which ``token`` names from then
     on), or those changed since the last send under the same ``token``. ``rows``
@@ -164,11 +170,20 @@ def neighbors_of_partition(
     a refresh) proportional to what changed, not to the partition. A full send
     also drops the rows of partitions no longer ``owned`` (after a rebalance).
 
-    >>> args = ({"a": 2.0, "b": 1.0}, 2, "cosine", SimilarityParams())
-    >>> neighbors_of_partition(0, 7, {"a": {"b": 1.0}}, True, {0, 1}, *args)
-    {'a': [('b', 0.7071067690849304)]}
-    >>> neighbors_of_partition(0, 7, {"b": {"a": 1.0}}, False, {0, 1}, *args)["a"]
-    [('b', 0.7071067690849304)]
+    Each list comes encoded as the worker stores and publishes it (``model_version``
+    goes into the record), so that the event loop only compares and hands over
+    bytes: decoding the lists and encoding them twice took the loop 66 ms per
+    partition refresh of 1,250 items with 100 neighbours each (1.0 ms for these
+    bytes), in the refresh's slices, which held every batch back meanwhile.
+
+    >>> args = ({"a": 2.0, "b": 1.0}, 2, "cosine", SimilarityParams(), 7)
+    >>> [(item, orjson.loads(value), orjson.loads(record)["model_version"])
+    ...  for item, value, record in neighbors_of_partition(
+    ...      0, 7, {"a": {"b": 1.0}}, True, {0, 1}, *args)]
+    [('a', [['b', 0.7071067690849304]], 7)]
+    >>> [orjson.loads(value) for item, value, _ in neighbors_of_partition(
+    ...      0, 7, {"b": {"a": 1.0}}, False, {0, 1}, *args) if item == "a"]
+    [[['b', 0.7071067690849304]]]
     >>> neighbors_of_partition(0, 8, {}, False, {0, 1}, *args)
     Traceback (most recent call last):
     ...
@@ -188,41 +203,7 @@ def neighbors_of_partition(
         if held is None or held[0] != token:
             raise RowsNotHeld(f"partition {partition} under token {token}")
         held[1].update(rows)
-    return neighbors_for_rows(_held_rows[partition][1], counts, k, similarity, params)
-
-
-#: One item's neighbour list, encoded twice: (item id, its value in the ``neighbors``
-#: table, its ``item-neighbors`` record), both JSON.
-EncodedList = tuple[str, bytes, bytes]
-
-
-def encoded_neighbors_of_partition(
-    partition: int,
-    token: int,
-    rows: Mapping[str, Mapping[str, float]] | bytes,
-    full: bool,
-    owned: Collection[int],
-    counts: Mapping[str, float],
-    k: int,
-    similarity: str,
-    params: SimilarityParams,
-    model_version: int,
-) -> list[EncodedList]:
-    """:func:`neighbors_of_partition`, each list encoded as the worker stores and
-    publishes it, so that the event loop only compares and hands over bytes.
-
-    Decoding the lists and encoding them twice took the worker's loop 66 ms per
-    partition refresh of 1,250 items with 100 neighbours each (1.0 ms for these
-    bytes), in the refresh's slices, which held every batch back meanwhile.
-
-    >>> args = ({"a": 2.0, "b": 1.0}, 2, "cosine", SimilarityParams())
-    >>> [(item, orjson.loads(value), orjson.loads(record)["model_version"])
-    ...  for item, value, record in encoded_neighbors_of_partition(
-    ...      0, 3, {"a": {"b": 1.0}}, True, {0}, *args, 7)]
-    [('a', [['b', 0.7071067690849304]], 7)]
-    """
-    lists = neighbors_of_partition(partition, token, rows, full, owned, counts, k,
-                                   similarity, params)
+    lists = neighbors_for_rows(_held_rows[partition][1], counts, k, similarity, params)
     return [(item_id, orjson.dumps([[j, score] for j, score in pairs]),
              orjson.dumps(item_neighbors_record(item_id, pairs, model_version)))
             for item_id, pairs in lists.items()]

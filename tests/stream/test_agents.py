@@ -22,7 +22,7 @@ from core.events import Event
 from core.recommender import Recommender
 from core.similarity import SimilarityParams, neighbors_for_rows
 from streams.app import KeyPartitions, item_partition
-from streams.model_work import encoded_neighbors_of_partition
+from streams.model_work import neighbors_of_partition
 from streams.state import CooccurrenceRow, RowGain, UserState
 from tests.stream.harness import (
     MESSAGE_TS,
@@ -529,7 +529,7 @@ async def test_refresh_sends_the_model_process_only_rows_changed_since(
     run = stream.model_process.run
 
     async def spy(function: Any, *args: Any) -> Any:
-        if function is encoded_neighbors_of_partition:
+        if function is neighbors_of_partition:
             sends.append((args[3], set(pickle.loads(args[2]))))
         return await run(function, *args)
 

@@ -15,6 +15,7 @@ item its ``k`` best neighbours, padded with -1.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -203,23 +204,34 @@ def neighbors_for_rows(
     """
     if similarity not in ROW_LOCAL_SIMILARITIES:
         raise ValueError(f"{similarity} needs the whole co-occurrence matrix, not rows")
-    ids = sorted(set(rows).union(*(row.keys() for row in rows.values())) | set(counts))
+    # A partition holds ~1,250 rows of up to 2,000 pairs: every per-pair step
+    # runs in C (map, chain, fromiter), not in a Python generator.
+    ids = sorted(set(counts).union(rows, *rows.values()))
     position = {item_id: p for p, item_id in enumerate(ids)}
     n = len(ids)
-    widths = [len(row) for row in rows.values()]
-    row_pos = np.repeat(np.fromiter((position[i] for i in rows), np.int64, len(rows)),
+    # the rows in position order, so that their pairs come out as CSR rows
+    held = sorted(rows, key=position.__getitem__)
+    ordered = [rows[item_id] for item_id in held]
+    widths = np.fromiter(map(len, ordered), np.int64, len(ordered))
+    total = int(widths.sum())
+    row_pos = np.repeat(np.fromiter(map(position.__getitem__, held), np.int64, len(held)),
                         widths)
-    col_pos = np.fromiter((position[o] for row in rows.values() for o in row),
-                          np.int64, sum(widths))
-    data = np.fromiter((v for row in rows.values() for v in row.values()),
-                       np.float64, sum(widths))
+    col_pos = np.fromiter(map(position.__getitem__, itertools.chain.from_iterable(ordered)),
+                          np.int32, total)
+    data = np.fromiter(itertools.chain.from_iterable(row.values() for row in ordered),
+                       np.float64, total)
     off_diagonal = row_pos != col_pos
-    C = sp.csr_matrix((data[off_diagonal], (row_pos[off_diagonal], col_pos[off_diagonal])),
-                      shape=(n, n))
+    row_pos = row_pos[off_diagonal]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_pos, minlength=n), out=indptr[1:])
+    C = sp.csr_matrix((data[off_diagonal], col_pos[off_diagonal], indptr), shape=(n, n))
     count_vector = np.asarray([float(counts.get(item_id, 0.0)) for item_id in ids])
     # ids are sorted, so positions are already id ranks.
     neighbors = SIMILARITIES[similarity](C, count_vector, k, params, None)
-    return {
-        item_id: [(ids[j], s) for j, s in neighbors.of(position[item_id])]
-        for item_id in rows
-    }
+    mine = np.fromiter(map(position.__getitem__, rows), np.int64, len(rows))
+    found = np.count_nonzero(neighbors.indices[mine] >= 0, axis=1).tolist()
+    # -1 pads the end of a row only: each row's first ``found`` slots are its list
+    names = np.asarray(ids, dtype=object)[np.maximum(neighbors.indices[mine], 0)].tolist()
+    scores = neighbors.scores[mine].tolist()
+    return {item_id: list(zip(row_names[:m], row_scores[:m], strict=True))
+            for item_id, row_names, row_scores, m in zip(rows, names, scores, found, strict=True)}

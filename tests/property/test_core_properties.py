@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 import orjson
 import scipy.sparse as sp
@@ -20,6 +22,7 @@ from core.similarity import (
     SimilarityParams,
     neighbors_for_rows,
 )
+from core.topk import top_k_per_row_sparse
 
 ITEMS = [f"i{n}" for n in range(12)]
 USERS = [f"u{n}" for n in range(6)]
@@ -155,6 +158,35 @@ def test_row_local_refresh_equals_full_refresh(rows: list[tuple[str, str, str]],
         local = neighbors_for_rows(mine, counts, 3, name, SimilarityParams())
         for item_id, pairs in local.items():
             assert pairs == model.neighbors_of(item_id)
+
+
+sparse_rows = st.lists(
+    st.dictionaries(st.integers(0, 29),
+                    st.sampled_from([-1.0, 0.0, 0.25, 1.0, 1.0, 2.0, 3.5, float("nan")]),
+                    max_size=30),
+    min_size=1, max_size=8,
+)
+
+
+@FAST
+@given(sparse_rows, st.integers(1, 6), st.booleans(), st.sampled_from([4, 64, 1 << 22]))
+def test_sparse_top_k_equals_sorting_each_row(rows: list[dict[int, float]], k: int,
+                                              reversed_ranks: bool, block_cells: int) -> None:
+    # Columns come unsorted (as inserted), with ties, non-positive and NaN
+    # entries; small padded blocks split the rows longer than k one by one.
+    data = [v for row in rows for v in row.values()]
+    indices = [c for row in rows for c in row]
+    indptr = np.cumsum([0, *map(len, rows)])
+    matrix = sp.csr_matrix((np.array(data, dtype=float), np.array(indices, dtype=np.int32),
+                            indptr), shape=(len(rows), 30))
+    tie_rank = np.arange(30)[::-1].copy() if reversed_ranks else None
+    with patch("core.topk._PADDED_BLOCK_CELLS", block_cells):
+        found, scores = top_k_per_row_sparse(matrix, k, tie_rank=tie_rank)
+    for n, row in enumerate(rows):
+        rank = (lambda c: 29 - c) if reversed_ranks else (lambda c: c)
+        best = sorted((c for c, v in row.items() if v > 0), key=lambda c: (-row[c], rank(c)))[:k]
+        assert found[n].tolist() == best + [-1] * (k - len(best))
+        assert scores[n].tolist() == [row[c] for c in best] + [0.0] * (k - len(best))
 
 
 customer_histories = st.lists(

@@ -32,7 +32,9 @@ or in any batch, and ties fall the same way.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -250,23 +252,40 @@ class NeighborModel:
         trending: Mapping[str, float],
         k: int,
     ) -> NeighborModel:
-        """Build from per-item lists (best first) and per-item trending scores."""
-        known = set(neighbor_lists) | set(trending)
-        for pairs in neighbor_lists.values():
-            known.update(j for j, _ in pairs)
+        """Build from per-item lists (best first) and per-item trending scores.
+
+        A worker rebuilds its snapshot from every item's list after each refresh
+        round (5,000 lists of 100 neighbours in the bench): each pair is read
+        once, in C (map, chain, fromiter), not written into the arrays one by one.
+
+        >>> model = NeighborModel.from_neighbor_lists(
+        ...     1, {"a": [("b", 0.5), ("c", 0.25)]}, {"d": 1.0}, k=1)
+        >>> model.items.ids, model.neighbors.indices.tolist(), model.trending.tolist()
+        (['a', 'b', 'c', 'd'], [[1], [-1], [-1], [-1]], [0.0, 0.0, 0.0, 1.0])
+        """
+        kept = [pairs[:k] for pairs in neighbor_lists.values()]
+        pairs = list(itertools.chain.from_iterable(kept))
+        names = list(map(operator.itemgetter(0), pairs))
+        known = set(names).union(neighbor_lists, trending)
+        for full in neighbor_lists.values():
+            if len(full) > k:  # neighbours past the k kept are items all the same
+                known.update(map(operator.itemgetter(0), full[k:]))
         items = ItemIndex(sorted(known))
         n = len(items)
+        positions = items.positions
         indices = np.full((n, k), -1, dtype=np.int32)
         scores = np.zeros((n, k), dtype=np.float32)
-        positions = items.positions
-        for item_id, pairs in neighbor_lists.items():
-            row = positions[item_id]
-            for slot, (j, score) in enumerate(pairs[:k]):
-                indices[row, slot] = positions[j]
-                scores[row, slot] = score
+        widths = np.fromiter(map(len, kept), np.int64, len(kept))
+        rows = np.repeat(np.fromiter(map(positions.__getitem__, neighbor_lists), np.int64,
+                                     len(kept)), widths)
+        slots = np.arange(len(pairs)) - np.repeat(np.cumsum(widths) - widths, widths)
+        indices[rows, slots] = np.fromiter(map(positions.__getitem__, names), np.int32,
+                                           len(names))
+        scores[rows, slots] = np.fromiter(map(operator.itemgetter(1), pairs), np.float32,
+                                          len(pairs))
         trend = np.zeros(n)
-        for item_id, value in trending.items():
-            trend[positions[item_id]] = value
+        trend[np.fromiter(map(positions.__getitem__, trending), np.int64, len(trending))] = (
+            np.fromiter(trending.values(), np.float64, len(trending)))
         return cls(items, ItemNeighbors(indices, scores), trend, version)
 
     def rank(

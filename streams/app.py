@@ -256,7 +256,7 @@ class RecoStream:
         self._rows_stream: faust.Stream[bytes] | None = None
         self.app = self._make_app()
         # neighbour lists, snapshots and churn fits: see streams.model_work
-        self.model_process = ModelProcess()
+        self.model_process = ModelProcess(process_name="reco-model")
         self.app.add_dependency(self.model_process)
         # this worker's rows of C (see streams.held_rows), each process holding
         # the partitions p with p % rows_processes == its index: at full speed the
@@ -264,12 +264,13 @@ class RecoStream:
         # one core, 4.5-4.9 s after the last event. Stopped after the consumer's
         # last commit, as the other children (added before Faust's services,
         # stopped after them).
-        self.rows_processes = [ModelProcess(niceness=ROWS_NICENESS, replace_dead=False)
-                               for _ in range(settings.rows_processes)]
+        self.rows_processes = [ModelProcess(niceness=ROWS_NICENESS, replace_dead=False,
+                                            process_name=f"reco-rows-{n}")
+                               for n in range(settings.rows_processes)]
         for process in self.rows_processes:
             self.app.add_dependency(process)
         # each batch's recommendations, ranked with the snapshot it holds
-        self.ranker = ModelProcess(niceness=RANKER_NICENESS)
+        self.ranker = ModelProcess(niceness=RANKER_NICENESS, process_name="reco-ranker")
         self.ranker.hold(hold_ranking_model, self.model)
         self.app.add_dependency(self.ranker)
         self._rankings: list[asyncio.Future[None]] = []  # batches being ranked, in order

@@ -34,6 +34,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -104,9 +105,14 @@ def build_model(
     return NeighborModel.from_neighbor_lists(version, pairs, trending, k)
 
 
-def start_child(niceness: int) -> None:
-    """In the child, first: lower its priority, leave stopping to its parent, and
+def start_child(niceness: int, process_name: str = "") -> None:
+    """In the child, first: name it (as ``ps``, ``top`` and ``/proc/<pid>/comm``
+    show it, on Linux), lower its priority, leave stopping to its parent, and
     end it with its parent.
+
+    Every child runs the same command line (multiprocessing's spawn), so without
+    a name of its own nothing outside tells the ranking child from a rows
+    process (the bench reports CPU per child by these names).
 
     Ctrl-C, and a supervisor's SIGTERM to the process group (systemd, the bench,
     ``WorkerProcess.stop``), reach the children too: they died first, and the
@@ -118,6 +124,9 @@ def start_child(niceness: int) -> None:
     parent's sentinel (with a pool of processes, which held both ends of its
     queue in the child, that was the only way it noticed).
     """
+    if process_name:
+        with contextlib.suppress(OSError):  # not Linux: unnamed
+            Path("/proc/self/comm").write_text(process_name[:15])
     os.nice(niceness)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -287,7 +296,7 @@ class ChildPipes:
     reads the results as they come, in the order of the calls.
     """
 
-    def __init__(self, niceness: int) -> None:
+    def __init__(self, niceness: int, process_name: str = "") -> None:
         self.loop = asyncio.get_running_loop()
         context = multiprocessing.get_context("spawn")
         results_in, results_out = context.Pipe(duplex=False)
@@ -295,7 +304,8 @@ class ChildPipes:
         # spawn: forking a process with the consumer's and the producer's threads
         # running copies their locks in whatever state they are
         self.process = context.Process(target=serve_calls, name="recostream-child",
-                                       args=(calls_in, results_out, niceness), daemon=True)
+                                       args=(calls_in, results_out, niceness, process_name),
+                                       daemon=True)
         self.process.start()
         calls_in.close()
         results_out.close()
@@ -413,10 +423,11 @@ class ChildPipes:
 
 
 def serve_calls(calls: multiprocessing.connection.Connection,
-                results: multiprocessing.connection.Connection, niceness: int) -> None:
+                results: multiprocessing.connection.Connection, niceness: int,
+                process_name: str = "") -> None:
     """The child: run the calls as they come, send each one's result (or the
     exception, with where it was raised), until the worker closes the pipe."""
-    start_child(niceness)
+    start_child(niceness, process_name)
     calls_fd, results_fd = calls.fileno(), results.fileno()
     while True:
         header = _read_exactly(calls_fd, FRAME_HEADER.size)
@@ -477,9 +488,10 @@ class ModelProcess(Service):
     """
 
     def __init__(self, niceness: int = MODEL_NICENESS, replace_dead: bool = True,
-                 **kwargs: Any) -> None:
+                 process_name: str = "reco-model", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.niceness = niceness
+        self.process_name = process_name  # the child's (at most 15 characters)
         self.replace_dead = replace_dead
         self._child: ChildPipes | None = None
         self._held: bytes | None = None  # the call held, pickled
@@ -540,7 +552,7 @@ class ModelProcess(Service):
 
     def _ensure_child(self) -> ChildPipes:
         if self._child is None:
-            self._child = ChildPipes(self.niceness)
+            self._child = ChildPipes(self.niceness, self.process_name)
             if self._held is not None:
                 self._start_held(self._child)
         return self._child

@@ -43,6 +43,19 @@ async def test_work_runs_in_another_process_with_the_same_results() -> None:
         process.close()
 
 
+@run_async
+async def test_each_child_carries_its_name_where_ps_and_top_read_it() -> None:
+    # Every child runs the same spawn command line: its name is what tells the
+    # ranking child from a rows process in ps, top and the bench's CPU by process.
+    process = ModelProcess(process_name="reco-ranker")
+    try:
+        comm = Path("/proc/self/comm")
+        assert (await process.run(comm.read_text)).strip() == "reco-ranker"
+        assert comm.read_text().strip() != "reco-ranker"  # not the worker's own
+    finally:
+        process.close()
+
+
 def echo(value: bytes) -> bytes:
     """In the child: the value back."""
     return value

@@ -56,7 +56,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
@@ -327,6 +327,7 @@ class Bench:
     prefix: str = ""
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    broker_pid: int | None = None  # when the bench started the broker itself
 
     def settings(self, name: str, prefix: str, store: str, app_id: str | None = None) -> Settings:
         base = Settings(
@@ -366,17 +367,61 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def worker_peak_rss_mb(pid: int) -> float | None:
-    """VmHWM of a worker plus that of its child processes (its model process and
-    multiprocessing's resource tracker): an upper bound of their peak together."""
-    own = peak_rss_mb(pid)
-    if own is None:
-        return None
+def child_pids(pid: int) -> list[int]:
+    """The child processes of a live process (any of its threads' children)."""
     children: list[int] = []
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
             children += [int(c) for c in (task / "children").read_text().split()]
-    return own + sum(peak_rss_mb(child) or 0.0 for child in children)
+    return children
+
+
+def worker_peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of a worker plus that of its child processes (its model, ranking and
+    rows processes, and multiprocessing's resource tracker): an upper bound of
+    their peak together."""
+    own = peak_rss_mb(pid)
+    if own is None:
+        return None
+    return own + sum(peak_rss_mb(child) or 0.0 for child in child_pids(pid))
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU-seconds a live process has used, all its threads (0.0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: What each process of a worker is, by the name its children give themselves
+#: (streams.model_work.start_child): the worker's own process is "worker" (the
+#: event loop and the Kafka clients' threads).
+CHILD_ROLES = {"reco-ranker": "ranker", "reco-model": "model"}
+
+
+def cpu_seconds_by_process(workers: Sequence[WorkerProcess], broker_pid: int | None
+                           ) -> dict[str, float]:
+    """CPU-seconds used so far by the workers' processes, summed by role (worker,
+    ranker, rows, model, other), and by the broker."""
+    used: defaultdict[str, float] = defaultdict(float)
+    for worker in workers:
+        if worker.proc is None:
+            continue
+        used["worker"] += process_cpu_seconds(worker.proc.pid)
+        for child in child_pids(worker.proc.pid):
+            try:
+                name = Path(f"/proc/{child}/comm").read_text().strip()
+            except OSError:
+                continue
+            role = "rows" if name.startswith("reco-rows") else CHILD_ROLES.get(name, "other")
+            used[role] += process_cpu_seconds(child)
+    if broker_pid is not None:
+        used["broker"] += process_cpu_seconds(broker_pid)
+    used["machine"] = machine_busy_seconds()
+    return dict(used)
 
 
 def stop_child(proc: subprocess.Popen[bytes]) -> None:
@@ -542,10 +587,25 @@ class Window:
     seconds: float
     capped: bool = False
     note: str = ""
+    # per process role (see cpu_seconds_by_process), from the poll that started
+    # the clock to the last one: cores used, and CPU-microseconds per event
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float], seconds: float,
+                events: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Cores used per role between two :func:`cpu_seconds_by_process` readings
+    ``seconds`` apart, and CPU-microseconds per event of the ``events`` between."""
+    used = {role: after[role] - before.get(role, 0.0) for role in after}
+    cores = {role: round(cpu / seconds, 2) for role, cpu in used.items()} if seconds > 0 else {}
+    per_event = ({role: round(cpu / events * 1e6, 1) for role, cpu in used.items()}
+                 if events > 0 else {})
+    return cores, per_event
 
 
 def measure_workers(workers: Sequence[WorkerProcess], expect: int, cap_s: float,
-                    label: str) -> Window:
+                    label: str, broker_pid: int | None = None) -> Window:
     """Events and seconds in steady state: from the first poll where every worker
     applies events and ranks with a snapshot, to the last event.
 
@@ -560,8 +620,20 @@ def measure_workers(workers: Sequence[WorkerProcess], expect: int, cap_s: float,
     ends ~20 s after the start; until session 12 the clock started without it,
     and much of a run of 200k events was timed before any snapshot). The end is
     interpolated between the two polls around the expected count.
+
+    The CPU the workers' processes and the broker used is read at the poll that
+    starts the clock and at the last one (:attr:`Window.cpu_cores`).
     """
     several = len(workers) > 1
+    cpu_start: dict[str, float] = {}
+
+    def with_cpu(window: Window, now: float, total: int) -> Window:
+        if cpu_start and now > start_t:
+            window.cpu_cores, window.cpu_us_per_event = cpu_between(
+                cpu_start, cpu_seconds_by_process(workers, broker_pid), now - start_t,
+                total - start_n)
+        return window
+
     any_t, any_n = 0.0, 0  # first poll with any event applied
     start_t, start_n = 0.0, 0  # first poll with every worker applying
     prev_t, prev_n = 0.0, 0
@@ -578,6 +650,7 @@ def measure_workers(workers: Sequence[WorkerProcess], expect: int, cap_s: float,
                 any_t, any_n = now, total
             if not start_t and all(counts) and ranking:
                 start_t, start_n = now, total
+                cpu_start = cpu_seconds_by_process(workers, broker_pid)
                 say(f"{label}: every worker applying, with a snapshot ({total:,} events in)")
             if total != last_move_n:
                 last_move_t, last_move_n = now, total
@@ -594,10 +667,10 @@ def measure_workers(workers: Sequence[WorkerProcess], expect: int, cap_s: float,
                     end = prev_t + (expect - prev_n) / (total - prev_n) * (now - prev_t)
                 else:
                     end = now
-                return Window(expect - start_n, end - start_t, note=note)
+                return with_cpu(Window(expect - start_n, end - start_t, note=note), now, total)
             if start_t and now - start_t > cap_s:
-                return Window(total - start_n, now - start_t, capped=True,
-                              note=f"time cap {cap_s:g} s")
+                return with_cpu(Window(total - start_n, now - start_t, capped=True,
+                                       note=f"time cap {cap_s:g} s"), now, total)
             if any_t and now - last_move_t > STALL_S:
                 # stuck (seen once: a second worker's join waited out the 60 s
                 # rebalance timeout): report what came, and say so
@@ -659,7 +732,8 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
     workers = start_workers(bench, settings, name)
     spies = [start_profiler(bench, w, f"{name}-{i}") for i, w in enumerate(workers)]
     try:
-        window = measure_workers(workers, expect, bench.args.max_seconds, label)
+        window = measure_workers(workers, expect, bench.args.max_seconds, label,
+                                 bench.broker_pid)
         rows_lag = rows_settled_after(workers, ROWS_SETTLE_TIMEOUT_S)
         counters = [w.health()["counters"] for w in workers]
         batches = batch_summary(workers)
@@ -688,6 +762,8 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
         if window.seconds > 0 else None,
         "rows_lag_s": None if rows_lag is None else round(rows_lag, 2),
         **batches,
+        "cpu_cores": window.cpu_cores,
+        "cpu_us_per_event": window.cpu_us_per_event,
     }
     notes = [window.note] if window.note else []
     notes.append(f"events applied at {run.extra['events_applied_eps'] or 0:,.0f}/s, row "
@@ -697,6 +773,9 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
                  f"events on average, {batches['batch_seconds']:.1f} s in them")
     if count > 1:
         notes.append("applied per worker: " + " + ".join(f"{a:,}" for a in run.extra["applied"]))
+    if window.cpu_cores:
+        notes.append("cores used: " + ", ".join(
+            f"{role} {cores:.2f}" for role, cores in window.cpu_cores.items()))
     run.note = "; ".join(notes)
     say(f"{label}: {run.consumed:,} events in {run.seconds:.1f} s = {run.eps:,.0f}/s"
         + f" ({run.note})"
@@ -1252,6 +1331,8 @@ def run_all(bench: Bench) -> dict[str, Any]:
 
     bench.cleanups.append(stop_broker)
     bench.bootstrap = broker.start()
+    with contextlib.suppress(OSError, ValueError):
+        bench.broker_pid = int(broker.pid_file.read_text().strip())
     bench.prefix = f"bench{bench.tag}."
     create_topics(bench.bootstrap, bench.prefix, args.partitions)
     workload = Workload(users=args.users, items=args.items, seed=args.seed)

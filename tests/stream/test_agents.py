@@ -12,6 +12,7 @@ import asyncio
 import base64
 import pickle
 import random
+import time
 import zlib
 from typing import Any
 
@@ -598,6 +599,28 @@ async def test_the_timer_rebuilds_the_snapshot_only_for_other_workers_lists(
     await stream.pick_up_others_lists()
     assert stream.model is not built
     assert stream.model.items.positions.keys() >= {"x", "y"}
+
+
+@run_async
+async def test_a_worker_whose_own_rounds_rebuild_leaves_others_lists_to_the_next_round(
+    make_harness: MakeHarness,
+) -> None:
+    # In a group each worker's refresh rounds rebuild its snapshot once an
+    # interval, and take the other workers' lists with them: the timer rebuilding
+    # for those too made two rebuilds an interval.
+    h = make_harness()
+    stream = h.stream
+    await stream.pick_up_others_lists()
+    built = stream.model
+    stream.owned_tick_partitions = lambda: {0}  # type: ignore[method-assign]
+    stream._own_round_rebuilt = time.monotonic()  # a round of its own just rebuilt
+    stream.neighbors.apply(b"x", orjson.dumps([["y", 0.5]]))
+    await stream.pick_up_others_lists()
+    assert stream.model is built
+    # its rounds stalled (1.5 intervals without one): the timer takes them after all
+    stream._own_round_rebuilt -= 1.5 * stream.settings.refresh_seconds
+    await stream.pick_up_others_lists()
+    assert stream.model is not built and "x" in stream.model.items.positions
 
 
 # -- 6. events keyed by something else are forwarded ------------------------------------------

@@ -72,6 +72,7 @@ from streams.model_work import (
     EncodedList,
     ListRequest,
     ModelProcess,
+    TriggerRequest,
     build_model,
     hold_ranking_model,
     neighbors_of_partition,
@@ -152,8 +153,11 @@ COMMIT_WRITER_SHARE = 0.25
 #: A worker whose own refresh round rebuilt its snapshot within this many refresh
 #: intervals leaves other workers' lists to its next round's rebuild.
 OWN_ROUND_COVERS = 1.5
-#: Batches whose recommendations may be in the ranking child at once.
-RANKINGS_IN_FLIGHT = 3
+#: Submissions of lists to the ranking child at once: one ranked while the next
+#: waits in the pipe. The lists of later batches wait in the worker, one per
+#: user (a user's later list replaces the one waiting), and go together as the
+#: next submission: see :meth:`RecoStream.publish_ranked`.
+RANKINGS_IN_FLIGHT = 2
 #: Bytes of records the producer puts in one batch per partition.
 PRODUCER_BATCH_BYTES = 512 * 1024
 #: Faust's broker_commit_every high enough never to be reached.
@@ -278,7 +282,11 @@ class RecoStream:
         self.ranker = ModelProcess(niceness=RANKER_NICENESS, process_name="reco-ranker")
         self.ranker.hold(hold_ranking_model, self.model)
         self.app.add_dependency(self.ranker)
-        self._rankings: list[asyncio.Future[None]] = []  # batches being ranked, in order
+        self._rankings: list[asyncio.Future[None]] = []  # submissions being ranked, in order
+        # lists and triggers not submitted yet (see publish_ranked): each list as
+        # its JSON request, by user
+        self._waiting_lists: dict[str, bytes] = {}
+        self._waiting_triggers: list[TriggerRequest] = []
         self._rankings_lost: RecommendationsLost | None = None
         # Every record the worker writes goes through here (see streams.outbox).
         self.outbox = Outbox(KafkaSink(cast(App, self.app).kafka_producer))
@@ -656,9 +664,6 @@ class RecoStream:
         # state the other has half changed, and a rebalance (which takes the same
         # lock) lets the batch under way finish before the caches are forgotten.
         started = time.perf_counter()
-        # at most this many batches' lists in the ranking child (their profiles
-        # encoded, waiting): beyond that the child sets the pace
-        await self.rankings_published(RANKINGS_IN_FLIGHT - 1)
         async with self.users_lock:
             try:
                 await self._process_batch(stream, batch)
@@ -769,22 +774,45 @@ class RecoStream:
     def publish_ranked(self, lists: Sequence[ListRequest],
                        triggers: Sequence[tuple[str, UserState, Trigger]]) -> None:
         """Rank users' lists, and the items of their triggers, in the ranking child
-        (the profiles encoded now), and publish the records when they come back,
-        after those queued before. Offsets are committed, and user states written,
-        only once everything queued before is published (:meth:`before_commit`);
-        a failed ranking stops the worker."""
-        if not lists and not triggers:
+        (the profiles as they are now), and publish the records when they come
+        back, after those queued before. Offsets are committed, and user states
+        written, only once everything queued before is published
+        (:meth:`before_commit`); a failed ranking stops the worker.
+
+        While :data:`RANKINGS_IN_FLIGHT` submissions are under way, the lists wait
+        here, one per user: a user's list from a later batch replaces the one
+        waiting (it records every event the other did, and more), and the
+        waiting lists go together when a submission comes back. Under light load
+        nothing waits, and every batch's lists go at once; behind a backlog, the
+        ranking child ranks each busy user once per submission instead of once
+        per batch, and the records it would have replaced are never sent.
+        Triggers are never replaced.
+        """
+        for request in lists:
+            user_id = request[0]
+            self._waiting_lists.pop(user_id, None)  # to the end: ranked after the others
+            self._waiting_lists[user_id] = orjson.dumps(request)
+        self._waiting_triggers.extend(
+            (user_id, list(state.profile.recent), set(state.profile.purchased), trigger)
+            for user_id, state, trigger in triggers)
+        self._submit_waiting()
+
+    def _submit_waiting(self) -> None:
+        """The lists and triggers waiting to the ranking child, as one submission,
+        unless :data:`RANKINGS_IN_FLIGHT` are under way (or one was lost)."""
+        if not self._waiting_lists and not self._waiting_triggers:
             return
-        requests = [(user_id, state.profile.recent, state.profile.purchased, trigger)
-                    for user_id, state, trigger in triggers]
+        if len(self._rankings) >= RANKINGS_IN_FLIGHT or self._rankings_lost is not None:
+            return
+        lists, triggers = self._waiting_lists, self._waiting_triggers
+        self._waiting_lists, self._waiting_triggers = {}, []
         started = time.perf_counter()
-        ranking = self.ranker.submit(ranked_records, orjson.dumps(lists), requests,
-                                     self.settings.k, self.config)
+        ranking = self.ranker.submit(ranked_records, b"[" + b",".join(lists.values()) + b"]",
+                                     triggers, self.settings.k, self.config)
         previous = self._rankings[-1] if self._rankings else None
         publish = self._publish_when_ranked(
-            ranking, [request[0] for request in lists],
-            [trigger for _, _, trigger in triggers], [user_id for user_id, _, _ in triggers],
-            previous, started)
+            ranking, list(lists), [trigger for *_, trigger in triggers],
+            [request[0] for request in triggers], previous, started)
         task = asyncio.ensure_future(publish)
         self._rankings.append(task)
         task.add_done_callback(self._ranking_done)
@@ -811,18 +839,22 @@ class RecoStream:
     def _ranking_done(self, task: asyncio.Future[None]) -> None:
         self._rankings.remove(task)
         if task.cancelled():
-            self._rankings_lost = RecommendationsLost("a batch's ranking was cancelled")
+            self._rankings_lost = RecommendationsLost("a ranking was cancelled")
         elif (exc := task.exception()) is not None:
-            self._rankings_lost = RecommendationsLost(f"a batch's ranking failed: {exc!r}")
+            self._rankings_lost = RecommendationsLost(f"a ranking failed: {exc!r}")
             self._rankings_lost.__cause__ = exc
             self.app.add_future(self.app.crash(self._rankings_lost))
+        self._submit_waiting()
 
-    async def rankings_published(self, pending: int = 0) -> None:
-        """Wait until at most ``pending`` batches' lists are still being ranked;
-        :class:`RecommendationsLost` once any batch's were not published (their
-        events are then never committed: a replay ranks them again)."""
-        while len(self._rankings) > pending:
-            await asyncio.wait([self._rankings[-1 - pending]])
+    async def rankings_published(self) -> None:
+        """Wait until every list and trigger queued so far is published (those
+        waiting are submitted as submissions come back);
+        :class:`RecommendationsLost` once any were not (their events are then never
+        committed: a replay ranks them again)."""
+        while self._rankings_lost is None and (
+                self._rankings or self._waiting_lists or self._waiting_triggers):
+            self._submit_waiting()
+            await asyncio.wait([self._rankings[-1]])
         if self._rankings_lost is not None:
             raise self._rankings_lost
 

@@ -254,7 +254,8 @@ class Harness:
             if crashed is not None:
                 raise AssertionError(f"agent crashed: {crashed!r}") from crashed
             waiting = [m for m in waiting if not m.acked]
-            ranked = not self.stream._rankings
+            ranked = not (self.stream._rankings or self.stream._waiting_lists
+                          or self.stream._waiting_triggers)
             handed = all(f.done() for f in self.stream.outbox._handed.values())
             if not waiting and ranked and handed:
                 return

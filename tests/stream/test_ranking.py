@@ -57,6 +57,7 @@ class HeldRanker:
 
     def __init__(self) -> None:
         self.rankings: list[asyncio.Future[Ranked]] = []
+        self.lists: list[list[Any]] = []  # each submission's list requests
 
     @classmethod
     def instead_of(cls, h: Harness, monkeypatch: pytest.MonkeyPatch) -> HeldRanker:
@@ -68,6 +69,7 @@ class HeldRanker:
     def submit(self, function: Any, *args: Any) -> Awaitable[Ranked]:
         future: asyncio.Future[Ranked] = asyncio.get_running_loop().create_future()
         self.rankings.append(future)
+        self.lists.append(orjson.loads(args[0]))
         return future
 
 
@@ -131,3 +133,36 @@ async def test_a_failed_ranking_stops_the_worker_before_any_commit(
     # the state was not written: a replay of the event ranks it again
     assert h.stream.users.get("u1") is None
     assert h.sent_to("recommendations") == []
+
+
+@run_async
+async def test_lists_behind_two_rankings_wait_and_a_users_later_list_replaces_its_own(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = make_harness()
+    ranker = HeldRanker.instead_of(h, monkeypatch)
+    async with h.stream.agents[0].test_context() as agent:
+        await put_and_wait(h, agent, click("u1", "i1"))
+        await put_and_wait(h, agent, click("u2", "i1", TS + 1))
+        # two rankings under way: the next batches' lists wait, one per user
+        await put_and_wait(h, agent, click("u1", "i2", TS + 2))
+        await put_and_wait(h, agent, click("u3", "i1", TS + 3))
+        await put_and_wait(h, agent, click("u1", "i3", TS + 4))
+        assert [[request[0] for request in lists] for lists in ranker.lists] == [["u1"], ["u2"]]
+        commit = asyncio.ensure_future(h.stream.write_users_changed_so_far())
+        ranker.rankings[0].set_result(([b'"u1 first"'], []))
+        await h.wait_until(lambda: len(ranker.rankings) == 3, "the waiting lists submitted")
+        waited = ranker.lists[2]
+        # u1's list of its third event replaced that of its second: it was ranked
+        # with every event (and published once, after u3's)
+        assert [request[0] for request in waited] == ["u3", "u1"]
+        assert waited[1][1] == list(user_state(h, "u1").profile.recent)
+        assert {"i1", "i2", "i3"} <= set(waited[1][1])
+        assert not commit.done()  # the states wait for every list queued before
+        ranker.rankings[2].set_result(([b'"u3"', b'"u1 last"'], []))
+        ranker.rankings[1].set_result(([b'"u2"'], []))
+        await commit
+    assert [m.json() for m in h.sent_to("recommendations")] == [
+        "u1 first", "u2", "u3", "u1 last"]
+    assert [m.key for m in h.sent_to("recommendations")] == [b"u1", b"u2", b"u3", b"u1"]
+    assert h.stream.counters.recommendations_out == 4

@@ -682,7 +682,7 @@ def measure_workers(workers: Sequence[WorkerProcess], expect: int, cap_s: float,
             prev_t, prev_n = now, total
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
-                rate = (total - start_n) / (now - start_t) if start_t else 0.0
+                rate = (total - start_n) / (now - start_t) if now > start_t else 0.0
                 say(f"{label}: {total:,}/{expect:,} events, {rate:,.0f}/s")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{label}: events not applied in time:\n{workers[0].tail()}")

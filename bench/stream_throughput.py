@@ -956,7 +956,8 @@ def batch_summary(workers: Sequence[WorkerProcess]) -> dict[str, float]:
 
 def stage_means_ms(before: Samples, after: Samples) -> dict[str, float | None]:
     """Mean milliseconds of a batch (processing, from the window's end) and of a
-    batch's ranking (hand-over to the ranking child until its lists are queued)
+    submission's ranking (hand-over to the ranking child until its lists are queued: a
+    batch's, unless the lists of several batches waited to go together)
     between two scrapes of a worker's /metrics: two stages of 'in worker'.
 
     >>> stage_means_ms({("recostream_ranking_seconds_sum", ()): 1.0,

@@ -85,7 +85,7 @@ class WorkerMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
         self.ranking_seconds = Histogram(
             "recostream_ranking_seconds",
-            "Time from a batch's hand-over to the ranking child to its lists queued",
+            "Time from a submission of lists to the ranking child to its records queued",
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
         self.refresh_seconds = Histogram(

@@ -158,6 +158,12 @@ OWN_ROUND_COVERS = 1.5
 #: user (a user's later list replaces the one waiting), and go together as the
 #: next submission: see :meth:`RecoStream.publish_ranked`.
 RANKINGS_IN_FLIGHT = 2
+#: Unread input events beyond which the worker is behind (a backlog: after a
+#: restart, or input faster than it keeps up with). Its lists then go to the
+#: ranking child at most every BEHIND_HOLD_SECONDS, one per user: a busy user's
+#: list of every batch in between would be replaced before anyone could use it.
+BEHIND_EVENTS = 10_000
+BEHIND_HOLD_SECONDS = 0.5
 #: Bytes of records the producer puts in one batch per partition.
 PRODUCER_BATCH_BYTES = 512 * 1024
 #: Faust's broker_commit_every high enough never to be reached.
@@ -287,6 +293,9 @@ class RecoStream:
         # its JSON request, by user
         self._waiting_lists: dict[str, bytes] = {}
         self._waiting_triggers: list[TriggerRequest] = []
+        self._behind = False  # as of the last batch: see BEHIND_EVENTS
+        self._last_submission = -math.inf  # monotonic
+        self._hold: asyncio.TimerHandle | None = None  # submits what waits, when behind
         self._rankings_lost: RecommendationsLost | None = None
         # Every record the worker writes goes through here (see streams.outbox).
         self.outbox = Outbox(KafkaSink(cast(App, self.app).kafka_producer))
@@ -664,6 +673,8 @@ class RecoStream:
         # state the other has half changed, and a rebalance (which takes the same
         # lock) lets the batch under way finish before the caches are forgotten.
         started = time.perf_counter()
+        self.refresh_lag()
+        self._behind = sum(self.lag.values()) > BEHIND_EVENTS
         async with self.users_lock:
             try:
                 await self._process_batch(stream, batch)
@@ -783,10 +794,12 @@ class RecoStream:
         here, one per user: a user's list from a later batch replaces the one
         waiting (it records every event the other did, and more), and the
         waiting lists go together when a submission comes back. Under light load
-        nothing waits, and every batch's lists go at once; behind a backlog, the
-        ranking child ranks each busy user once per submission instead of once
-        per batch, and the records it would have replaced are never sent.
-        Triggers are never replaced.
+        nothing waits, and every batch's lists go at once. When the ranking child
+        falls behind, or the worker does (more than :data:`BEHIND_EVENTS` unread:
+        then the lists go every :data:`BEHIND_HOLD_SECONDS` at most), it ranks
+        each busy user once per submission instead of once per batch, and the
+        records it would have replaced are never sent. Triggers are never
+        replaced.
         """
         for request in lists:
             user_id = request[0]
@@ -797,13 +810,22 @@ class RecoStream:
             for user_id, state, trigger in triggers)
         self._submit_waiting()
 
-    def _submit_waiting(self) -> None:
+    def _submit_waiting(self, hold: bool = True) -> None:
         """The lists and triggers waiting to the ranking child, as one submission,
-        unless :data:`RANKINGS_IN_FLIGHT` are under way (or one was lost)."""
+        unless :data:`RANKINGS_IN_FLIGHT` are under way (or one was lost), or
+        (``hold``) the worker is behind and submitted less than
+        :data:`BEHIND_HOLD_SECONDS` ago: then a timer submits them."""
         if not self._waiting_lists and not self._waiting_triggers:
             return
         if len(self._rankings) >= RANKINGS_IN_FLIGHT or self._rankings_lost is not None:
             return
+        if hold and self._behind:
+            wait = self._last_submission + BEHIND_HOLD_SECONDS - time.monotonic()
+            if wait > 0:
+                if self._hold is None:
+                    self._hold = asyncio.get_running_loop().call_later(wait, self._hold_over)
+                return
+        self._last_submission = time.monotonic()
         lists, triggers = self._waiting_lists, self._waiting_triggers
         self._waiting_lists, self._waiting_triggers = {}, []
         started = time.perf_counter()
@@ -836,6 +858,11 @@ class RecoStream:
             self.counters.triggers_out[trigger.kind] += 1
         await self.outbox.send()
 
+    def _hold_over(self) -> None:
+        self._hold = None
+        if not self.app.should_stop:  # stopping: what waits is replayed, not ranked
+            self._submit_waiting(hold=False)
+
     def _ranking_done(self, task: asyncio.Future[None]) -> None:
         self._rankings.remove(task)
         if task.cancelled():
@@ -853,7 +880,7 @@ class RecoStream:
         committed: a replay ranks them again)."""
         while self._rankings_lost is None and (
                 self._rankings or self._waiting_lists or self._waiting_triggers):
-            self._submit_waiting()
+            self._submit_waiting(hold=False)
             await asyncio.wait([self._rankings[-1]])
         if self._rankings_lost is not None:
             raise self._rankings_lost

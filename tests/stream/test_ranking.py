@@ -166,3 +166,33 @@ async def test_lists_behind_two_rankings_wait_and_a_users_later_list_replaces_it
         "u1 first", "u2", "u3", "u1 last"]
     assert [m.key for m in h.sent_to("recommendations")] == [b"u1", b"u2", b"u3", b"u1"]
     assert h.stream.counters.recommendations_out == 4
+
+
+@run_async
+async def test_a_worker_behind_sends_its_lists_to_the_ranking_child_at_most_every_hold(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = make_harness()
+    stream = h.stream
+    ranker = HeldRanker.instead_of(h, monkeypatch)
+    monkeypatch.setattr("streams.app.BEHIND_HOLD_SECONDS", 0.3)
+    unread = {("clicks", 0): 0}
+    monkeypatch.setattr(stream, "refresh_lag", lambda: setattr(stream, "lag", dict(unread)))
+    async with stream.agents[0].test_context() as agent:
+        await put_and_wait(h, agent, click("u1", "i1"))
+        ranker.rankings[0].set_result(([b'"u1"'], []))
+        unread[("clicks", 0)] = 50_000  # a backlog from here on
+        await put_and_wait(h, agent, click("u1", "i2", TS + 1))
+        await put_and_wait(h, agent, click("u2", "i1", TS + 2))
+        await put_and_wait(h, agent, click("u1", "i3", TS + 3))
+        # nothing is being ranked, yet the lists wait for the hold to pass
+        assert len(ranker.rankings) == 1 and not stream._rankings
+        await h.wait_until(lambda: len(ranker.rankings) == 2, "the held lists")
+        assert [request[0] for request in ranker.lists[1]] == ["u2", "u1"]
+        ranker.rankings[1].set_result(([b'"u2"', b'"u1 again"'], []))
+        unread[("clicks", 0)] = 0  # caught up: lists go at once again
+        await put_and_wait(h, agent, click("u3", "i1", TS + 4))
+        assert len(ranker.rankings) == 3
+        ranker.rankings[2].set_result(([b'"u3"'], []))
+        await h.stream.rankings_published()
+    assert [m.json() for m in h.sent_to("recommendations")] == ["u1", "u2", "u1 again", "u3"]

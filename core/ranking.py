@@ -44,7 +44,7 @@ import numpy as np
 from core.cooccurrence import ItemIndex
 from core.ratings import STATE_VERSION, UserProfile, _check_version
 from core.similarity import ItemNeighbors
-from core.topk import top_k
+from core.topk import offsets_within_rows, top_k
 
 if TYPE_CHECKING:
     from core.recommender import RecommenderConfig
@@ -278,7 +278,7 @@ class NeighborModel:
         widths = np.fromiter(map(len, kept), np.int64, len(kept))
         rows = np.repeat(np.fromiter(map(positions.__getitem__, neighbor_lists), np.int64,
                                      len(kept)), widths)
-        slots = np.arange(len(pairs)) - np.repeat(np.cumsum(widths) - widths, widths)
+        slots = offsets_within_rows(widths)
         indices[rows, slots] = np.fromiter(map(positions.__getitem__, names), np.int32,
                                            len(names))
         scores[rows, slots] = np.fromiter(map(operator.itemgetter(1), pairs), np.float32,

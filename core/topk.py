@@ -163,6 +163,17 @@ def top_k_per_row_sparse(
     return indices, scores
 
 
+def offsets_within_rows(lengths: np.ndarray) -> np.ndarray:
+    """For rows of ``lengths`` entries laid end to end, each entry's place in its row.
+
+    >>> offsets_within_rows(np.array([2, 0, 3])).tolist()
+    [0, 1, 0, 1, 2]
+    """
+    offsets: np.ndarray = np.arange(int(lengths.sum())) - np.repeat(
+        np.cumsum(lengths) - lengths, lengths)
+    return offsets
+
+
 #: Cells of the padded block :func:`_kth_largest_positive` selects in at once.
 _PADDED_BLOCK_CELLS = 1 << 22
 
@@ -183,16 +194,15 @@ def _kth_largest_positive(matrix: sp.csr_matrix, rows: np.ndarray, k: int) -> np
     kth = np.empty(rows.size)
     first = 0
     while first < rows.size:
-        # as many rows as fit the block (at least one)
-        # (each row is longer than k, so no more than this many fit)
+        # as many rows as fit the block, at least one (each row is longer than k,
+        # so no more than cells // (k + 1) can)
         widest = np.maximum.accumulate(lengths[first:first + _PADDED_BLOCK_CELLS // (k + 1)])
         fits = np.arange(1, widest.size + 1) * widest <= _PADDED_BLOCK_CELLS
         stop = first + max(1, int(np.count_nonzero(fits)))
         block, block_lengths = rows[first:stop], lengths[first:stop]
         width = int(block_lengths.max())
         row_of = np.repeat(np.arange(block.size), block_lengths)
-        column = np.arange(row_of.size) - np.repeat(
-            np.cumsum(block_lengths) - block_lengths, block_lengths)
+        column = offsets_within_rows(block_lengths)
         entry = np.repeat(indptr[block], block_lengths) + column
         values = matrix.data[entry]
         padded = np.full((block.size, width), -np.inf)

@@ -213,7 +213,7 @@ def neighbors_of_partition(
             raise RowsNotHeld(f"partition {partition} under token {token}")
         held[1].update(rows)
     lists = neighbors_for_rows(_held_rows[partition][1], counts, k, similarity, params)
-    return [(item_id, orjson.dumps([[j, score] for j, score in pairs]),
+    return [(item_id, orjson.dumps(pairs),  # pairs as JSON arrays
              orjson.dumps(item_neighbors_record(item_id, pairs, model_version)))
             for item_id, pairs in lists.items()]
 

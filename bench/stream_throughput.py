@@ -338,8 +338,9 @@ class Bench:
             store=store,
             data_dir=self.tmp / f"{name}-{uuid.uuid4().hex[:4]}",
             web_port=free_port(),
-            refresh_seconds=self.args.refresh_seconds,
         )
+        if self.args.refresh_seconds is not None:
+            base = replace(base, refresh_seconds=self.args.refresh_seconds)
         if self.args.batch_seconds is not None:
             base = replace(base, batch_seconds=self.args.batch_seconds)
         return base
@@ -1196,7 +1197,8 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
     result["setup"] = {
         "revision": revision(), "partitions": args.partitions, "users": args.users,
         "items": args.items, "batch_seconds": args.batch_seconds or Settings().batch_seconds,
-        "batch_size": Settings().batch_size, "refresh_seconds": args.refresh_seconds,
+        "batch_size": Settings().batch_size,
+        "refresh_seconds": args.refresh_seconds or Settings().refresh_seconds,
         "cpus": os.cpu_count(), "max_seconds": args.max_seconds,
         "naive_seconds": args.naive_seconds, "latency_seconds": args.latency_seconds,
     }
@@ -1300,7 +1302,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "the JSON's p50_ms and p99_ms are those at 0.5")
     parser.add_argument("--probe-log", metavar="CSV", default=None,
                         help="append each latency probe (time sent, latencies) to CSV")
-    parser.add_argument("--refresh-seconds", type=float, default=10.0)
+    parser.add_argument("--refresh-seconds", type=float, default=None,
+                        help="the workers' RECOSTREAM_REFRESH_SECONDS (default: the worker's)")
     parser.add_argument("--batch-seconds", type=float, default=None,
                         help="the workers' RECOSTREAM_BATCH_SECONDS (default: the worker's)")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")

@@ -254,6 +254,9 @@ class RecoStream:
         # neighbour lists other workers wrote, as counted when the snapshot was built
         self._others_lists_built = -1
         self._own_round_rebuilt = -math.inf  # monotonic time of the last one
+        # the leader's refresh ticks: the partition ticked next, and its round
+        self._next_tick_partition = 0
+        self._tick_round = 0
         self.users_lock = asyncio.Lock()
         # held by a batch of row updates under way, and while rows are read into
         # the rows process or sent from it for a refresh
@@ -462,9 +465,9 @@ class RecoStream:
             async for event in ticks.events():
                 await self.refresh_partition(event)
 
-        @app.timer(s.refresh_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+        @app.timer(self.tick_seconds, on_leader=True)  # type: ignore[untyped-decorator]
         async def send_refresh_ticks() -> None:
-            await self.send_refresh_round()
+            await self.send_refresh_tick()
 
         @app.task  # type: ignore[untyped-decorator]
         async def read_replicas() -> None:
@@ -992,23 +995,32 @@ class RecoStream:
 
     # -- neighbour refresh ---------------------------------------------------------------
 
-    async def send_refresh_round(self) -> None:
-        """Start a refresh round (the group's leader, every ``refresh_seconds``): a
-        tick to each partition of rows, spread over the interval.
+    @property
+    def tick_seconds(self) -> float:
+        """Seconds between the leader's refresh ticks: each partition is refreshed
+        once per ``refresh_seconds``, the partitions in turn."""
+        return self.settings.refresh_seconds / self.settings.partitions
+
+    async def send_refresh_tick(self) -> None:
+        """Tick the next partition of rows (the group's leader, every
+        :attr:`tick_seconds`); a round starts at partition 0, and its ticks carry
+        its number (the clock's second, later than the last round's).
 
         Ticked at once, a worker refreshed its partitions back to back, then rebuilt
         its snapshot: 2-3 s of the loop's busiest work in every 10 s (pickling the
         changed rows, publishing the lists, the churn scan), and at half load the
-        latency rose to 0.4-0.9 s each time. Every partition is still refreshed
-        once per interval, and the snapshot rebuilt after its last one.
+        latency rose to 0.4-0.9 s each time. Spread over the interval by a timer
+        of the whole interval that slept between the ticks, each round took 1.75
+        intervals (4 partitions): Faust's timer sleeps its interval after its
+        body returns.
         """
-        s = self.settings
-        payload = orjson.dumps({"round": int(time.time())})
-        for partition in range(s.partitions):
-            if partition:
-                await asyncio.sleep(s.refresh_seconds / s.partitions)
-            self.outbox.add(self.ticks_topic.get_topic_name(), payload, partition=partition)
-            await self.outbox.send()
+        partition = self._next_tick_partition
+        if partition == 0:
+            self._tick_round = max(int(time.time()), self._tick_round + 1)
+        self._next_tick_partition = (partition + 1) % self.settings.partitions
+        self.outbox.add(self.ticks_topic.get_topic_name(),
+                        orjson.dumps({"round": self._tick_round}), partition=partition)
+        await self.outbox.send()
 
     async def refresh_partition(self, event: EventT[bytes]) -> None:
         s = self.settings

@@ -111,7 +111,7 @@ class Settings:
     popularity_half_life_days: float = RecommenderConfig.popularity_half_life_days
     max_row_width: int = 2000
     weights: RatingWeights = field(default_factory=RatingWeights)
-    refresh_seconds: float = 10.0
+    refresh_seconds: float = 15.0
     commit_seconds: float = 10.0
     batch_size: int = 1000
     batch_seconds: float = 0.05

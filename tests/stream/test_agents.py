@@ -31,7 +31,6 @@ from tests.stream.harness import (
     TS,
     Harness,
     MakeHarness,
-    RecordedSleeps,
     Sent,
     click,
     run_async,
@@ -672,16 +671,18 @@ async def test_forwarded_event_is_applied_where_its_user_lives(make_harness: Mak
 
 
 @run_async
-async def test_a_refresh_round_ticks_each_partition_spread_over_the_interval(
-    make_harness: MakeHarness, app_sleeps: RecordedSleeps,
+async def test_the_leader_ticks_each_partition_once_per_interval_in_turn(
+    make_harness: MakeHarness,
 ) -> None:
     h = make_harness()
     stream = h.stream
-    await stream.send_refresh_round()
-    await stream.outbox.delivered()
     partitions = stream.settings.partitions
+    for _ in range(2 * partitions):
+        await stream.send_refresh_tick()
+    await stream.outbox.delivered()
     ticks = h.sent_to(stream.ticks_topic.get_topic_name())
-    assert [t.partition for t in ticks] == list(range(partitions))
-    assert len({t.value for t in ticks}) == 1  # one round
-    gap = stream.settings.refresh_seconds / partitions
-    assert [s for s in app_sleeps.seconds if s] == [gap] * (partitions - 1)
+    assert [t.partition for t in ticks] == list(range(partitions)) * 2
+    rounds = [orjson.loads(t.value)["round"] for t in ticks]
+    assert rounds == [rounds[0]] * partitions + [rounds[-1]] * partitions
+    assert rounds[-1] > rounds[0]  # even two rounds within one second of the clock
+    assert stream.tick_seconds * partitions == stream.settings.refresh_seconds

@@ -1004,7 +1004,10 @@ class RecoStream:
     async def send_refresh_tick(self) -> None:
         """Tick the next partition of rows (the group's leader, every
         :attr:`tick_seconds`); a round starts at partition 0, and its ticks carry
-        its number (the clock's second, later than the last round's).
+        its number: the second it started at, which is also the version of the
+        snapshot built from it (clients compare it with the clock). So a round
+        starts in a later second than the last one, or waits a tick: two rounds
+        of one number would rebuild once.
 
         Ticked at once, a worker refreshed its partitions back to back, then rebuilt
         its snapshot: 2-3 s of the loop's busiest work in every 10 s (pickling the
@@ -1016,7 +1019,10 @@ class RecoStream:
         """
         partition = self._next_tick_partition
         if partition == 0:
-            self._tick_round = max(int(time.time()), self._tick_round + 1)
+            started = int(time.time())
+            if started <= self._tick_round:
+                return
+            self._tick_round = started
         self._next_tick_partition = (partition + 1) % self.settings.partitions
         self.outbox.add(self.ticks_topic.get_topic_name(),
                         orjson.dumps({"round": self._tick_round}), partition=partition)

@@ -672,17 +672,20 @@ async def test_forwarded_event_is_applied_where_its_user_lives(make_harness: Mak
 
 @run_async
 async def test_the_leader_ticks_each_partition_once_per_interval_in_turn(
-    make_harness: MakeHarness,
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h = make_harness()
     stream = h.stream
     partitions = stream.settings.partitions
-    for _ in range(2 * partitions):
+    clock = iter([1000.2, 1000.9, 1001.1])  # read at each round's first tick
+    monkeypatch.setattr(time, "time", lambda: next(clock))
+    for _ in range(2 * partitions + 1):
         await stream.send_refresh_tick()
     await stream.outbox.delivered()
     ticks = h.sent_to(stream.ticks_topic.get_topic_name())
     assert [t.partition for t in ticks] == list(range(partitions)) * 2
     rounds = [orjson.loads(t.value)["round"] for t in ticks]
-    assert rounds == [rounds[0]] * partitions + [rounds[-1]] * partitions
-    assert rounds[-1] > rounds[0]  # even two rounds within one second of the clock
+    # the second round waited a tick for a second of its own: its number is the
+    # second it started at, never ahead of the clock
+    assert rounds == [1000] * partitions + [1001] * partitions
     assert stream.tick_seconds * partitions == stream.settings.refresh_seconds

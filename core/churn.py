@@ -149,6 +149,14 @@ class CustomerSummary:
     purchase day. Amounts are summed per day: ``monetary_value`` is the mean spend of
     the repeat days (the first day's spend is kept apart, as in lifetimes).
 
+    Bounded memory (``max_days`` of :meth:`observe_purchase`): beyond that many
+    distinct days, the oldest repeat day is dropped and counted. BG/NBD needs only
+    the count of days, the first and the last day and the spend sums, so the
+    summary stays exact; only a purchase arriving after ``max_days`` later
+    distinct days, dated between the first day and the oldest day kept, cannot
+    be told apart from those dropped: it is counted as one of them (its spend
+    is kept).
+
     Parameters
     ----------
     day_offset_seconds
@@ -162,9 +170,15 @@ class CustomerSummary:
     (True, False)
     >>> s.frequency, s.recency(), s.monetary_value
     (0, 0.0, 0.0)
+    >>> bounded = CustomerSummary()
+    >>> [bounded.observe_purchase(d * 86_400.0, 1.0, max_days=3) for d in range(5)]
+    [True, True, True, True, True]
+    >>> bounded.purchase_days, bounded.frequency, bounded.recency(), bounded.monetary_value
+    ((0, 3, 4), 4, 4.0, 1.0)
     """
 
-    __slots__ = ("_days", "_first_value", "_last_ts", "_repeat_value", "day_offset_seconds")
+    __slots__ = ("_days", "_elided", "_first_value", "_last_ts", "_repeat_value",
+                 "day_offset_seconds")
 
     def __init__(self, day_offset_seconds: int = 0) -> None:
         if isinstance(day_offset_seconds, bool) or not isinstance(day_offset_seconds, int):
@@ -173,17 +187,20 @@ class CustomerSummary:
             raise ValueError("day_offset_seconds must lie within one day")
         self.day_offset_seconds = day_offset_seconds
         self._days: list[int] = []
+        self._elided = 0  # distinct repeat days dropped (older than _days[1])
         self._first_value = 0.0
         self._repeat_value = 0.0
         self._last_ts: float | None = None
 
     # -- updates
 
-    def observe_purchase(self, ts_seconds: float, amount: float = 0.0) -> bool:
+    def observe_purchase(self, ts_seconds: float, amount: float = 0.0,
+                         max_days: int | None = None) -> bool:
         """Record a purchase at ``ts_seconds`` (epoch seconds) worth ``amount``.
 
         Returns True when the purchase starts a new purchase day (so ``x`` or the first
-        day changed), False when it merges into a day already seen.
+        day changed), False when it merges into a day already seen. At most
+        ``max_days`` days are kept (None: all; see the class docstring).
         """
         ts = _finite(ts_seconds, "ts_seconds")
         value = _finite(amount, "amount", minimum=0.0)
@@ -201,13 +218,23 @@ class CustomerSummary:
             self._repeat_value += self._first_value
             self._first_value = value
             days.insert(0, day)
+            self._drop_beyond(max_days)
             return True
-        pos = bisect.bisect_left(days, day)
         self._repeat_value += value
+        if self._elided and day < days[1]:
+            return False  # among the days dropped, or a new one: not known (see above)
+        pos = bisect.bisect_left(days, day)
         if pos < len(days) and days[pos] == day:
             return False
         days.insert(pos, day)
+        self._drop_beyond(max_days)
         return True
+
+    def _drop_beyond(self, max_days: int | None) -> None:
+        if max_days is not None and len(self._days) > max(max_days, 2):
+            excess = len(self._days) - max(max_days, 2)
+            del self._days[1:1 + excess]
+            self._elided += excess
 
     # -- views
 
@@ -237,7 +264,7 @@ class CustomerSummary:
     @property
     def frequency(self) -> int:
         """``x``: the number of repeat purchase days (distinct days after the first)."""
-        return max(len(self._days) - 1, 0)
+        return max(len(self._days) - 1, 0) + self._elided
 
     def recency(self, period_days: float = 1.0) -> float:
         """``t_x``: last purchase day minus first purchase day, in periods."""
@@ -280,6 +307,7 @@ class CustomerSummary:
         return {
             "version": STATE_VERSION,
             "days": list(self._days),
+            "elided_days": self._elided,
             "first_day_value": float(self._first_value),
             "repeat_value": float(self._repeat_value),
             "last_purchase_ts": None if self._last_ts is None else float(self._last_ts),
@@ -299,6 +327,12 @@ class CustomerSummary:
         if any(b <= a for a, b in itertools.pairwise(days)):
             raise ValueError("CustomerSummary state: days must be strictly increasing")
         summary._days = list(days)
+        elided = d.get("elided_days", 0)
+        if isinstance(elided, bool) or not isinstance(elided, int) or elided < 0 or (
+                elided and len(days) < 2):
+            raise ValueError("CustomerSummary state: elided_days must be an int >= 0, "
+                             "with at least two days kept")
+        summary._elided = elided
         summary._first_value = _finite(d.get("first_day_value"), "first_day_value", minimum=0.0)
         summary._repeat_value = _finite(d.get("repeat_value"), "repeat_value", minimum=0.0)
         last = d.get("last_purchase_ts")

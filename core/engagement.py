@@ -32,9 +32,6 @@ from core.events import Event
 
 STATE_VERSION = 1
 
-#: Purchased items remembered per user for the cart (the most recent ones).
-MAX_BOUGHT_REMEMBERED = 200
-
 #: What the marketing system is asked to do for a churn risk, by value tier.
 ACTIONS: dict[str, str] = {
     "high": "personal_offer",
@@ -49,18 +46,25 @@ PRIOR_PARAMS = BGNBDParams(r=0.243, alpha=4.414, a=0.793, b=2.426, period_days=7
 
 @dataclass(frozen=True)
 class EngagementConfig:
-    """Thresholds of the churn alerts and marketing triggers."""
+    """Thresholds of the churn alerts and marketing triggers, and the bounds of
+    what is kept per customer (the oldest entry goes first)."""
 
     churn_threshold: float = 0.3  # alert when P(alive) falls below this
     cart_window_seconds: float = 3600.0  # add_to_cart without purchase for this long
     horizon_days: float = 30.0  # expected purchases are for the next horizon_days
     min_customers_to_fit: int = 50  # below this, score with PRIOR_PARAMS
+    max_cart_items: int = 50  # items in the cart, the earliest added evicted
+    max_bought: int = 200  # purchased items remembered for the cart, oldest evicted
+    max_purchase_days: int = 500  # distinct purchase days kept (see CustomerSummary)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.churn_threshold < 1.0:
             raise ValueError("churn_threshold must be in (0, 1)")
         if self.cart_window_seconds <= 0 or self.horizon_days <= 0:
             raise ValueError("cart window and horizon must be positive")
+        if min(self.max_cart_items, self.max_bought) < 1 or self.max_purchase_days < 2:
+            raise ValueError("max_cart_items and max_bought must be at least 1, "
+                             "max_purchase_days at least 2")
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,8 @@ class Engagement:
         if event.type == "add_to_cart":
             if self.bought.get(item, float("-inf")) < ts:
                 self.cart[item] = min(self.cart.get(item, ts), ts)
+                if len(self.cart) > config.max_cart_items:
+                    del self.cart[_oldest(self.cart)]
         elif event.type == "remove_from_cart":
             if self.cart.get(item, float("inf")) <= ts:
                 del self.cart[item]
@@ -169,11 +175,10 @@ class Engagement:
             if self.cart.get(item, float("inf")) <= ts:
                 del self.cart[item]
             self.bought[item] = max(self.bought.get(item, ts), ts)
-            if len(self.bought) > MAX_BOUGHT_REMEMBERED:
-                oldest = min(self.bought, key=lambda i: (self.bought[i], i))
-                del self.bought[oldest]
+            if len(self.bought) > config.max_bought:
+                del self.bought[_oldest(self.bought)]
             amount = (event.price or 0.0) * event.quantity
-            new_day = self.customer.observe_purchase(ts, amount)
+            new_day = self.customer.observe_purchase(ts, amount, config.max_purchase_days)
             if new_day and self.alerted:
                 self.alerted = False
                 triggers.append(Trigger("win_back", "a customer alerted as churning bought again",
@@ -224,6 +229,15 @@ class Engagement:
             cart={str(k): float(v) for k, v in state["cart"].items()},
             bought={str(k): float(v) for k, v in state.get("bought", {}).items()},
         )
+
+
+def _oldest(times: Mapping[str, float]) -> str:
+    """The key with the earliest time (ties by key, so every replay evicts alike).
+
+    >>> _oldest({"b": 1.0, "a": 1.0, "c": 0.5})
+    'c'
+    """
+    return min(times, key=lambda key: (times[key], key))
 
 
 def due_many(engagements: Sequence[Engagement], now: float, model: ChurnModel | None,

@@ -16,6 +16,7 @@ core.events.InvalidEvent: missing_field: item_id is required
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,28 +28,35 @@ TOPICS = ("clicks", "purchases")
 # Bounds on values we accept; anything outside is an "absurd value".
 MIN_TS = 1.0  # 1970-01-01T00:00:01Z
 MAX_TS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
-MAX_ID_LENGTH = 256
+#: Ids are bounded in UTF-8 bytes, not characters: what the records and the state
+#: that carry them weigh is bytes (256 emoji would be 1 KiB).
+MAX_ID_BYTES = 256
 MAX_QUANTITY = 10_000
 MAX_PRICE = 1e9
 MIN_VALUE, MAX_VALUE = 1.0, 5.0
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f]")
 MAX_MESSAGE_BYTES = 64 * 1024
 
 #: Every reason an input can be rejected for, with what it means. Dead-letter
 #: records carry the key; the metrics count by it.
 REJECTION_REASONS: dict[str, str] = {
-    "oversized": f"message larger than {MAX_MESSAGE_BYTES} bytes",
+    "oversized": f"message larger than the limit ({MAX_MESSAGE_BYTES} bytes by default)",
+    "key_too_long": "message key longer than the limit",
     "invalid_json": "payload is not valid UTF-8 JSON",
     "not_an_object": "payload is JSON but not an object",
     "unknown_topic": "event arrived on a topic that carries no events",
     "missing_field": "a required field is absent or null",
     "wrong_type": "a field has the wrong JSON type",
     "empty_id": "an id is empty",
-    "id_too_long": f"an id is longer than {MAX_ID_LENGTH} characters",
+    "id_too_long": f"an id is longer than {MAX_ID_BYTES} bytes in UTF-8",
     "unknown_event_type": "type is not one the topic allows",
     "bad_timestamp": "ts is not epoch seconds or ISO-8601 within 1970-2100",
+    "future_timestamp": "ts is later than the clock allows (the wall clock plus an allowance)",
     "value_out_of_range": f"value is outside [{MIN_VALUE:g}, {MAX_VALUE:g}]",
     "bad_quantity": f"quantity is not an integer in [1, {MAX_QUANTITY}]",
     "bad_price": f"price is not a number in [0, {MAX_PRICE:g}]",
+    "output_rejected": "a record the worker wrote was refused by the broker for its content "
+                       "(too large, invalid); the dead letter names the output topic and key",
 }
 
 
@@ -153,8 +161,19 @@ def _checked_id(raw: object, name: str) -> str:
         raise InvalidEvent("wrong_type", f"{name} must be a string, got {type(raw).__name__}")
     if not raw:
         raise InvalidEvent("empty_id", f"{name} is empty")
-    if len(raw) > MAX_ID_LENGTH:
-        raise InvalidEvent("id_too_long", f"{name} has {len(raw)} characters")
+    if not raw.isprintable() and _CONTROL_CHARACTERS.search(raw):
+        # JSON writes each as six bytes (\u0000): ids are bounded as written
+        raise InvalidEvent("wrong_type", f"{name} contains control characters")
+    # An ASCII id (the common case) is as many bytes as characters: no encoding.
+    if raw.isascii():
+        size = len(raw)
+    else:
+        try:
+            size = len(raw.encode())
+        except UnicodeEncodeError:  # a lone surrogate: no key or record could carry it
+            raise InvalidEvent("wrong_type", f"{name} is not valid Unicode text") from None
+    if size > MAX_ID_BYTES:
+        raise InvalidEvent("id_too_long", f"{name} has {size} bytes in UTF-8")
     return raw
 
 
@@ -167,15 +186,21 @@ def _optional_number(obj: Mapping[str, object], name: str) -> float | None:
     return float(raw)
 
 
-def parse_event(obj: object, topic: str) -> Event:
+def parse_event(obj: object, topic: str, latest_ts: float = MAX_TS) -> Event:
     """Validate a decoded message from ``topic`` and return the event.
 
-    Unknown extra fields are ignored. Raises :class:`InvalidEvent` with the
-    reason otherwise.
+    ``latest_ts``: the latest timestamp accepted (the stream passes the wall
+    clock plus an allowance: one event from the far future would move event
+    time for good). Unknown extra fields are ignored. Raises
+    :class:`InvalidEvent` with the reason otherwise.
 
     >>> parse_event({"user_id": "u", "item_id": "i", "ts": "2024-01-01", "quantity": 2},
     ...             "purchases").quantity
     2
+    >>> parse_event({"user_id": "u", "item_id": "i", "ts": 2e9}, "purchases", latest_ts=1.8e9)
+    Traceback (most recent call last):
+    ...
+    core.events.InvalidEvent: future_timestamp: ts 2000000000.0 is 200000000 s past the ...
     """
     if not isinstance(obj, Mapping):
         raise InvalidEvent("not_an_object", f"payload is a JSON {type(obj).__name__}")
@@ -186,6 +211,9 @@ def parse_event(obj: object, topic: str) -> Event:
     if obj.get("ts") is None:
         raise InvalidEvent("missing_field", "ts is required")
     ts = parse_timestamp(obj["ts"])
+    if ts > latest_ts:
+        raise InvalidEvent("future_timestamp",
+                           f"ts {ts!r} is {ts - latest_ts:.0f} s past the latest accepted")
     event_id = _optional_id(obj, "event_id")
     if topic == "clicks":
         kind = obj.get("type")

@@ -406,7 +406,7 @@ class NeighborModel:
 
         >>> from core.recommender import RecommenderConfig
         >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {"a": 1.0}, k=1)
-        >>> profile = UserProfile(ratings={"a": 1.0}, recent=["a"], purchased={"a"})
+        >>> profile = UserProfile(ratings={"a": 1.0}, recent=["a"], purchased={"a": 0.0})
         >>> model.recommend("u", profile, 2, RecommenderConfig()).item_ids
         ('b',)
         """

@@ -56,15 +56,30 @@ class RatingWeights:
 class UserProfile:
     """What we keep per user: ratings, their running mean, recent items, purchases.
 
-    ``recent`` holds the user's most recent distinct rated items, oldest first, at
-    most ``history`` of them (the bound is passed by the caller's configuration).
+    Every structure is bounded by the caller's configuration, the least recently
+    used entry evicted first, so that a user's state has a known size however
+    long the user stays:
+
+    - ``ratings``: at most ``max_ratings`` items, least recently rated first (an
+      item rated again moves to the end); the mean is over the items kept;
+    - ``recent``: the most recent distinct rated items, oldest first, at most
+      ``history`` of them (``max_ratings >= history``, so they are all rated);
+    - ``purchased``: item -> its latest purchase time, least recently bought
+      first, at most ``max_purchased`` items.
+
     ``last_ts`` is the user's latest event time.
+
+    >>> profile = UserProfile()
+    >>> for item in ["a", "b", "a", "c"]:
+    ...     _ = profile.observe(item, 1.0, ts=1.0, history=2, max_ratings=2)
+    >>> list(profile.ratings), profile.recent
+    (['a', 'c'], ['a', 'c'])
     """
 
     ratings: dict[str, float] = field(default_factory=dict)
     rating_sum: float = 0.0
     recent: list[str] = field(default_factory=list)
-    purchased: set[str] = field(default_factory=set)
+    purchased: dict[str, float] = field(default_factory=dict)
     events: int = 0
     last_ts: float = 0.0
 
@@ -73,29 +88,54 @@ class UserProfile:
         """Mean rating over the rated items (0.0 before any rating)."""
         return self.rating_sum / len(self.ratings) if self.ratings else 0.0
 
-    def observe(self, item_id: str, rating: float | None, ts: float, history: int) -> bool:
+    def observe(self, item_id: str, rating: float | None, ts: float, history: int,
+                max_ratings: int | None = None) -> bool:
         """Record an event on ``item_id``; True when the user gained the item.
 
         The rating only ever strengthens (the strongest signal wins). An event
         without a rating (``remove_from_cart``) expresses no preference: it only
-        advances the user's clock, so ``recent`` holds rated items only.
+        advances the user's clock, so ``recent`` holds rated items only. Beyond
+        ``max_ratings`` rated items (None: no bound) the least recently rated
+        goes.
         """
         self.events += 1
         if ts > self.last_ts:
             self.last_ts = ts
         if rating is None:
             return False
-        gained = False
-        old = self.ratings.get(item_id)
+        ratings = self.ratings
+        old = ratings.pop(item_id, None)  # re-inserted at the end: most recent
+        gained = old is None
         if old is None:
-            self.ratings[item_id] = rating
+            ratings[item_id] = rating
             self.rating_sum += rating
-            gained = True
+            if max_ratings is not None and len(ratings) > max_ratings:
+                self.rating_sum -= ratings.pop(next(iter(ratings)))
         elif rating > old:
-            self.ratings[item_id] = rating
+            ratings[item_id] = rating
             self.rating_sum += rating - old
+        else:
+            ratings[item_id] = old
         self._touch(item_id, history, known=not gained)
         return gained
+
+    def buy(self, item_id: str, ts: float, max_purchased: int | None = None) -> bool:
+        """Record a purchase of ``item_id`` at ``ts``; True when it is bought for the
+        first time (as far as the profile remembers: beyond ``max_purchased``
+        items the least recently bought goes).
+
+        >>> profile = UserProfile()
+        >>> [profile.buy(i, 1.0, max_purchased=2) for i in ["a", "b", "a", "c"]]
+        [True, True, False, True]
+        >>> profile.purchased
+        {'a': 1.0, 'c': 1.0}
+        """
+        purchased = self.purchased
+        last = purchased.pop(item_id, None)
+        purchased[item_id] = ts if last is None else max(last, ts)
+        if max_purchased is not None and len(purchased) > max_purchased:
+            del purchased[next(iter(purchased))]
+        return last is None
 
     def _touch(self, item_id: str, history: int, *, known: bool) -> None:
         recent = self.recent
@@ -115,7 +155,7 @@ class UserProfile:
             "ratings": dict(self.ratings),
             "rating_sum": float(self.rating_sum),
             "recent": list(self.recent),
-            "purchased": sorted(self.purchased),
+            "purchased": dict(self.purchased),
             "events": self.events,
             "last_ts": float(self.last_ts),
         }
@@ -127,10 +167,18 @@ class UserProfile:
             ratings={str(k): float(v) for k, v in state["ratings"].items()},
             rating_sum=float(state["rating_sum"]),
             recent=[str(i) for i in state["recent"]],
-            purchased={str(i) for i in state["purchased"]},
+            purchased=_purchased(state["purchased"]),
             events=int(state["events"]),
             last_ts=float(state["last_ts"]),
         )
+
+
+def _purchased(value: Any) -> dict[str, float]:
+    """Purchases as stored: item -> latest purchase time (states written before
+    purchase times were kept hold a list of items: time 0)."""
+    if isinstance(value, Mapping):
+        return {str(k): float(v) for k, v in value.items()}
+    return dict.fromkeys((str(i) for i in value), 0.0)
 
 
 def _check_version(state: Mapping[str, Any], kind: str) -> None:

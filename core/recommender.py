@@ -20,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class RecommenderConfig:
     popularity_half_life_days: event-time half-life of the trending counts.
     max_row_width: co-occurrence pairs kept per item (weakest pruned).
     refresh_every: observed events between neighbour refreshes (0: manual only).
+    max_ratings: rated items kept per user, least recently rated evicted first
+        (at least ``history``).
+    max_purchased: purchased items kept per user, least recently bought
+        evicted first.
     """
 
     similarity: str = "cosine"
@@ -63,8 +68,10 @@ class RecommenderConfig:
     recency_decay: float = 0.8
     popularity_weight: float = 0.01
     popularity_half_life_days: float = 7.0
-    max_row_width: int = 2000
+    max_row_width: int = 1400
     refresh_every: int = 1000
+    max_ratings: int = 500
+    max_purchased: int = 200
     weights: RatingWeights = field(default_factory=RatingWeights)
     similarity_params: SimilarityParams = field(default_factory=SimilarityParams)
 
@@ -79,6 +86,34 @@ class RecommenderConfig:
             raise ValueError("recency_decay must be in (0, 1]")
         if self.popularity_half_life_days <= 0:
             raise ValueError("popularity_half_life_days must be positive")
+        if self.max_ratings < self.history:
+            raise ValueError(f"max_ratings ({self.max_ratings}) must be at least history "
+                             f"({self.history}): the recent items are rated items")
+        if self.max_purchased < 1:
+            raise ValueError("max_purchased must be positive")
+
+    # Derived values, computed once per configuration (cached_property writes the
+    # instance's __dict__ directly, which a frozen dataclass allows).
+
+    @functools.cached_property
+    def rating_by_type(self) -> dict[str, float]:
+        """Event type -> implicit rating (see :meth:`RatingWeights.by_type`)."""
+        return self.weights.by_type()
+
+    @functools.cached_property
+    def paired_items(self) -> int:
+        """How many recent items a gained item is paired with: ``pair_window``, at
+        most the ``history`` a profile keeps.
+
+        >>> RecommenderConfig(history=20, pair_window=50, max_ratings=20).paired_items
+        20
+        """
+        return min(self.pair_window, self.history)
+
+    @functools.cached_property
+    def tau(self) -> float:
+        """Time constant (seconds) of the trending counts' exponential decay."""
+        return self.popularity_half_life_days * DAY / math.log(2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,28 +127,24 @@ class Gain:
 
 
 def learn_event(
-    profile: UserProfile,
-    event: Event,
-    rating_by_type: Mapping[str, float],
-    history: int,
-    pair_window: int,
+    profile: UserProfile, event: Event, config: RecommenderConfig
 ) -> tuple[bool, Gain | None]:
     """Fold one event into a user's profile: (changed, gain or None).
 
     The one place where an event becomes a rating, a history entry, a purchase
     and a co-occurrence gain; the offline model and the stream both call it.
     """
-    rating = event.value if event.value is not None else rating_by_type.get(event.type)
+    rating = event.value if event.value is not None else config.rating_by_type.get(event.type)
     recent = profile.recent
     before = recent[-1] if recent else None
-    gained = profile.observe(event.item_id, rating, event.ts, history)
-    bought = event.type == PURCHASE and event.item_id not in profile.purchased
-    if bought:
-        profile.purchased.add(event.item_id)
+    gained = profile.observe(event.item_id, rating, event.ts, config.history,
+                             config.max_ratings)
+    bought = event.type == PURCHASE and profile.buy(event.item_id, event.ts,
+                                                    config.max_purchased)
     changed = gained or bought or (bool(recent) and recent[-1] != before)
     if not gained:
         return changed, None
-    return changed, Gain(event.item_id, recent[-pair_window - 1 : -1], event.ts)
+    return changed, Gain(event.item_id, recent[-config.paired_items - 1 : -1], event.ts)
 
 
 class Recommender:
@@ -126,14 +157,10 @@ class Recommender:
         # Trending: per item position, a count decayed to its own last-update time.
         self._trend_value: list[float] = []
         self._trend_time: list[float] = []
-        self._tau = self.config.popularity_half_life_days * DAY / math.log(2.0)
         self.now = 0.0  # event time: the largest timestamp seen
         self.events_since_refresh = 0
         self.model = NeighborModel.empty(self.config.neighbors)
-        # Hot-path copies of configuration.
-        self._rating_by_type = self.config.weights.by_type()
         self._refresh_every = self.config.refresh_every
-        self._pair_window = min(self.config.pair_window, self.config.history)
 
     # -- learning -----------------------------------------------------------------
 
@@ -147,9 +174,7 @@ class Recommender:
             profile = self.users[event.user_id] = UserProfile()
         if event.ts > self.now:
             self.now = event.ts
-        changed, gain = learn_event(
-            profile, event, self._rating_by_type, self.config.history, self._pair_window
-        )
+        changed, gain = learn_event(profile, event, self.config)
         if gain is not None:
             self.cooccurrence.observe(gain.item_id, gain.history)
             self._bump_trending(gain.item_id, gain.ts)
@@ -170,7 +195,7 @@ class Recommender:
             values.extend([0.0] * missing)
             times.extend([ts] * missing)
         values[position], times[position] = trend_bump(
-            values[position], times[position], ts, self._tau
+            values[position], times[position], ts, self.config.tau
         )
 
     # -- neighbour refresh ----------------------------------------------------------
@@ -189,7 +214,7 @@ class Recommender:
         self.model = NeighborModel(
             items=items,
             neighbors=neighbors,
-            trending=trending_scale(self._trend_value, self._trend_time, self._tau),
+            trending=trending_scale(self._trend_value, self._trend_time, self.config.tau),
             version=self.model.version + 1,
         )
         self.events_since_refresh = 0

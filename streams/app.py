@@ -26,8 +26,8 @@ Data flow (P = ``settings.partitions``):
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
+import hmac
 import itertools
 import logging
 import math
@@ -42,6 +42,7 @@ from typing import Any, cast
 
 import faust
 import orjson
+from aiohttp import web as aiohttp_web
 from faust.exceptions import ConsumerNotStarted
 from faust.stores.base import SerializedStore
 from faust.types import TP, EventT, StreamT, TableT
@@ -51,10 +52,11 @@ from mode.types.signals import BaseSignalT
 
 from core.churn import score_customer
 from core.engagement import PRIOR_MODEL, ChurnModel, Trigger, due_many, fit_churn_model
-from core.events import InvalidEvent, parse_event
+from core.events import Event, InvalidEvent, parse_event
 from core.ranking import NeighborModel, Recommendations
-from core.recommender import DAY, learn_event
+from core.recommender import learn_event
 from core.similarity import SimilarityParams
+from streams.bounds import FIXED_JSON, NUMBER_JSON, dead_letter_payload_bytes
 from streams.held_rows import (
     RowMessage,
     RowsNotHeld,
@@ -77,15 +79,17 @@ from streams.model_work import (
     hold_ranking_model,
     neighbors_of_partition,
     ranked_records,
+    recommend_one,
 )
-from streams.outbox import KafkaSink, Outbox, key_partition
-from streams.records import recommendation_record
+from streams.outbox import KafkaSink, Outbox, Record, key_partition
+from streams.records import dead_letter_record, recommendation_record
 from streams.replicated import ReplicaReader, ReplicatedTable
 from streams.settings import Settings
 from streams.state import (
     DecodedCache,
     RowGain,
     UserState,
+    encode_gains,
     source_key,
     split_gain,
     table_json,
@@ -135,6 +139,9 @@ SOURCE_ORDER = operator.itemgetter(2, 3)
 #: up to 0.55 s).
 SCAN_SLICE_USERS = 500
 SCAN_SLICE_SECONDS = 0.02
+#: A refresh tick older than this many refresh intervals is skipped: the
+#: partition's next tick is behind it.
+STALE_TICK_INTERVALS = 2.0
 #: Neighbour lists a refresh stores and publishes per turn of the loop.
 LISTS_PER_SLICE = 250
 #: Rows written per turn of the loop before a commit (encoded by the rows process:
@@ -199,6 +206,7 @@ class Counters:
     recommendations_out: int = 0
     triggers_out: Counter[str] = field(default_factory=Counter)
     refreshes: int = 0
+    stale_ticks: int = 0
     last_refresh_seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
@@ -214,6 +222,7 @@ class Counters:
             "recommendations_out": self.recommendations_out,
             "triggers_out": dict(self.triggers_out),
             "refreshes": self.refreshes,
+            "stale_ticks": self.stale_ticks,
             "last_refresh_seconds": round(self.last_refresh_seconds, 4),
         }
 
@@ -224,14 +233,12 @@ class RecoStream:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.config = settings.recommender_config()
-        self.rating_by_type = self.config.weights.by_type()
-        self.pair_window = min(self.config.pair_window, self.config.history)
-        self.tau = self.config.popularity_half_life_days * DAY / 0.6931471805599453
         self.engagement_config = settings.engagement_config()
         self.counters = Counters()
         self.item_partition = KeyPartitions(item_partition, settings.partitions).__getitem__
         self.user_partition = KeyPartitions(user_partition, settings.partitions).__getitem__
         self.lag: dict[tuple[str, int], int] = {}  # refreshed when /metrics is scraped
+        self.lookups_in_flight = 0  # recommendation lookups over HTTP under way
         self.metrics = WorkerMetrics(self.counters, lambda: self.lag)
         # Event time per input topic partition (largest timestamp read there) and
         # the last offset read there: see partition_watermark.
@@ -257,6 +264,7 @@ class RecoStream:
         # the leader's refresh ticks: the partition ticked next, and its round
         self._next_tick_partition = 0
         self._tick_round = 0
+        self._round_started = 0.0  # wall time of the round's first tick
         self.users_lock = asyncio.Lock()
         # held by a batch of row updates under way, and while rows are read into
         # the rows process or sent from it for a refresh
@@ -301,7 +309,11 @@ class RecoStream:
         self._hold: asyncio.TimerHandle | None = None  # submits what waits, when behind
         self._rankings_lost: RecommendationsLost | None = None
         # Every record the worker writes goes through here (see streams.outbox).
-        self.outbox = Outbox(KafkaSink(cast(App, self.app).kafka_producer))
+        self.outbox = Outbox(KafkaSink(cast(App, self.app).kafka_producer),
+                             max_record_bytes=settings.max_record_bytes,
+                             on_rejected=self.output_rejected)
+        cast(KafkaSink, self.outbox.sink).on_rejected = self.outbox.reject
+        self.dead_letter_payload_bytes = dead_letter_payload_bytes(settings)
         self._declare_topics_and_tables()
         self._declare_agents()
         self._declare_web()
@@ -331,9 +343,16 @@ class RecoStream:
             key_serializer="raw",
             value_serializer="raw",
             web_enabled=s.web_enabled,
-            web_host=s.web_host,
             web_port=s.web_port,
             web_bind=s.web_host,
+            # what other workers reach this one at (forwarded lookups)
+            canonical_url=f"http://{s.advertised_host or s.web_host}:{s.web_port}",
+            # Faust's own /table routes return any key's raw state, and /router
+            # the group's addresses: not for the outside (lookups route anyway)
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_application_options={"middlewares": [require_bearer_token(s.http_token)]}
+            if s.http_token else None,
             broker_session_timeout=s.session_timeout,
             broker_heartbeat_interval=max(0.5, min(3.0, s.session_timeout / 10)),
             consumer_auto_offset_reset="earliest",
@@ -422,7 +441,7 @@ class RecoStream:
         # neighbour lists twice (megabytes each): on a connection of their own, so
         # that recommendations do not queue behind them (aiokafka sends one request
         # per broker at a time).
-        bulk = KafkaSink(cast(App, app).kafka_bulk_producer)
+        bulk = KafkaSink(cast(App, app).kafka_bulk_producer, on_rejected=self.outbox.reject)
         for topic in (self.rows.changelog_topic, self.users.changelog_topic,
                       self.item_neighbors_topic, self.replica_topics_by_table["neighbors"]):
             self.outbox.routes[topic.get_topic_name()] = bulk
@@ -652,21 +671,33 @@ class RecoStream:
     # -- events -> user state -----------------------------------------------------
 
     def dead_letter(self, event: EventT[bytes], reason: str, detail: str) -> None:
+        """An input that cannot be used goes to ``dead-letters`` (see
+        :func:`streams.records.dead_letter_record`); processing goes on."""
         message = event.message
-        raw = message.value if isinstance(message.value, bytes) else b""
-        record = {
-            "reason": reason,
-            "detail": detail,
-            "topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "key_b64": base64.b64encode(message.key).decode() if message.key else None,
-            "payload_b64": base64.b64encode(raw).decode(),
-            "ts": message.timestamp,
-        }
+        raw = message.value if isinstance(message.value, bytes | bytearray) else b""
+        self._add_dead_letter(reason, detail, message.topic, message.partition,
+                              message.offset, message.key, bytes(raw), message.timestamp)
+
+    def output_rejected(self, topic: str, record: Record, why: str) -> None:
+        """A record the worker wrote that cannot go to Kafka (too large, or refused
+        by the broker for its content): a dead letter naming the output topic and
+        key instead, never a stop."""
+        if topic == self.dead_letters_topic.get_topic_name():
+            log.error("a dead letter could not be written (%s); dropped", why)
+            return
+        log.warning("a record for %s was rejected (%s): dead-lettered", topic, why)
+        self._add_dead_letter("output_rejected", why, topic, None, None, record.key,
+                              record.value or b"", None)
+
+    def _add_dead_letter(self, reason: str, detail: str, topic: str, partition: int | None,
+                         offset: int | None, key: bytes | None, payload: bytes,
+                         ts: float | None) -> None:
         self.counters.dead_lettered[reason] += 1
-        self.outbox.add(self.dead_letters_topic.get_topic_name(), orjson.dumps(record),
-                        key=message.key)
+        cut_key, value = dead_letter_record(
+            reason, detail, topic=topic, partition=partition, offset=offset, key=key,
+            payload=payload, ts=ts, key_limit=self.settings.max_key_bytes,
+            payload_limit=self.dead_letter_payload_bytes)
+        self.outbox.add(self.dead_letters_topic.get_topic_name(), value, key=cut_key)
 
     async def process_batch(
         self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]
@@ -691,34 +722,38 @@ class RecoStream:
         self, stream: faust.Stream[bytes], batch: Sequence[EventT[bytes]]
     ) -> None:
         s = self.settings
-        by_user: dict[str, list[tuple[EventT[bytes], Any]]] = defaultdict(list)
+        # one event from the far future would move event time for good
+        latest_ts = time.time() + s.max_future_seconds
+        by_user: dict[str, list[tuple[EventT[bytes], Event, Origin | None]]] = defaultdict(list)
         for event in self.current_events(batch):
             message = event.message
             topic = self.contract_topic[message.topic]
             self.counters.events_in[topic] += 1
             self.source_offset[(topic, message.partition)] = message.offset
-            raw = message.value
+            key, raw = message.key, message.value
+            if key is not None and len(key) > s.max_key_bytes:
+                self.dead_letter(event, "key_too_long", f"{len(key)} bytes")
+                continue
             if not isinstance(raw, bytes | bytearray) or len(raw) > s.max_message_bytes:
                 size = len(raw) if isinstance(raw, bytes | bytearray) else 0
                 self.dead_letter(event, "oversized" if size else "invalid_json",
                                  f"{size} bytes" if size else "empty message")
                 continue
             try:
-                decoded = parse_event(orjson.loads(raw), topic)
+                decoded = parse_event(orjson.loads(raw), topic, latest_ts)
             except orjson.JSONDecodeError as exc:
                 self.dead_letter(event, "invalid_json", str(exc)[:200])
                 continue
             except InvalidEvent as exc:
                 self.dead_letter(event, exc.reason, exc.detail)
                 continue
-            if message.key != decoded.user_id.encode():
-                # State is keyed by user: an event keyed otherwise is forwarded,
-                # keyed right, and processed where its user lives.
-                self.counters.rekeyed += 1
-                self.outbox.add(self.input_topics[topic].get_topic_name(), bytes(raw),
-                                key=decoded.user_id.encode())
+            origin = forwarded_from(message.headers)
+            if origin is None and (key != decoded.user_id.encode() or message.partition
+                                   != self.user_partition(decoded.user_id)):
+                self.forward(topic, bytes(raw), decoded.user_id, message.partition,
+                             message.offset)
                 continue
-            by_user[decoded.user_id].append((event, decoded))
+            by_user[decoded.user_id].append((event, decoded, origin))
 
         gains_by_partition: dict[int, list[RowGain]] = defaultdict(list)
         changed_users: list[tuple[str, UserState, str, float]] = []
@@ -733,24 +768,26 @@ class RecoStream:
             state = states[user_id]
             changed = False
             trigger, trigger_ts = "", 0.0
-            for event, decoded in items:
-                source = source_key(self.contract_topic[event.message.topic],
-                                    event.message.partition)
-                if state.is_duplicate(source, event.message.offset, decoded.event_id):
+            for event, decoded, origin in items:
+                read_from = source_key(self.contract_topic[event.message.topic],
+                                       event.message.partition)
+                source, offset = origin or (read_from, event.message.offset)
+                if state.is_duplicate(source, offset, decoded.event_id):
                     self.counters.deduplicated += 1
                     continue
-                did_change, gain = learn_event(state.profile, decoded, self.rating_by_type,
-                                               self.config.history, self.pair_window)
+                did_change, gain = learn_event(state.profile, decoded, self.config)
                 due_triggers.extend((user_id, state, fired) for fired in
                                     state.engagement.observe(decoded, self.engagement_config))
                 clock = (decoded.topic(), event.message.partition)
                 if decoded.ts > self.source_clock.get(clock, 0.0):
                     self.source_clock[clock] = decoded.ts
-                state.mark(source, event.message.offset, decoded.event_id, s.dedup_ids)
+                state.mark(source, offset, decoded.event_id, s.dedup_ids)
                 self.counters.applied += 1
                 if gain is not None:
+                    # rows skip by the partition they were read from, whose
+                    # offsets are in order (forwarded ones are not, there)
                     for partition, row_gain in split_gain(
-                            gain.item_id, gain.history, source, event.message.offset,
+                            gain.item_id, gain.history, read_from, event.message.offset,
                             gain.ts, self.item_partition).items():
                         gains_by_partition[partition].append(row_gain)
                 if did_change:
@@ -767,8 +804,10 @@ class RecoStream:
         rows_topic = self.rows_topic.get_topic_name()
         for partition, gains in gains_by_partition.items():
             gains.sort(key=SOURCE_ORDER)
-            self.outbox.add(rows_topic, orjson.dumps({"gains": gains}, default=tuple),
-                            partition=partition)
+            # half the record limit: room for the record's overhead, and a large
+            # backlog reaches the rows process in pieces
+            for encoded in encode_gains(gains, self.settings.max_record_bytes // 2):
+                self.outbox.add(rows_topic, encoded, partition=partition)
             self.counters.row_updates_sent += sum(gain.update_count() for gain in gains)
         # Lists and triggers are ranked in the ranking child and published when
         # they come back, before the states that record them are written (the
@@ -784,6 +823,17 @@ class RecoStream:
                 act_as(last_event)
                 self.write_user(user_id, state)
         await self.outbox.send()
+
+    def forward(self, topic: str, raw: bytes, user_id: str, partition: int,
+                offset: int) -> None:
+        """An event keyed by something else than its user, or on another partition
+        than its user's (a producer partitioning otherwise: librdkafka's CRC32,
+        say), goes again to its topic, keyed by the user, to be processed where the
+        user lives. It carries where it came from, under which it is applied once
+        however often a crash makes it forwarded again (see :data:`ORIGIN_HEADER`)."""
+        self.counters.rekeyed += 1
+        self.outbox.add(self.input_topics[topic].get_topic_name(), raw, key=user_id.encode(),
+                        headers=((ORIGIN_HEADER, f"{topic}/{partition}@{offset}".encode()),))
 
     def publish_ranked(self, lists: Sequence[ListRequest],
                        triggers: Sequence[tuple[str, UserState, Trigger]]) -> None:
@@ -888,9 +938,14 @@ class RecoStream:
         if self._rankings_lost is not None:
             raise self._rankings_lost
 
-    def recommend(self, user_id: str, state: UserState | None, n: int) -> Recommendations:
+    async def recommend(self, user_id: str, state: UserState | None, n: int
+                        ) -> Recommendations:
+        """A user's list now, ranked in the ranking child with the snapshot it
+        holds (as the published lists are)."""
         profile = state.profile if state is not None else None
-        return self.model.recommend(user_id, profile, n, self.config)
+        return await self.ranker.run(
+            recommend_one, user_id, None if profile is None else list(profile.recent),
+            () if profile is None else list(profile.purchased), n, self.config)
 
     # -- rows of C --------------------------------------------------------------------
 
@@ -957,7 +1012,7 @@ class RecoStream:
                 messages[self.rows_process_of(partition)].append(
                     (partition, self._rows_held[partition], event.message.value or b"{}"))
             results = await self.rows_call_each(apply_row_messages, {
-                process: (batch_messages, self.tau, self.settings.max_row_width)
+                process: (batch_messages, self.config.tau, self.settings.max_row_width)
                 for process, batch_messages in messages.items()})
         for applied, skipped, stats in results:
             self.counters.row_updates_applied += applied
@@ -1019,19 +1074,30 @@ class RecoStream:
         """
         partition = self._next_tick_partition
         if partition == 0:
-            started = int(time.time())
-            if started <= self._tick_round:
+            now = time.time()
+            if int(now) <= self._tick_round:
                 return
-            self._tick_round = started
+            self._tick_round, self._round_started = int(now), now
         self._next_tick_partition = (partition + 1) % self.settings.partitions
+        # when the tick is due: its age tells a worker behind (see refresh_partition)
+        sent = self._round_started + partition * self.tick_seconds
         self.outbox.add(self.ticks_topic.get_topic_name(),
-                        orjson.dumps({"round": self._tick_round}), partition=partition)
+                        orjson.dumps({"round": self._tick_round, "sent": sent}),
+                        partition=partition)
         await self.outbox.send()
 
     async def refresh_partition(self, event: EventT[bytes]) -> None:
         s = self.settings
         partition = event.message.partition
-        refresh_round = int(orjson.loads(event.message.value or b"{}").get("round", 0))
+        tick = orjson.loads(event.message.value or b"{}")
+        refresh_round = int(tick.get("round", 0))
+        if time.time() - float(tick.get("sent", math.inf)) > STALE_TICK_INTERVALS * (
+                s.refresh_seconds):
+            # Behind (refreshes slower than the ticks come): a later tick of the
+            # partition is queued behind this one. Refreshing every tick in turn,
+            # the worker fell further behind for as long as it ran.
+            self.counters.stale_ticks += 1
+            return
         started = time.perf_counter()
         counts = {item_id: float(stats[0]) for item_id, stats
                   in self.item_stats.view().items()}
@@ -1119,7 +1185,7 @@ class RecoStream:
             # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
             self.model = await self.model_process.run(
-                build_model, version, lists, stats, self.config.neighbors, self.tau)
+                build_model, version, lists, stats, self.config.neighbors, self.config.tau)
             self.ranker.hold(hold_ranking_model, self.model)
             self.model_round = version
 
@@ -1206,7 +1272,7 @@ class RecoStream:
                     await self._lose_cached_users(exc)
                     raise
             await asyncio.sleep(0)  # neither the lock nor the send need suspend
-        self.churn.set(f"p{partition}", compress_rows(rows))
+        self.write_churn_rows(partition, compress_rows(rows))
         await self.outbox.send()
         if partition == 0:
             all_rows = [row for key, value in self.churn.view().items()
@@ -1215,6 +1281,19 @@ class RecoStream:
                 fit_churn_model, all_rows, self.engagement_config)
             self.churn.set("model", fitted.to_state())
             await self.outbox.send()
+
+    def write_churn_rows(self, partition: int, rows: Sequence[list[float]]) -> None:
+        """A partition's summary rows to the ``churn`` table, in pieces that each fit
+        a record (``p<partition>.<n>``); pieces of an earlier, longer scan emptied."""
+        per_piece = churn_rows_per_record(self.settings.max_record_bytes)
+        pieces = {f"p{partition}.{n}": list(rows[start:start + per_piece])
+                  for n, start in enumerate(range(0, len(rows), per_piece))}
+        for key in self.churn:
+            if churn_key_partition(key) == partition and key.startswith("p") \
+                    and key not in pieces and self.churn.get(key):
+                pieces[key] = []
+        for key, piece in pieces.items():
+            self.churn.set_if_changed(key, piece)
 
     async def _scan_users(self, user_ids: Sequence[str], first: int, now: float,
                           model: ChurnModel, rows: list[list[float]]) -> int:
@@ -1292,9 +1371,10 @@ class RecoStream:
         @app.page("/items/{item_id}/neighbors")
         class ItemNeighborsView(View):
             async def get(self, request: Request, item_id: str) -> Response:
-                k = query_k(request, worker.config.neighbors, 10_000)
+                k = query_k(request, worker.config.neighbors, worker.config.neighbors)
                 if k is None:
-                    return self.json({"error": "k must be an integer in [1, 10000]"}, status=400)
+                    return self.json({"error": "k must be an integer in "
+                                      f"[1, {worker.config.neighbors}]"}, status=400)
                 # answered from the replicated tables: any worker knows every item
                 stats = worker.item_stats.get(item_id)
                 if stats is None:
@@ -1337,7 +1417,7 @@ class RecoStream:
                 customer = engagement.customer
                 answer: dict[str, Any] = {
                     "user_id": user_id,
-                    "purchase_days": len(customer.purchase_days),
+                    "purchase_days": 0 if customer.is_empty else customer.frequency + 1,
                     "alerted": engagement.alerted,
                     "cart": sorted(engagement.cart),
                     "now": worker.user_now(user_id),
@@ -1357,10 +1437,19 @@ class RecoStream:
         class UserRecommendations(View):
             @app.topic_route(topic=user_topic, match_info="user_id")  # type: ignore[arg-type]
             async def get(self, request: Request, user_id: str) -> Response:
-                k = query_k(request, worker.settings.k, 1000)
+                limit = max(MAX_LOOKUP_K, worker.settings.k)
+                k = query_k(request, worker.settings.k, limit)
                 if k is None:
-                    return self.json({"error": "k must be an integer in [1, 1000]"}, status=400)
-                recs = worker.recommend(user_id, worker.stored_user(user_id), k)
+                    return self.json({"error": f"k must be an integer in [1, {limit}]"},
+                                     status=400)
+                if worker.lookups_in_flight >= LOOKUPS_IN_FLIGHT:
+                    return self.json({"error": "too many lookups under way; retry"},
+                                     status=503, headers={"Retry-After": "1"})
+                worker.lookups_in_flight += 1
+                try:
+                    recs = await worker.recommend(user_id, worker.stored_user(user_id), k)
+                finally:
+                    worker.lookups_in_flight -= 1
                 return self.json(recommendation_record(recs, "lookup", None))
 
 
@@ -1390,6 +1479,65 @@ def acting_as(stream: faust.Stream[Any]) -> Iterator[Callable[[EventT[bytes]], N
         borrowed._set_current_event(previous)
 
 
+#: HTTP routes open without the bearer token: what monitoring polls.
+OPEN_ROUTES = frozenset({"/health", "/metrics"})
+#: Items a lookup may ask for at most (``k``), unless RECOSTREAM_K is more.
+MAX_LOOKUP_K = 100
+#: Recommendation lookups under way at once; more are answered 503 (the ranking
+#: child ranks them, behind the batches' lists).
+LOOKUPS_IN_FLIGHT = 32
+
+
+def require_bearer_token(token: str) -> Callable[..., Awaitable[Any]]:
+    """aiohttp middleware: every route but :data:`OPEN_ROUTES` wants
+    ``Authorization: Bearer <token>``, compared in constant time; 401 otherwise.
+    Forwarded lookups carry the header on to the worker that owns the user."""
+    expected = f"Bearer {token}".encode()
+
+    @aiohttp_web.middleware
+    async def check(request: aiohttp_web.Request,
+                    handler: Callable[..., Awaitable[Any]]) -> Any:
+        if request.path in OPEN_ROUTES:
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return aiohttp_web.json_response({"error": "a valid bearer token is required"},
+                                     status=401, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return cast(Callable[..., Awaitable[Any]], check)
+
+
+#: The header of a forwarded event: ``<contract topic>/<partition>@<offset>`` where
+#: it was first read. A forward is applied to its user under that source (as
+#: ``fwd:<topic>/<partition>``, apart from what the user's own partition holds), so
+#: a copy forwarded again after a crash, at another offset, is skipped.
+ORIGIN_HEADER = "recostream-origin"
+#: Where a forwarded event came from: (source under which it is applied, offset).
+Origin = tuple[str, int]
+
+
+def forwarded_from(headers: Any) -> Origin | None:
+    """The origin of a forwarded event from its headers (None: not forwarded, or
+    a header not of our making).
+
+    >>> forwarded_from([(ORIGIN_HEADER, b"clicks/3@120")])
+    ('fwd:clicks/3', 120)
+    >>> forwarded_from(None), forwarded_from([(ORIGIN_HEADER, b"x/y@z")])
+    (None, None)
+    """
+    if not headers:
+        return None
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers:
+        if name != ORIGIN_HEADER or not isinstance(value, bytes):
+            continue
+        source, _, offset = value.decode(errors="replace").rpartition("@")
+        topic, _, partition = source.partition("/")
+        if topic in INPUT_TOPICS and partition.isdigit() and offset.isdigit():
+            return f"fwd:{source}", int(offset)
+    return None
+
+
 def query_k(request: Request, default: int, maximum: int) -> int | None:
     """The ``k`` query parameter, or None when it is not an integer in [1, maximum]."""
     try:
@@ -1410,9 +1558,25 @@ def persist_offset(table: TableT[Any, Any], tp: Any, offset: int) -> None:
 
 
 def churn_key_partition(key: str) -> int:
-    """The partition a ``churn`` key belongs to: ``p<n>`` is partition n's summary
-    rows; the fitted model is written by the owner of partition 0."""
-    return int(key[1:]) if key.startswith("p") else 0
+    """The partition a ``churn`` key belongs to: ``p<n>.<piece>`` is a piece of
+    partition n's summary rows (``p<n>``: all of them, as workers wrote them
+    before rows came in pieces); the fitted model is written by the owner of
+    partition 0.
+
+    >>> churn_key_partition("p3.12"), churn_key_partition("p2"), churn_key_partition("model")
+    (3, 2, 0)
+    """
+    return int(key[1:].partition(".")[0]) if key.startswith("p") else 0
+
+
+def churn_rows_per_record(max_record_bytes: int) -> int:
+    """Summary rows ``[x, t_x, T, monetary, count]`` one ``churn`` record holds:
+    five numbers of at most 25 characters each, with their commas and brackets.
+
+    >>> churn_rows_per_record(1_000_000)
+    7560
+    """
+    return max(1, (max_record_bytes - FIXED_JSON) // (5 * NUMBER_JSON + 7))
 
 
 def compress_rows(rows: Sequence[Sequence[float]]) -> list[list[float]]:

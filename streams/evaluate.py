@@ -127,6 +127,8 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
             similarity=args.similarity,
             neighbors=args.neighbors,
             history=args.history,
+            # recent items are rated items: a longer history keeps more ratings
+            max_ratings=max(RecommenderConfig.max_ratings, args.history),
             pair_window=args.pair_window,
             recency_decay=args.recency_decay,
             popularity_weight=args.popularity_weight,

@@ -62,6 +62,9 @@ class CountersCollector(Collector):
         yield triggers
         yield CounterMetricFamily("recostream_refreshes", "Partition neighbour refreshes",
                                   value=c.refreshes)
+        yield CounterMetricFamily("recostream_refresh_ticks_stale",
+                                  "Refresh ticks skipped as stale (refreshes behind)",
+                                  value=c.stale_ticks)
         lag = GaugeMetricFamily("recostream_consumer_lag",
                                 "Input messages not yet read, by topic and partition",
                                 labels=["topic", "partition"])

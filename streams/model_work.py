@@ -41,7 +41,7 @@ import orjson
 from mode import Service
 
 from core.engagement import Trigger
-from core.ranking import NeighborModel, trending_scale
+from core.ranking import NeighborModel, Recommendations, trending_scale
 from core.ratings import UserProfile
 from core.recommender import RecommenderConfig
 from core.similarity import SimilarityParams, neighbors_for_rows
@@ -228,6 +228,17 @@ def hold_ranking_model(model: NeighborModel) -> None:
     _ranking_model = model
 
 
+def recommend_one(user_id: str, recent: Sequence[str] | None, purchased: Collection[str],
+                  n: int, config: RecommenderConfig) -> Recommendations:
+    """One user's list with the held snapshot (``recent`` None: an unknown user):
+    the HTTP lookups, ranked here so that a flood of them leaves the event loop
+    to the input."""
+    model = _ranking_model or NeighborModel.empty(config.neighbors)
+    profile = None if recent is None else UserProfile(
+        recent=list(recent), purchased=dict.fromkeys(purchased, 0.0))
+    return model.recommend(user_id, profile, n, config)
+
+
 def ranked_records(
     encoded_lists: bytes, triggers: Sequence[TriggerRequest], n: int,
     config: RecommenderConfig,
@@ -255,7 +266,7 @@ def ranked_records(
     lists: list[ListRequest] = orjson.loads(encoded_lists)
     users = [request[:3] for request in lists] + [request[:3] for request in triggers]
     ranked = model.recommend_many(
-        [(user_id, UserProfile(recent=list(recent), purchased=set(purchased)))
+        [(user_id, UserProfile(recent=list(recent), purchased=dict.fromkeys(purchased, 0.0)))
          for user_id, recent, purchased in users], n, config)
     records = [orjson.dumps(recommendation_record(recs, cause, ts))
                for recs, (_, _, _, cause, ts) in zip(ranked, lists, strict=False)]

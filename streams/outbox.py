@@ -25,8 +25,9 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata, TopicPartition
 
@@ -34,10 +35,47 @@ log = logging.getLogger("recostream.outbox")
 
 #: Handing one partition's records to the producer longer than this is logged.
 SLOW_SEND_SECONDS = 5.0
-#: One record: (key, value); either may be None (a None value deletes the key).
-Record = tuple[bytes | None, bytes | None]
+#: Bytes a record takes in a batch beyond its key, value and headers (varints,
+#: attributes, deltas), and the batch's own header: what the broker counts.
+RECORD_OVERHEAD_BYTES = 96
+#: Broker errors about a record's own content, by Kafka error code: corrupt (2),
+#: too large (10), record list too large (18), invalid timestamp (32), unsupported
+#: for the message format (43), invalid record (87). Retrying cannot help.
+CONTENT_ERRORS = frozenset({2, 10, 18, 32, 43, 87})
+
+
+class Record(NamedTuple):
+    """One record: either key or value may be None (a None value deletes the key)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def size(self) -> int:
+        """Bytes the broker counts for this record, about.
+
+        >>> Record(b"k", b"value", (("h", b"v"),)).size()
+        104
+        """
+        return (len(self.key or b"") + len(self.value or b"") + RECORD_OVERHEAD_BYTES
+                + sum(len(name) + len(value) for name, value in self.headers))
+
+
 #: Called with the partition and the offset of the last record of a delivered batch.
 OnDelivered = Callable[[TopicPartition, int], None]
+#: Told of a record that cannot be written (topic, the record, why): it becomes a
+#: dead letter, and the worker goes on.
+OnRejected = Callable[[str, Record, str], None]
+
+
+def content_error(exc: BaseException) -> bool:
+    """Whether a failed delivery was refused for the record's own content.
+
+    >>> from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
+    >>> content_error(MessageSizeTooLargeError()), content_error(RequestTimedOutError())
+    (True, False)
+    """
+    return isinstance(exc, KafkaError) and getattr(exc, "errno", None) in CONTENT_ERRORS
 
 
 class DeliveryFailed(RuntimeError):
@@ -69,10 +107,19 @@ def key_partition(key: bytes, partitions: int) -> int:
 
 
 class KafkaSink:
-    """:class:`BatchSink` on an aiokafka producer (the app's, started by Faust)."""
+    """:class:`BatchSink` on an aiokafka producer (the app's, started by Faust).
 
-    def __init__(self, producer: Callable[[], Any]) -> None:
+    A batch the broker refuses for its content (:data:`CONTENT_ERRORS`: a topic
+    whose ``max.message.bytes`` is below the worker's record limit, say) is sent
+    again record by record, and each record refused again goes to ``on_rejected``
+    instead of stopping the worker. Those records may then land after records
+    handed over later; nothing else is reordered.
+    """
+
+    def __init__(self, producer: Callable[[], Any],
+                 on_rejected: OnRejected | None = None) -> None:
         self._producer = producer  # called each time: Faust creates it on start
+        self.on_rejected = on_rejected
 
     async def partition_count(self, topic: str) -> int:
         return len(await self._producer().partitions_for(topic))
@@ -81,30 +128,46 @@ class KafkaSink:
                    records: Sequence[Record]) -> list[Awaitable[int]]:
         producer = self._producer()
         delivered: list[Awaitable[int]] = []
-        batch = producer.create_batch()
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                delivered.append(await self._send(producer, batch, topic, partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        delivered.append(await self._send(producer, batch, topic, partition))
+        batch, first = producer.create_batch(), 0
+        for n, (key, value, headers) in enumerate(records):
+            if batch.append(key=key, value=value, timestamp=None,
+                            headers=list(headers)) is None:  # full
+                delivered.append(await self._send(producer, batch, topic, partition,
+                                                  records[first:n]))
+                batch, first = producer.create_batch(), n
+                batch.append(key=key, value=value, timestamp=None, headers=list(headers))
+        delivered.append(await self._send(producer, batch, topic, partition,
+                                          records[first:]))
         return delivered
 
-    @staticmethod
-    async def _send(producer: Any, batch: Any, topic: str, partition: int
-                    ) -> Awaitable[int]:
+    async def _send(self, producer: Any, batch: Any, topic: str, partition: int,
+                    records: Sequence[Record]) -> Awaitable[int]:
         # Closed: no producer.send() may add to it, so its records are ours and its
         # last offset is the base offset plus our count.
         batch.close()
-        count = batch.record_count()
         future: asyncio.Future[RecordMetadata] = await producer.send_batch(
             batch, topic, partition=partition)
-        return _last_offset(future, count)
+        return self._last_offset(future, topic, partition, records)
 
-
-async def _last_offset(future: Awaitable[RecordMetadata], count: int) -> int:
-    metadata = await future
-    return int(metadata.offset) + count - 1
+    async def _last_offset(self, future: Awaitable[RecordMetadata], topic: str,
+                           partition: int, records: Sequence[Record]) -> int:
+        """The offset of the last record written (-1: none was)."""
+        try:
+            metadata = await future
+        except Exception as exc:
+            if self.on_rejected is None or not content_error(exc):
+                raise
+            if len(records) == 1:
+                self.on_rejected(topic, records[0], f"the broker refused it: {exc!r}")
+                return -1
+            log.warning("%s[%d] refused a batch of %d records (%r): sending them one by one",
+                        topic, partition, len(records), exc)
+            last = -1
+            for record in records:
+                [delivery] = await self.send(topic, partition, [record])
+                last = max(last, await delivery)
+            return last
+        return int(metadata.offset) + len(records) - 1
 
 
 class Outbox:
@@ -116,8 +179,12 @@ class Outbox:
     stops before committing offsets whose effects were not written).
     """
 
-    def __init__(self, sink: BatchSink) -> None:
+    def __init__(self, sink: BatchSink, *, max_record_bytes: int | None = None,
+                 on_rejected: OnRejected | None = None) -> None:
         self.sink = sink
+        #: records larger than this go to ``on_rejected`` instead (see :meth:`add`)
+        self.max_record_bytes = max_record_bytes
+        self.on_rejected = on_rejected
         #: topics whose batches go to a sink of their own rather than ``sink``
         self.routes: dict[str, BatchSink] = {}
         self.on_delivered: dict[str, OnDelivered] = {}
@@ -130,13 +197,34 @@ class Outbox:
         # per partition: set once the last batch lined up is with the producer
         self._handed: dict[tuple[str, int], asyncio.Future[None]] = {}
         self._failures: list[BaseException] = []
+        self._rejected = False  # records were rejected since the last delivered()
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def add(self, topic: str, value: bytes | None, *, key: bytes | None = None,
-            partition: int | None = None) -> None:
+            partition: int | None = None,
+            headers: tuple[tuple[str, bytes], ...] = ()) -> None:
         """Queue one record for ``topic``: to ``partition``, else by ``key``, else
-        to the partitions in turn."""
-        self._records[(topic, partition)].append((key, value))
+        to the partitions in turn.
+
+        A record over ``max_record_bytes`` is never handed over (the broker would
+        refuse it, and the worker stop): ``on_rejected`` is told instead."""
+        record = Record(key, value, headers)
+        if self.max_record_bytes is not None and self.on_rejected is not None:
+            size = record.size()
+            if size > self.max_record_bytes:
+                self.reject(topic, record,
+                            f"{size} bytes, over the record limit {self.max_record_bytes}")
+                return
+        self._records[(topic, partition)].append(record)
+
+    def reject(self, topic: str, record: Record, why: str) -> None:
+        """A record that cannot be written: ``on_rejected`` replaces it (with a
+        dead letter, queued here), which goes with the next send, or at the
+        latest with :meth:`delivered`."""
+        if self.on_rejected is None:
+            raise DeliveryFailed(f"a record for {topic} cannot be written: {why}")
+        self._rejected = True
+        self.on_rejected(topic, record, why)
 
     def __len__(self) -> int:
         """Records added and not handed over yet."""
@@ -211,7 +299,7 @@ class Outbox:
             for delivery in deliveries:
                 offset = await delivery
                 report = self.on_delivered.get(topic)
-                if report is not None:
+                if report is not None and offset >= 0:  # -1: every record refused
                     report(TopicPartition(topic, partition), offset)
         except Exception as exc:
             log.error("writing a batch to %s[%d] failed: %r", topic, partition, exc)
@@ -224,9 +312,16 @@ class Outbox:
             task.exception()  # retrieved here; kept in _failures
 
     async def delivered(self) -> None:
-        """Wait until every batch handed over so far is written (or failed)."""
-        if self._in_flight:
-            await asyncio.wait(list(self._in_flight))
+        """Wait until every batch handed over so far is written (or failed), and
+        the records the broker refused meanwhile are replaced (their dead letters
+        handed over and written too)."""
+        while True:
+            if self._in_flight:
+                await asyncio.wait(list(self._in_flight))
+            if not self._rejected:
+                return
+            self._rejected = False  # their dead letters go now
+            await self.send()
 
     def check(self) -> None:
         """Raise :class:`DeliveryFailed` if a batch handed over has failed."""

@@ -4,8 +4,12 @@ process item-neighbors records)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from core.engagement import Trigger
 from core.ranking import Recommendations
@@ -69,3 +73,50 @@ def item_neighbors_record(item_id: str, pairs: Sequence[tuple[str, float]],
         "neighbors": [{"item_id": j, "score": score} for j, score in pairs],
         "model_version": model_version,
     }
+
+
+#: Characters of a dead letter's ``detail`` kept (an exception's text can be long).
+DETAIL_CHARACTERS = 500
+
+
+def dead_letter_record(
+    reason: str, detail: str, *, topic: str, partition: int | None, offset: int | None,
+    key: bytes | None, payload: bytes, ts: float | None, key_limit: int, payload_limit: int,
+) -> tuple[bytes | None, bytes]:
+    """A ``dead-letters`` record, (key, value): why an input (or an output the
+    broker refused) could not be used, and where it was.
+
+    The key and the payload are kept whole up to ``key_limit`` and
+    ``payload_limit`` bytes, cut beyond (``*_truncated``); their sizes and the
+    payload's SHA-256 are always there, so a cut one can still be found and
+    matched. The record's key is the original key, cut alike: the dead letter
+    always fits the broker (see :mod:`streams.bounds`).
+
+    >>> key, value = dead_letter_record("oversized", "3 bytes", topic="clicks", partition=0,
+    ...                                 offset=7, key=b"user", payload=b"abc", ts=1.0,
+    ...                                 key_limit=2, payload_limit=2)
+    >>> key, {k: v for k, v in orjson.loads(value).items() if "sha256" not in k}
+    ... # doctest: +NORMALIZE_WHITESPACE
+    (b'us', {'reason': 'oversized', 'detail': '3 bytes', 'topic': 'clicks', 'partition': 0,
+             'offset': 7, 'key_b64': 'dXM=', 'key_bytes': 4, 'key_truncated': True,
+             'payload_b64': 'YWI=', 'payload_bytes': 3, 'payload_truncated': True, 'ts': 1.0})
+    """
+    kept_key = None if key is None else key[:key_limit]
+    record = {
+        "reason": reason,
+        "detail": detail[:DETAIL_CHARACTERS],
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key_b64": None if kept_key is None else base64.b64encode(kept_key).decode(),
+        "key_bytes": None if key is None else len(key),
+        "key_truncated": key is not None and len(key) > key_limit,
+        "payload_b64": base64.b64encode(payload[:payload_limit]).decode(),
+        "payload_bytes": len(payload),
+        "payload_truncated": len(payload) > payload_limit,
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "ts": ts,
+    }
+    if record["key_truncated"]:
+        record["key_sha256"] = hashlib.sha256(key or b"").hexdigest()
+    return kept_key, orjson.dumps(record)

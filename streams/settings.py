@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from core.engagement import EngagementConfig
+from core.events import MAX_ID_BYTES, MAX_MESSAGE_BYTES
 from core.ratings import RatingWeights
 from core.recommender import RecommenderConfig
 from core.similarity import ROW_LOCAL_SIMILARITIES, SimilarityParams
+from streams.bounds import record_bounds
 from streams.cli import CliError
 from streams.paths import cache_dir
 
@@ -101,15 +103,17 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     web_enabled: bool = True
+    advertised_host: str = ""
+    http_token: str = field(default="", repr=False)
     k: int = 10
-    similarity: str = "cosine"
-    neighbors: int = 100
-    history: int = 200
-    pair_window: int = 50
+    similarity: str = RecommenderConfig.similarity
+    neighbors: int = RecommenderConfig.neighbors
+    history: int = RecommenderConfig.history
+    pair_window: int = RecommenderConfig.pair_window
     recency_decay: float = RecommenderConfig.recency_decay
     popularity_weight: float = RecommenderConfig.popularity_weight
     popularity_half_life_days: float = RecommenderConfig.popularity_half_life_days
-    max_row_width: int = 2000
+    max_row_width: int = RecommenderConfig.max_row_width
     weights: RatingWeights = field(default_factory=RatingWeights)
     refresh_seconds: float = 15.0
     commit_seconds: float = 10.0
@@ -123,13 +127,20 @@ class Settings:
     churn_horizon_days: float = EngagementConfig.horizon_days
     churn_min_customers: int = EngagementConfig.min_customers_to_fit
     cart_window_seconds: float = EngagementConfig.cart_window_seconds
-    max_message_bytes: int = 64 * 1024
+    max_user_ratings: int = RecommenderConfig.max_ratings
+    max_user_purchases: int = RecommenderConfig.max_purchased
+    max_cart_items: int = EngagementConfig.max_cart_items
+    max_purchase_days: int = EngagementConfig.max_purchase_days
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_key_bytes: int = 1024
+    max_record_bytes: int = 1_000_000
+    max_future_seconds: float = 3600.0
     session_timeout: float = 60.0
     event_loop: str = "uvloop"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
     sasl_username: str = ""
-    sasl_password: str = ""
+    sasl_password: str = field(default="", repr=False)
     ssl_cafile: str = ""
 
     def __post_init__(self) -> None:
@@ -142,6 +153,23 @@ class Settings:
                 raise SettingsError(f"{setting.variable}={_format(value)}: {rule[1]}")
         self.recommender_config()  # validates the model knobs
         self.engagement_config()
+        for record, need in record_bounds(self).items():
+            if need > self.max_record_bytes:
+                raise SettingsError(
+                    f"RECOSTREAM_MAX_RECORD_BYTES={self.max_record_bytes}: a {record} may "
+                    f"take up to {need} bytes: lower those caps, or raise the record "
+                    "limit if the broker's message.max.bytes allows")
+
+    @property
+    def paired_items(self) -> int:
+        """Recent items a gained item is paired with (see RecommenderConfig)."""
+        return self.recommender_config().paired_items
+
+    def __repr__(self) -> str:
+        # secrets never in a repr (and so never in a log or a traceback)
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                          if f.repr)
+        return f"Settings({shown})"
 
     def engagement_config(self) -> EngagementConfig:
         """Thresholds of churn alerts and marketing triggers."""
@@ -151,6 +179,9 @@ class Settings:
                 cart_window_seconds=self.cart_window_seconds,
                 horizon_days=self.churn_horizon_days,
                 min_customers_to_fit=self.churn_min_customers,
+                max_cart_items=self.max_cart_items,
+                max_bought=self.max_user_purchases,
+                max_purchase_days=self.max_purchase_days,
             )
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
@@ -168,6 +199,8 @@ class Settings:
                 popularity_half_life_days=self.popularity_half_life_days,
                 max_row_width=self.max_row_width,
                 refresh_every=0,
+                max_ratings=self.max_user_ratings,
+                max_purchased=self.max_user_purchases,
                 weights=self.weights,
                 similarity_params=SimilarityParams(),
             )
@@ -267,6 +300,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cache_keys": (lambda v: v >= 0, "must not be negative"),
     "rows_processes": (_at_least_one, "must be at least 1"),
     "max_message_bytes": (_at_least_one, "must be at least 1"),
+    "max_key_bytes": (lambda v: v >= MAX_ID_BYTES,
+                      f"must be at least {MAX_ID_BYTES} (a user id's longest)"),
+    "max_record_bytes": (lambda v: v >= 64 * 1024, "must be at least 65536"),
+    "max_future_seconds": (lambda v: v >= 0, "must not be negative"),
+    "max_user_ratings": (_at_least_one, "must be at least 1"),
+    "max_user_purchases": (_at_least_one, "must be at least 1"),
+    "max_cart_items": (_at_least_one, "must be at least 1"),
+    "max_purchase_days": (lambda v: v >= 2, "must be at least 2"),
     "session_timeout": (_positive, "must be positive"),
     "event_loop": (lambda v: v in EVENT_LOOPS, f"must be {' or '.join(EVENT_LOOPS)}"),
     "churn_seconds": (lambda v: v >= 0, "must not be negative (0: at every refresh)"),
@@ -293,6 +334,11 @@ ENVIRONMENT: tuple[Setting, ...] = (
     Setting("RECOSTREAM_WEB_HOST", "web_host", str, "HTTP bind address"),
     Setting("RECOSTREAM_WEB_PORT", "web_port", int, "HTTP port"),
     Setting("RECOSTREAM_WEB_ENABLED", "web_enabled", _bool, "serve HTTP lookups"),
+    Setting("RECOSTREAM_ADVERTISED_HOST", "advertised_host", str,
+            "host name other workers reach this one's HTTP port at (default: the bind "
+            "address)"),
+    Setting("RECOSTREAM_HTTP_TOKEN", "http_token", str,
+            "bearer token every HTTP route but /health and /metrics requires (none: open)"),
     Setting("RECOSTREAM_K", "k", int, "items per published recommendation list"),
     Setting("RECOSTREAM_SIMILARITY", "similarity", str, "neighbour similarity: cosine or jaccard"),
     Setting("RECOSTREAM_NEIGHBORS", "neighbors", int, "neighbours kept per item"),
@@ -331,8 +377,22 @@ ENVIRONMENT: tuple[Setting, ...] = (
             "customers needed to fit BG/NBD (fewer: the CDNOW prior)"),
     Setting("RECOSTREAM_CART_WINDOW_SECONDS", "cart_window_seconds", float,
             "add_to_cart without a purchase for this long (event time) is abandoned"),
+    Setting("RECOSTREAM_MAX_USER_RATINGS", "max_user_ratings", int,
+            "rated items kept per user, least recently rated evicted (at least HISTORY)"),
+    Setting("RECOSTREAM_MAX_USER_PURCHASES", "max_user_purchases", int,
+            "purchased items kept per user, least recently bought evicted"),
+    Setting("RECOSTREAM_MAX_CART_ITEMS", "max_cart_items", int,
+            "items in a user's cart, the earliest added evicted"),
+    Setting("RECOSTREAM_MAX_PURCHASE_DAYS", "max_purchase_days", int,
+            "distinct purchase days kept per customer (older ones counted, not kept)"),
     Setting("RECOSTREAM_MAX_MESSAGE_BYTES", "max_message_bytes", int,
             "larger input messages are dead-lettered"),
+    Setting("RECOSTREAM_MAX_KEY_BYTES", "max_key_bytes", int,
+            "input messages with a longer key are dead-lettered"),
+    Setting("RECOSTREAM_MAX_RECORD_BYTES", "max_record_bytes", int,
+            "largest record the worker writes (at most the broker's message.max.bytes)"),
+    Setting("RECOSTREAM_MAX_FUTURE_SECONDS", "max_future_seconds", float,
+            "events timed later than the wall clock plus this are dead-lettered"),
     Setting("RECOSTREAM_SESSION_TIMEOUT", "session_timeout", float,
             "consumer session timeout, seconds (a dead worker's partitions move after it)"),
     Setting("RECOSTREAM_EVENT_LOOP", "event_loop", str,

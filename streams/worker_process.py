@@ -70,15 +70,25 @@ class WorkerProcess:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+    def get(self, path: str, *, token: str | None = None) -> Any:
+        """``GET path`` as JSON, with the worker's own bearer token (its
+        RECOSTREAM_HTTP_TOKEN), or ``token`` ("" for none)."""
+        token = self.env.get("RECOSTREAM_HTTP_TOKEN", "") if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
-    def get_status(self, path: str) -> tuple[int, Any]:
+    def get_status(self, path: str, *, token: str | None = None) -> tuple[int, Any]:
+        """(HTTP status, the JSON answer or None if it is not JSON); see :meth:`get`."""
         try:
-            return 200, self.get(path)
+            return 200, self.get(path, token=token)
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body or b"null")
+            except ValueError:
+                return exc.code, None
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self.get("/health")

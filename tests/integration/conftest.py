@@ -72,19 +72,49 @@ def stream_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    """Factory: start a worker with given settings; all are stopped at teardown."""
-    started: list[WorkerProcess] = []
+class Workers:
+    """The test's worker processes: started, restarted, all stopped at teardown."""
 
-    def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(worker_env(settings), tmp_path / f"worker{len(started)}.log",
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[WorkerProcess] = []
+
+    def start(self, settings: Settings) -> WorkerProcess:
+        """Start a worker with these settings (its log: workerN.log)."""
+        worker = WorkerProcess(worker_env(settings), self.logs / f"worker{len(self.started)}.log",
                                settings.web_port)
-        started.append(worker)
+        self.started.append(worker)
         return worker.start()
 
-    yield start
-    for worker in started:
-        worker.stop()
+    def restart(self, worker: WorkerProcess) -> WorkerProcess:
+        """SIGKILL a worker and its children (unless it is gone already) and start
+        another in its place: same settings, same log."""
+        worker.stop(kill=True)
+        again = WorkerProcess(worker.env, worker.log_path, worker.port)
+        self.started.append(again)
+        return again.start()
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    fleet = Workers(tmp_path)
+    yield fleet
+    fleet.stop_all()
+
+
+@pytest.fixture
+def start_worker(workers: Workers) -> Callable[[Settings], WorkerProcess]:
+    """Factory: start a worker with given settings; all are stopped at teardown."""
+    return workers.start
+
+
+@pytest.fixture
+def restart_worker(workers: Workers) -> Callable[[WorkerProcess], WorkerProcess]:
+    """SIGKILL a worker with its children and start another in its place."""
+    return workers.restart
 
 

@@ -17,8 +17,8 @@ from core.events import Event
 from streams.local_broker import TOPICS, TopicSpec, ensure_topics_sync
 from streams.worker_process import WorkerProcess, free_port, worker_env
 
-__all__ = ["WorkerProcess", "consume_all", "create_topics", "event_messages", "free_port",
-           "produce", "rewind_group", "worker_env"]
+__all__ = ["Outgoing", "WorkerProcess", "consume_all", "create_topics", "event_messages",
+           "free_port", "produce", "produce_placed", "rewind_group", "worker_env"]
 
 PARTITIONS = 4
 
@@ -28,19 +28,33 @@ def create_topics(bootstrap: str, prefix: str, partitions: int = PARTITIONS) -> 
     ensure_topics_sync(bootstrap, specs, partitions)
 
 
-def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
-    """Send (topic, key, value) messages in order; returns how many."""
-    async def run() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+#: A message to produce: (topic, key, value), or with the partition it must go to
+#: (None: by its key, as Kafka's default partitioner would).
+Outgoing = tuple[str, bytes | None, bytes] | tuple[str, bytes | None, bytes, int | None]
+
+
+def produce(bootstrap: str, messages: Iterable[Outgoing]) -> int:
+    """Send messages in order; returns how many."""
+    return len(produce_placed(bootstrap, messages))
+
+
+def produce_placed(bootstrap: str, messages: Iterable[Outgoing]) -> list[tuple[int, int]]:
+    """Send messages in order; where each landed, (partition, offset)."""
+    async def run() -> list[tuple[int, int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
+                                    max_request_size=4 * 1024 * 1024)
         await producer.start()
         try:
-            deliveries = [await producer.send(topic, value=value, key=key)
-                          for topic, key, value in messages]
+            deliveries = []
+            for topic, key, value, *where in messages:
+                partition = where[0] if where else None
+                deliveries.append(await producer.send(topic, value=value, key=key,
+                                                      partition=partition))
             # every record must be acknowledged, or the test's counts mean nothing
-            await asyncio.gather(*deliveries)
+            placed = await asyncio.gather(*deliveries)
         finally:
             await producer.stop()
-        return len(deliveries)
+        return [(metadata.partition, metadata.offset) for metadata in placed]
 
     return asyncio.run(run())
 

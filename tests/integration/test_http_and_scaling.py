@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -221,7 +222,7 @@ def test_every_endpoint_on_a_running_worker(
             expected.scores, abs=1e-5), user
         longer = worker.get(f"/users/{user}/recommendations")  # k defaults to settings.k
         assert item_ids(longer)[:5] == item_ids(answer) and len(longer["items"]) == settings.k
-    for bad in ("0", "abc", "-1", "1001", "2.5", ""):
+    for bad in ("0", "abc", "-1", "101", "1001", "2.5", ""):
         assert_bad_request(worker, f"/users/{users[0]}/recommendations?k={bad}")
 
     # unknown user: cold start, trending items (the replay's, too)
@@ -260,8 +261,14 @@ def test_every_endpoint_on_a_running_worker(
     assert sum(bool(model.neighbors_of(item)) for item in items) > len(items) // 2
     status, body = worker.get_status(f"/items/{UNKNOWN_ITEM}/neighbors?k=3")
     assert status == 404 and isinstance(body, dict) and body["error"], body
-    for bad in ("0", "abc", "10001"):
+    for bad in ("0", "abc", "10001", str(settings.neighbors + 1)):
         assert_bad_request(worker, f"/items/{items[0]}/neighbors?k={bad}")
+
+    # Faust's own routes are off: /table would hand out any user's raw state, and
+    # /router the group's addresses
+    for path in (f"/table/users/{users[0]}/", "/table/", "/router/", "/graph/", "/stats/"):
+        status, _ = worker.get_status(path)
+        assert status == 404, (path, status)
 
 
 # -- two workers in one group ---------------------------------------------------------
@@ -271,7 +278,8 @@ def test_two_workers_share_the_partitions_and_answer_like_one(
     kafka_bootstrap: str, stream_settings: Settings, tmp_path: Path,
     start_worker: Callable[[Settings], WorkerProcess], ml_slice: list[Event],
 ) -> None:
-    first_settings = replace(stream_settings, session_timeout=10.0)
+    # both ask for a bearer token: a lookup routed to the other worker carries it
+    first_settings = replace(stream_settings, session_timeout=10.0, http_token="s3cret t0ken")
     port = free_port()
     while port == first_settings.web_port:
         port = free_port()
@@ -320,6 +328,16 @@ def test_two_workers_share_the_partitions_and_answer_like_one(
         profiles = [w.get(f"/users/{user}") for w in workers]
         assert profiles[0] == profiles[1], user
         assert profiles[0]["events"] == model.users[user].events
+    # no token, or a wrong one: 401 on every route but what monitoring polls
+    for worker in workers:
+        for path in (f"/users/{users[0]}", f"/users/{users[0]}/recommendations",
+                     f"/users/{users[0]}/churn", f"/items/{ml_slice[0].item_id}/neighbors",
+                     "/", "/table/users/x/"):
+            for token in ("", "s3cret", "s3cret t0ke", "S3CRET T0KEN"):
+                status, body = worker.get_status(path, token=token)
+                assert status == 401 and body["error"], (path, token, status, body)
+        for path in ("/health", "/metrics"):
+            assert urllib.request.urlopen(worker.url + path, timeout=10).status == 200
     # neighbour lists come from the replicated tables: every worker knows every item
     for item in sorted({e.item_id for e in ml_slice})[::5]:
         expected = [j for j, _ in model.neighbors_of(item)[:5]]
@@ -335,7 +353,8 @@ def test_no_event_is_lost_while_a_worker_joins_and_another_leaves_mid_stream(
     """Events keep coming while a second worker joins and then the first one leaves;
     the survivor ends with every user's profile and list as the replay of all events
     (two rebalances, table recovery from the changelogs, nothing dropped)."""
-    first_settings = replace(stream_settings, session_timeout=10.0)
+    # both ask for a bearer token: a lookup routed to the other worker carries it
+    first_settings = replace(stream_settings, session_timeout=10.0, http_token="s3cret t0ken")
     port = free_port()
     while port == first_settings.web_port:
         port = free_port()

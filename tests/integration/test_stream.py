@@ -122,8 +122,9 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_goes_on(
 def test_redelivered_events_change_nothing(kafka_bootstrap: str, stream_settings: Settings,
                                            start_worker: Callable[[Settings], WorkerProcess],
                                            ml_slice: list[Event]) -> None:
-    # every id of the slice stays remembered (users here have up to ~400 events)
-    stream_settings = replace(stream_settings, dedup_ids=2000)
+    # every id of the slice stays remembered (users here have up to 371 events;
+    # 2000 ids of the longest would no longer fit a user's record)
+    stream_settings = replace(stream_settings, dedup_ids=500)
     events = [replace(e, event_id=f"ev-{n}") for n, e in enumerate(ml_slice[:1500])]
     produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, events))
     worker = start_worker(stream_settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from unittest.mock import patch
 
 import numpy as np
@@ -126,7 +127,7 @@ def test_recommendations_never_contain_excluded_items_and_are_deterministic(
     recs = first.recommend(user, 5, exclude=exclude)
     assert recs == second.recommend(user, 5, exclude=exclude)
     profile = first.users.get(user)
-    banned = set(exclude) | (profile.purchased if profile else set())
+    banned = set(exclude) | (set(profile.purchased) if profile else set())
     assert banned.isdisjoint(recs.item_ids)
     liked = first.recommend(user, 5, filter_already_liked_items=True)
     assert set(profile.ratings if profile else ()).isdisjoint(liked.item_ids)
@@ -224,3 +225,33 @@ def test_due_many_fires_each_due_trigger_once(
     assert [[(t.kind, t.details.get("item_id")) for t in f] for f in fired] == expected
     # each fires once
     assert all(f == [] for f in due_many(customers, now, model, config))
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from([None, 1.0, 2.0, 5.0]),
+                          st.booleans()), max_size=300),
+       st.integers(1, 8), st.integers(0, 8), st.integers(1, 8))
+def test_a_profile_stays_within_its_caps_and_consistent(
+    events: list[tuple[int, float | None, bool]], history: int, extra: int,
+    max_purchased: int,
+) -> None:
+    """Whatever a user does: at most max_ratings rated items (the least recently
+    rated go), recent items all rated, the mean over what is kept, at most
+    max_purchased purchases."""
+    max_ratings = history + extra
+    profile = UserProfile()
+    last_rated: dict[str, int] = {}
+    for step, (number, rating, bought) in enumerate(events):
+        item = f"i{number}"
+        profile.observe(item, rating, float(step), history, max_ratings)
+        if rating is not None:
+            last_rated[item] = step
+        if bought:
+            profile.buy(item, float(step), max_purchased)
+        assert len(profile.ratings) <= max_ratings
+        assert len(profile.recent) <= history and len(set(profile.recent)) == len(profile.recent)
+        assert set(profile.recent) <= set(profile.ratings)
+        assert math.isclose(profile.rating_sum, sum(profile.ratings.values()), abs_tol=1e-9)
+        assert len(profile.purchased) <= max_purchased
+    # the items kept are the most recently rated ones
+    expected = sorted(last_rated, key=last_rated.__getitem__)[-max_ratings:]
+    assert sorted(profile.ratings) == sorted(expected)

@@ -59,8 +59,9 @@ def cases(draw: st.DrawFn) -> Case:
             profiles.append(None)
         else:
             recent = draw(st.lists(item, unique=True, max_size=8))
+            bought = draw(st.lists(item, max_size=2))
             profiles.append(UserProfile(ratings=dict.fromkeys(recent, 1.0), recent=recent,
-                                        purchased=set(draw(st.lists(item, max_size=2)))))
+                                        purchased=dict.fromkeys(bought, 0.0)))
         banned.append(set(draw(st.lists(item, max_size=4))))
     return Case(
         model=model,
@@ -126,7 +127,7 @@ def test_recommend_many_equals_recommend_and_leaves_out_what_it_must(
         out = set(exclude[user])
         if profile is not None:
             out |= set(profile.ratings) if liked else set()
-            out |= profile.purchased if purchased else set()
+            out |= set(profile.purchased) if purchased else set()
         assert out.isdisjoint(recs.item_ids)
         assert list(recs.scores) == sorted(recs.scores, reverse=True)
         assert all(s > 0 for s in recs.scores)

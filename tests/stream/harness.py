@@ -33,7 +33,7 @@ from faust.types.agents import AgentTestWrapperT
 
 from core.events import Event
 from streams.app import RecoStream, user_partition
-from streams.outbox import Record
+from streams.outbox import Record, key_partition
 from streams.settings import Settings
 from streams.state import UserState
 
@@ -68,6 +68,7 @@ class Sent:
     key: bytes | None
     value: bytes
     partition: int | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     def json(self) -> Any:
         return orjson.loads(self.value)
@@ -123,9 +124,9 @@ class Harness:
         if gate is not None:
             await gate.wait()
         into = self.changelog_sent if topic in self._changelogs else self.sent
-        for key, value in records:
+        for key, value, headers in records:
             assert value is None or isinstance(value, bytes), f"{topic}: value {value!r}"
-            into.append(Sent(topic, key, value or b"", partition))
+            into.append(Sent(topic, key, value or b"", partition, headers))
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if topic in self.deferred:
             self.deferred[topic].append((done, len(into) - 1))
@@ -183,6 +184,7 @@ class Harness:
         key: bytes | None = None,
         partition: int = 0,
         offset: int | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> Message:
         """Deliver one message to the agent as the consumer would; return it."""
         if offset is None:
@@ -195,7 +197,7 @@ class Harness:
             offset=offset,
             timestamp=MESSAGE_TS,
             timestamp_type=0,
-            headers=None,
+            headers=list(headers),
             key=key,
             value=value,
             checksum=b"",
@@ -270,9 +272,19 @@ class Harness:
         await self.settle(agent, messages)
         return messages
 
+    def _partition_of(self, sent: Sent) -> int:
+        """Where a recorded send lands: its partition, else its key's (as the
+        outbox would place it), else 0."""
+        if sent.partition is not None:
+            return sent.partition
+        if sent.key is not None:
+            return key_partition(sent.key, self.settings.partitions)
+        return 0
+
     async def relay(self, agent: AgentTestWrapperT, sends: Iterable[Sent]) -> list[Message]:
         """Deliver recorded sends (row updates, ticks) to the agent that reads them."""
-        messages = [await self.put(agent, m.topic, m.value, key=m.key, partition=m.partition or 0)
+        messages = [await self.put(agent, m.topic, m.value, key=m.key,
+                                   partition=self._partition_of(m), headers=m.headers)
                     for m in sends]
         await self.settle(agent, messages)
         return messages

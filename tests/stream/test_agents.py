@@ -61,30 +61,31 @@ def updates_of(sends: list[Sent]) -> list[list[Any]]:
 async def test_valid_click_updates_the_user_table(make_harness: MakeHarness) -> None:
     h = make_harness()
     async with h.stream.agents[0].test_context() as agent:
-        await h.process(agent, click("u1", "i1", kind="click", event_id="e1"),
+        await h.process(agent, click("u2", "i1", kind="click", event_id="e1"),
                         partition=2, offset=7)
-        state = user_state(h, "u1")
+        state = user_state(h, "u2")
         assert state.profile.ratings == {"i1": 2.0}  # the click weight
         assert state.profile.recent == ["i1"]
         assert state.profile.last_ts == TS
         assert state.applied.offsets == {"clicks/2": 7}
         assert state.event_ids == ["e1"]
 
+        # (u2 lives in partition 2: its events arrive there)
         # a purchase of another item, from the other input topic
-        await h.process(agent, {"user_id": "u1", "item_id": "i2", "ts": TS + 5},
+        await h.process(agent, {"user_id": "u2", "item_id": "i2", "ts": TS + 5},
                         partition=2, offset=3)
-        state = user_state(h, "u1")
+        state = user_state(h, "u2")
         assert state.profile.ratings == {"i1": 2.0, "i2": 5.0}
         assert state.profile.recent == ["i1", "i2"]
-        assert state.profile.purchased == {"i2"}
+        assert state.profile.purchased == {"i2": TS + 5}
         assert state.applied.offsets == {"clicks/2": 7, "purchases/2": 3}
 
     assert h.stream.counters.applied == 2
     assert h.stream.counters.events_in == {"clicks": 1, "purchases": 1}
     recs = h.sent_to("recommendations")
     assert [(m.key, m.json()["trigger"], m.json()["ts"]) for m in recs] == [
-        (b"u1", "click", TS), (b"u1", "purchase", TS + 5)]
-    assert all(m.json()["user_id"] == "u1" for m in recs)
+        (b"u2", "click", TS), (b"u2", "purchase", TS + 5)]
+    assert all(m.json()["user_id"] == "u2" for m in recs)
     assert h.sent_to("dead-letters") == []
 
 
@@ -94,8 +95,8 @@ async def test_user_state_is_written_to_its_events_partition(make_harness: MakeH
     written under its own event, once per commit, and every event applied once."""
     h = make_harness(batch_size=6, batch_seconds=5.0)  # exactly one batch of six
     h.changelog("users")  # drop anything written while starting
-    where = {"u1": 0, "u2": 1, "u3": 3}
-    events = [("u1", "a"), ("u2", "a"), ("u1", "b"), ("u3", "c"), ("u2", "b"), ("u1", "c")]
+    where = {"u1": 0, "u2": 2, "u5": 3}  # each user's partition
+    events = [("u1", "a"), ("u2", "a"), ("u1", "b"), ("u5", "c"), ("u2", "b"), ("u1", "c")]
     async with h.stream.agents[0].test_context() as agent:
         messages = [await h.put_event(agent, click(u, i), partition=where[u]) for u, i in events]
         await h.settle(agent, messages)
@@ -103,14 +104,14 @@ async def test_user_state_is_written_to_its_events_partition(make_harness: MakeH
         await h.stream.before_commit()
 
     writes = h.changelog("users")
-    assert sorted((w.key, w.partition) for w in writes) == [("u1", 0), ("u2", 1), ("u3", 3)]
+    assert sorted((w.key, w.partition) for w in writes) == [("u1", 0), ("u2", 2), ("u5", 3)]
     assert h.stream.counters.applied == 6
     for user, partition in where.items():
         state = user_state(h, user)
         assert state.profile.recent == [i for u, i in events if u == user]
         assert state.applied.offsets == {f"clicks/{partition}": len(state.profile.recent) - 1}
     # one list per changed user per batch
-    assert sorted(m.key or b"" for m in h.sent_to("recommendations")) == [b"u1", b"u2", b"u3"]
+    assert sorted(m.key or b"" for m in h.sent_to("recommendations")) == [b"u1", b"u2", b"u5"]
 
 
 @run_async
@@ -128,7 +129,7 @@ async def test_rocksdb_store_reads_each_key_under_its_own_partition(
     ):
         for n in range(3):
             batch = [await h.put_event(agent, click("u1", f"a{n}", TS + n), partition=0),
-                     await h.put_event(agent, click("u2", f"b{n}", TS + n), partition=1)]
+                     await h.put_event(agent, click("u2", f"b{n}", TS + n), partition=2)]
             await h.settle(agent, batch)
         assert user_state(h, "u1").profile.recent == ["a0", "a1", "a2"]
         assert user_state(h, "u2").profile.recent == ["b0", "b1", "b2"]
@@ -172,7 +173,7 @@ async def test_message_arriving_during_a_batch_is_applied_once(make_harness: Mak
     async with h.stream.agents[0].test_context() as agent:
         first = await h.put_event(agent, click("u1", "i1"), partition=0)
         await h.wait_until(lambda: h.calls[rows_topic] == 1, "the first batch's row send")
-        second = await h.put_event(agent, click("u2", "i2"), partition=1)
+        second = await h.put_event(agent, click("u2", "i2"), partition=2)
         # the wrapper's recorder runs just before the take buffer, in the same step
         await h.wait_until(lambda: agent.processed_offset == 2, "the second message")
         gate.set()
@@ -193,27 +194,27 @@ async def test_redelivered_message_and_retried_event_id_change_nothing(
     h = make_harness()
     first = click("u1", "i1", event_id="e1")
     async with h.stream.agents[0].test_context() as agent:
-        await h.process(agent, first, partition=1, offset=10)
+        await h.process(agent, first, partition=0, offset=10)
         before = user_state(h, "u1").to_json()
         sends_before = list(h.sent)
 
         # the same message again (a replay after a crash before the commit)
-        await h.process(agent, first, partition=1, offset=10)
+        await h.process(agent, first, partition=0, offset=10)
         assert h.stream.counters.deduplicated == 1
         assert user_state(h, "u1").to_json() == before
 
         # a producer retry: same event_id, new offset, even a different item
-        await h.process(agent, {**first, "item_id": "i9"}, partition=1, offset=11)
+        await h.process(agent, {**first, "item_id": "i9"}, partition=0, offset=11)
         assert h.stream.counters.deduplicated == 2
         assert user_state(h, "u1").to_json() == before
 
         # an older offset of the same source is a replay too
-        await h.process(agent, click("u1", "i8"), partition=1, offset=4)
+        await h.process(agent, click("u1", "i8"), partition=0, offset=4)
         assert h.stream.counters.deduplicated == 3
         assert user_state(h, "u1").to_json() == before
 
         # and a fresh event still goes through
-        await h.process(agent, click("u1", "i2", event_id="e2"), partition=1, offset=12)
+        await h.process(agent, click("u1", "i2", event_id="e2"), partition=0, offset=12)
 
     assert h.stream.counters.applied == 2
     assert h.sent[: len(sends_before)] == sends_before
@@ -253,7 +254,7 @@ async def test_invalid_message_is_dead_lettered_and_the_stream_goes_on(
     async with h.stream.agents[0].test_context() as agent:
         bad = await h.put(agent, h.settings.topic("clicks"), raw, key=b"u1", partition=3,
                           offset=41)
-        good = await h.put_event(agent, click("u1", "i1"), partition=3, offset=42)
+        good = await h.put_event(agent, click("u5", "i1"), partition=3, offset=42)  # u5's
         await h.settle(agent, [bad, good])
 
     [letter] = h.sent_to("dead-letters")
@@ -267,7 +268,8 @@ async def test_invalid_message_is_dead_lettered_and_the_stream_goes_on(
     assert letter.key == b"u1"
     assert h.stream.counters.dead_lettered == {reason: 1}
     # the valid message after it was applied, the invalid one left no trace
-    state = user_state(h, "u1")
+    assert h.stream.stored_user("u1") is None
+    state = user_state(h, "u5")
     assert state.profile.recent == ["i1"]
     assert state.applied.offsets == {"clicks/3": 42}
     assert h.stream.counters.applied == 1
@@ -286,7 +288,7 @@ async def test_dead_letters_keep_topic_key_and_count_by_reason(make_harness: Mak
             await h.put(agent, purchases, b"nope", key=None, partition=1, offset=6),
             await h.put(agent, h.settings.topic("clicks"), b"{}", key=b"k", partition=2,
                         offset=0),
-            await h.put_event(agent, click("u2", "i2"), partition=1, offset=1),
+            await h.put_event(agent, click("u2", "i2"), partition=2, offset=1),
         ]
         await h.settle(agent, messages)
     records = [m.json() for m in h.sent_to("dead-letters")]
@@ -329,7 +331,7 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
         # no gain (already rated, weaker signal), no row update
         await h.process(agent, click("u1", "a", TS + 3), partition=0)
         await h.process(agent, click("u2", "a", TS + 4), click("u2", "c", TS + 5),
-                        partition=1)
+                        partition=2)
 
     row_sends = h.sent_to(stream.rows_topic.get_topic_name())
     for message in row_sends:
@@ -345,9 +347,9 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
         ["c", ["a", "b"], "clicks/0", 2, TS + 2, True],
         ["a", ["c"], "clicks/0", 2, TS + 2, False],
         ["b", ["c"], "clicks/0", 2, TS + 2, False],
-        ["a", [], "clicks/1", 0, TS + 4, True],
-        ["c", ["a"], "clicks/1", 1, TS + 5, True],
-        ["a", ["c"], "clicks/1", 1, TS + 5, False],
+        ["a", [], "clicks/2", 0, TS + 4, True],
+        ["c", ["a"], "clicks/2", 1, TS + 5, True],
+        ["a", ["c"], "clicks/2", 1, TS + 5, False],
     ]
     sent_updates = updates_of(row_sends)
     assert sorted(sent_updates, key=orjson.dumps) == sorted(expected, key=orjson.dumps)
@@ -364,7 +366,7 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
         assert {i: stream.item_stats.get(i)[0] for i in "abc"} == counts
         assert {i: stream.item_stats.get(i) for i in "abc"} == {
             i: (await row(h, i)).stats() for i in "abc"}
-        assert (await row(h, "a")).applied.offsets == {"clicks/0": 2, "clicks/1": 1}
+        assert (await row(h, "a")).applied.offsets == {"clicks/0": 2, "clicks/2": 1}
         rows_before = {i: stream.rows[i] for i in "abc"}
         stats_before = {i: stream.item_stats.get(i) for i in "abc"}
 
@@ -503,7 +505,7 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
     for user in [*users, "nobody"]:
         value = stream.users.get(user)
         state = UserState.from_json(value) if value is not None else None
-        got = stream.recommend(user, state, 8)
+        got = await stream.recommend(user, state, 8)
         want = replay.recommend(user, 8)
         assert got.item_ids == want.item_ids, user
         assert got.scores == pytest.approx(want.scores, rel=1e-9, abs=1e-12), user
@@ -689,3 +691,22 @@ async def test_the_leader_ticks_each_partition_once_per_interval_in_turn(
     # second it started at, never ahead of the clock
     assert rounds == [1000] * partitions + [1001] * partitions
     assert stream.tick_seconds * partitions == stream.settings.refresh_seconds
+
+
+@run_async
+async def test_a_stale_refresh_tick_is_skipped_for_the_one_behind_it(
+    make_harness: MakeHarness,
+) -> None:
+    """Refreshes slower than the ticks: a tick older than two intervals is passed
+    over (the partition's next is queued), so the worker never falls further behind."""
+    h = make_harness(refresh_seconds=1.0)
+    stream = h.stream
+    ticks_topic = stream.ticks_topic.get_topic_name()
+    now = time.time()
+    async with stream.agents[2].test_context() as ticks_agent:
+        await h.relay(ticks_agent, [
+            Sent(ticks_topic, None, orjson.dumps({"round": int(now) - 30, "sent": now - 30}), 1),
+            Sent(ticks_topic, None, orjson.dumps({"round": int(now) - 3, "sent": now - 2.5}), 1),
+            Sent(ticks_topic, None, orjson.dumps({"round": int(now), "sent": now}), 1)])
+    assert (stream.counters.stale_ticks, stream.counters.refreshes) == (2, 1)
+    assert stream.partition_rounds[1] == int(now)

@@ -209,7 +209,7 @@ async def test_a_commit_sends_the_stats_a_stopped_batch_left_behind(
     update = row_update(h, "a", ["c"], 1, 1).value
     await stream.rows_process_of(1).run(apply_row_messages,
                                         [(1, stream._rows_held[1], update)],
-                                        stream.tau, h.settings.max_row_width)
+                                        stream.config.tau, h.settings.max_row_width)
     assert stream.item_stats.get("a")[0] == 1.0
     sent = len(h.sent_to(stream.replica_topics_by_table["item-stats"].get_topic_name()))
     await stream.before_commit()
@@ -345,7 +345,7 @@ async def test_events_taken_before_a_rebalance_are_left_to_the_partitions_owner(
         before = await h.put_event(agent, click("u1", "i1"), partition=0, offset=0)
         await asyncio.sleep(0.1)  # the stream takes it into the batch
         app.consumer_generation_id += 1  # a rebalance while the batch fills
-        after = await h.put_event(agent, click("u2", "i2"), partition=1, offset=0)
+        after = await h.put_event(agent, click("u2", "i2"), partition=2, offset=0)
         await h.settle(agent, [before, after])
     assert stream.users.get("u1") is None  # left to whoever owns partition 0 now
     assert user_state(h, "u2").profile.recent == ["i2"]
@@ -356,12 +356,12 @@ async def test_events_taken_before_a_rebalance_are_left_to_the_partitions_owner(
 
 async def change_users_and_rows(h: Harness, users: Sequence[str], items: Sequence[str], *,
                                 first_offset: int) -> None:
-    """Users and rows changed and not written yet: a click of each user, an update
-    of each row, from offset ``first_offset`` on (partition 0)."""
+    """Users and rows changed and not written yet: a click of each user (on the
+    user's partition), an update of each row, from offset ``first_offset`` on."""
     stream = h.stream
     async with stream.agents[0].test_context() as agent:
         for n, user in enumerate(users):
-            await h.process(agent, click(user, "i1"), partition=0, offset=first_offset + n)
+            await h.process(agent, click(user, "i1"), offset=first_offset + n)
     async with stream.agents[1].test_context() as rows_agent:
         for n, item in enumerate(items):
             await h.relay(rows_agent, [row_update(h, item, ["x"], first_offset + n, 0)])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.app import RecoStream, table_json
-from streams.outbox import DeliveryFailed, Outbox, Record, key_partition
+from streams.outbox import DeliveryFailed, KafkaSink, Outbox, Record, key_partition
 from streams.settings import Settings
 from tests.stream.harness import run_async
 
@@ -50,7 +52,7 @@ class Sink:
 
     def values(self, topic: str, partition: int) -> list[bytes | None]:
         return [value for t, p, records in self.batches if (t, p) == (topic, partition)
-                for _, value in records]
+                for _, value, _ in records]
 
 
 @given(st.binary(min_size=1, max_size=40), st.integers(min_value=1, max_value=64))
@@ -93,11 +95,11 @@ async def test_one_batch_per_partition_keyed_and_keyless_records_spread() -> Non
     await outbox.delivered()
     for topic, partition, records in sink.batches:
         if topic == "keyed":
-            assert {key_partition(key or b"", 3) for key, _ in records} == {partition}
+            assert {key_partition(key or b"", 3) for key, _, _ in records} == {partition}
     keyed = sorted((p, len(r)) for t, p, r in sink.batches if t == "keyed")
     assert len(keyed) == len({p for p, _ in keyed})  # one batch per partition
     assert sorted(len(r) for t, _, r in sink.batches if t == "keyless") == [2, 2, 2]
-    assert [(p, r) for t, p, r in sink.batches if t == "fixed"] == [(2, [(b"k0", b"x")])]
+    assert [(p, r) for t, p, r in sink.batches if t == "fixed"] == [(2, [Record(b"k0", b"x")])]
     assert await outbox.send() == []  # nothing left
 
 
@@ -157,3 +159,90 @@ def test_table_records_are_what_fausts_json_codec_writes(value: object, tmp_path
     faust_bytes = stream.app.serializers.dumps_value(None, value, serializer="json")
     assert table_json(value) == faust_bytes
     assert orjson.loads(table_json(value)) == value
+
+
+class RefusingProducer:
+    """An aiokafka producer's batch API, over a broker that refuses every batch
+    holding a record larger than ``refuse_over`` bytes (its topic's
+    max.message.bytes, below the worker's own limit)."""
+
+    class Batch:
+        def __init__(self) -> None:
+            self.records: list[tuple[bytes | None, bytes | None]] = []
+            self.closed = False
+
+        def append(self, *, key: bytes | None, value: bytes | None, timestamp: None,
+                   headers: list[tuple[str, bytes]]) -> object | None:
+            if self.closed or len(self.records) == 2:  # two records a batch
+                return None
+            self.records.append((key, value))
+            return object()
+
+        def close(self) -> None:
+            self.closed = True
+
+    def __init__(self, refuse_over: int) -> None:
+        self.refuse_over = refuse_over
+        self.written: list[bytes | None] = []
+
+    def create_batch(self) -> RefusingProducer.Batch:
+        return RefusingProducer.Batch()
+
+    async def send_batch(self, batch: RefusingProducer.Batch, topic: str, *,
+                         partition: int) -> asyncio.Future[Any]:
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if any(len(value or b"") > self.refuse_over for _, value in batch.records):
+            done.set_exception(MessageSizeTooLargeError())
+        else:
+            offset = len(self.written)
+            self.written.extend(value for _, value in batch.records)
+            done.set_result(SimpleNamespace(offset=offset))
+        return done
+
+
+@run_async
+async def test_records_the_broker_refuses_become_rejections_and_the_rest_are_written() -> None:
+    producer = RefusingProducer(refuse_over=10)
+    rejected: list[tuple[str, Record, str]] = []
+    sink = KafkaSink(lambda: producer)
+    outbox = Outbox(sink, max_record_bytes=1000,
+                    on_rejected=lambda topic, record, why: rejected.append((topic, record, why)))
+    sink.on_rejected = outbox.reject
+    delivered: list[int] = []
+    outbox.on_delivered["t"] = lambda tp, offset: delivered.append(offset)
+    values = [b"a", b"b" * 50, b"c", b"d", b"e" * 2000]  # the last: over the outbox's limit
+    for value in values:
+        outbox.add("t", value, partition=0)
+    await outbox.send()
+    await outbox.delivered()
+    outbox.check()  # nothing failed: the worker goes on
+    # a's batch was refused for b, and a sent again after c and d had gone out
+    assert producer.written == [b"c", b"d", b"a"]
+    assert [(topic, record.value) for topic, record, _ in rejected] == [
+        ("t", b"e" * 2000), ("t", b"b" * 50)]
+    assert "over the record limit" in rejected[0][2]
+    assert "MessageSizeTooLarge" in rejected[1][2]
+    assert max(delivered) == 2
+
+
+@run_async
+async def test_other_delivery_failures_still_stop_the_worker() -> None:
+    class Down(RefusingProducer):
+        async def send_batch(self, batch: RefusingProducer.Batch, topic: str, *,
+                             partition: int) -> asyncio.Future[Any]:
+            from aiokafka.errors import KafkaTimeoutError
+
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_exception(KafkaTimeoutError())
+            return done
+
+    sink = KafkaSink(lambda: Down(refuse_over=10))
+    outbox = Outbox(sink, max_record_bytes=1000, on_rejected=lambda *_: None)
+    sink.on_rejected = outbox.reject
+    outbox.add("t", b"a", partition=0)
+    await outbox.send()
+    await outbox.delivered()
+    with pytest.raises(DeliveryFailed):
+        outbox.check()

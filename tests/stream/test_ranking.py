@@ -29,7 +29,8 @@ async def test_published_lists_equal_what_the_snapshot_ranks(make_harness: MakeH
     h = make_harness(k=3)
     stream = h.stream
     stream.model = build_model(7, {i: orjson.dumps(v) for i, v in PAIRS.items()},
-                               {i: orjson.dumps(v) for i, v in STATS.items()}, 10, stream.tau)
+                               {i: orjson.dumps(v) for i, v in STATS.items()}, 10,
+                               stream.config.tau)
     stream.ranker.hold(hold_ranking_model, stream.model)
     events = [Event("u1", "i1", TS, "view"), Event("u2", "i2", TS + 1, "purchase"),
               Event("u3", "i3", TS + 2, "view"), Event("u1", "i2", TS + 3, "add_to_cart")]
@@ -38,7 +39,7 @@ async def test_published_lists_equal_what_the_snapshot_ranks(make_harness: MakeH
             await h.process(agent, event)
             published = h.sent_to("recommendations")[-1]
             assert published.key == event.user_id.encode()
-            recs = stream.recommend(event.user_id, user_state(h, event.user_id), 3)
+            recs = await stream.recommend(event.user_id, user_state(h, event.user_id), 3)
             assert published.json() == orjson.loads(orjson.dumps(
                 recommendation_record(recs, event.type, event.ts)))
     lists = [m.json() for m in h.sent_to("recommendations")]

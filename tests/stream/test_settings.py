@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.engagement import EngagementConfig
 from core.ratings import RatingWeights
+from core.recommender import RecommenderConfig
 from streams.settings import ENVIRONMENT, Settings, SettingsError
 
 #: A valid, non-default value of every variable, and the field value it must give.
@@ -22,6 +24,8 @@ VALUES: dict[str, tuple[str, Any]] = {
     "RECOSTREAM_WEB_HOST": ("0.0.0.0", "0.0.0.0"),
     "RECOSTREAM_WEB_PORT": ("8080", 8080),
     "RECOSTREAM_WEB_ENABLED": ("off", False),
+    "RECOSTREAM_ADVERTISED_HOST": ("worker1.shop.internal", "worker1.shop.internal"),
+    "RECOSTREAM_HTTP_TOKEN": ("t0ken", "t0ken"),
     "RECOSTREAM_K": ("25", 25),
     "RECOSTREAM_SIMILARITY": ("jaccard", "jaccard"),
     "RECOSTREAM_NEIGHBORS": ("40", 40),
@@ -44,7 +48,14 @@ VALUES: dict[str, tuple[str, Any]] = {
     "RECOSTREAM_CHURN_HORIZON_DAYS": ("90", 90.0),
     "RECOSTREAM_CHURN_MIN_CUSTOMERS": ("20", 20),
     "RECOSTREAM_CART_WINDOW_SECONDS": ("1800", 1800.0),
+    "RECOSTREAM_MAX_USER_RATINGS": ("300", 300),
+    "RECOSTREAM_MAX_USER_PURCHASES": ("100", 100),
+    "RECOSTREAM_MAX_CART_ITEMS": ("20", 20),
+    "RECOSTREAM_MAX_PURCHASE_DAYS": ("100", 100),
     "RECOSTREAM_MAX_MESSAGE_BYTES": ("4096", 4096),
+    "RECOSTREAM_MAX_KEY_BYTES": ("512", 512),
+    "RECOSTREAM_MAX_RECORD_BYTES": ("2000000", 2_000_000),
+    "RECOSTREAM_MAX_FUTURE_SECONDS": ("600", 600.0),
     "RECOSTREAM_SESSION_TIMEOUT": ("12", 12.0),
     "RECOSTREAM_EVENT_LOOP": ("asyncio", "asyncio"),
     "RECOSTREAM_SECURITY_PROTOCOL": ("SASL_SSL", "SASL_SSL"),
@@ -80,6 +91,9 @@ UNPARSEABLE: dict[str, str] = {
     "RECOSTREAM_CHURN_MIN_CUSTOMERS": "2.5",
     "RECOSTREAM_CART_WINDOW_SECONDS": "1h",
     "RECOSTREAM_MAX_MESSAGE_BYTES": "64KiB",
+    "RECOSTREAM_MAX_USER_RATINGS": "all",
+    "RECOSTREAM_MAX_RECORD_BYTES": "1MiB",
+    "RECOSTREAM_MAX_FUTURE_SECONDS": "1h",
     "RECOSTREAM_SESSION_TIMEOUT": "1m",
 }
 
@@ -173,6 +187,38 @@ def test_recommender_config_carries_the_model_settings() -> None:
             config.popularity_half_life_days, config.max_row_width) == (0.5, 0.25, 3.5, 500)
     assert config.refresh_every == 0  # the stream refreshes on a timer
     assert config.weights == RatingWeights(view=0.5, purchase=9.0)
+    assert (config.max_ratings, config.max_purchased) == (300, 100)
+    engagement = settings.engagement_config()
+    assert (engagement.max_cart_items, engagement.max_bought,
+            engagement.max_purchase_days) == (20, 100, 100)
+
+
+def test_the_caps_default_to_the_core_defaults_stated_once() -> None:
+    settings, config, engagement = Settings(), RecommenderConfig(), EngagementConfig()
+    assert settings.recommender_config() == replace(config, refresh_every=0)
+    assert (settings.max_user_ratings, settings.max_user_purchases) == (
+        config.max_ratings, config.max_purchased)
+    assert (settings.max_cart_items, settings.max_purchase_days) == (
+        engagement.max_cart_items, engagement.max_purchase_days)
+
+
+def test_caps_that_allow_a_record_over_the_limit_are_refused_naming_them() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"RECOSTREAM_MAX_USER_RATINGS": "5000"})
+    message = str(info.value)
+    assert message.startswith("RECOSTREAM_MAX_RECORD_BYTES=1000000: a user state")
+    assert "RECOSTREAM_MAX_USER_RATINGS" in message
+    with pytest.raises(SettingsError, match="row of C"):
+        Settings.from_env({"RECOSTREAM_MAX_ROW_WIDTH": "5000"})
+    # the same caps fit a broker that takes larger records
+    Settings.from_env({"RECOSTREAM_MAX_USER_RATINGS": "5000",
+                       "RECOSTREAM_MAX_RECORD_BYTES": "8000000"})
+
+
+def test_secrets_are_never_in_a_repr() -> None:
+    settings = Settings(sasl_password="pa55word", http_token="t0ken")
+    assert "pa55word" not in repr(settings) and "t0ken" not in repr(settings)
+    assert "pa55word" not in str(settings) and "sasl_username" in repr(settings)
 
 
 @pytest.mark.parametrize("variable", sorted(UNPARSEABLE))
@@ -222,6 +268,10 @@ def test_unknown_security_protocol_is_refused() -> None:
     ("RECOSTREAM_REFRESH_SECONDS", "0"),
     ("RECOSTREAM_COMMIT_SECONDS", "-2"),
     ("RECOSTREAM_MAX_MESSAGE_BYTES", "0"),
+    ("RECOSTREAM_MAX_KEY_BYTES", "100"),
+    ("RECOSTREAM_MAX_RECORD_BYTES", "1000"),
+    ("RECOSTREAM_MAX_FUTURE_SECONDS", "-1"),
+    ("RECOSTREAM_MAX_PURCHASE_DAYS", "1"),
     ("RECOSTREAM_SASL_MECHANISM", "GSSAPI"),
     ("RECOSTREAM_SECURITY_PROTOCOL", "plaintext"),
 ])

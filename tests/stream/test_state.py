@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import OrderedDict
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -18,6 +20,7 @@ from streams.state import (
     STATE_VERSION,
     AppliedOffsets,
     CooccurrenceRow,
+    DecodedCache,
     RowBatch,
     RowGain,
     RowUpdate,
@@ -57,7 +60,7 @@ def make_user_state() -> UserState:
     profile = UserProfile()
     profile.observe("i1", 1.0, TS, history=10)
     profile.observe("i2", 5.0, TS + 1, history=10)
-    profile.purchased.add("i2")
+    profile.buy("i2", TS + 1)
     state = UserState(profile, AppliedOffsets({"clicks/1": 7, "purchases/1": 2}), ["e1", "e2"])
     config = EngagementConfig()
     state.engagement.observe(Event("u1", "i1", TS, "add_to_cart"), config)
@@ -333,3 +336,86 @@ def test_pruning_equals_sorting_the_pairs_by_count_then_id(pairs: dict[str, floa
     row.prune(width)
     strongest = sorted(pairs.items(), key=lambda p: (-p[1], p[0]))[:width]
     assert row.pairs == dict(strongest)
+
+
+# -- the decoded cache --------------------------------------------------------------
+
+
+class NoScans(OrderedDict[str, object]):
+    """An ordered dict that refuses to be walked: eviction must take the oldest
+    clean value directly (walking past dirty values from the old end made every
+    new user cost a scan of every unwritten one: 82% of a worker's time)."""
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("the cache walked its values")
+
+
+def test_eviction_never_walks_the_values_however_many_are_dirty() -> None:
+    cache: DecodedCache[object, int] = DecodedCache(capacity=1000)
+    cache._clean = NoScans()
+    for n in range(20_000):
+        if n % 2:
+            cache.mark_dirty(f"k{n}", n, n)
+        else:
+            cache.put(f"k{n}", n)
+    assert cache.dirty_count() == 10_000
+    assert len(cache) == 10_000  # every dirty one kept, the clean ones evicted
+    for key, _, _, change in cache.peek_dirty(5000):
+        cache.mark_clean(key, change)
+    # those written became clean, and went: the dirty ones alone fill the capacity
+    assert cache.dirty_count() == 5000 and len(cache) == 5000
+
+
+@given(st.lists(st.tuples(st.sampled_from(["put", "dirty", "get", "take"]),
+                          st.integers(0, 12)), max_size=200),
+       st.integers(0, 6))
+def test_the_cache_keeps_the_dirty_and_the_most_recently_used(
+    operations: list[tuple[str, int]], capacity: int,
+) -> None:
+    """Against a plain model: every dirty value kept until taken, then the least
+    recently used clean values evicted first, never over capacity while clean
+    values remain."""
+    cache: DecodedCache[int, int] = DecodedCache(capacity)
+    dirty: dict[str, int] = {}
+    recent: list[str] = []  # clean keys, least recently used first
+    values: dict[str, int] = {}
+
+    def use(key: str) -> None:
+        if key in recent:
+            recent.remove(key)
+        if key not in dirty:
+            recent.append(key)
+
+    def evict() -> None:
+        while recent and len(recent) + len(dirty) > capacity:
+            values.pop(recent.pop(0))
+
+    for step, (operation, number) in enumerate(operations):
+        key = f"k{number}"
+        if operation == "put":
+            cache.put(key, step)
+            values[key] = step
+            use(key)
+            evict()
+        elif operation == "dirty":
+            cache.mark_dirty(key, step, number)
+            values[key] = step
+            if key in recent:
+                recent.remove(key)
+            dirty.setdefault(key, number)
+            evict()
+        elif operation == "get":
+            assert cache.get(key) == values.get(key)
+            if key in values:
+                use(key)
+        else:
+            taken = cache.take_dirty(limit=1)
+            if dirty:
+                first = next(iter(dirty))
+                assert [(k, t) for k, _, t in taken] == [(first, dirty.pop(first))]
+                recent.append(first)
+                evict()
+            else:
+                assert taken == []
+        assert set(cache.dirty()) == set(dirty)
+        assert len(cache) == len(values)

@@ -135,3 +135,34 @@ def test_params_state_round_trips(
     assert BGNBDParams.from_state(orjson.loads(orjson.dumps(state))) == full
     gg = GammaGammaParams(p=params.r, q=params.a, v=params.alpha, log_likelihood=ll)
     assert GammaGammaParams.from_state(orjson.loads(orjson.dumps(gg.to_state()))) == gg
+
+
+purchases_st = st.lists(st.tuples(st.integers(min_value=0, max_value=400),
+                                  st.floats(min_value=0.0, max_value=100.0)),
+                        min_size=1, max_size=60)
+
+
+@given(purchases_st, st.integers(min_value=2, max_value=12),
+       st.integers(min_value=0, max_value=10))
+def test_a_bounded_summary_is_exact_for_purchases_in_time_order(
+    purchases: list[tuple[int, float]], max_days: int, late: int,
+) -> None:
+    """Days, first and last day and spend sums are all BG/NBD needs: dropping old
+    repeat days changes nothing, as long as none arrives after ``max_days``
+    later days (late arrivals within that window are fine)."""
+    ordered = sorted(purchases)
+    # swap a late purchase into the last few positions: out of order, in the window
+    if late and len(ordered) > 1:
+        at = max(0, len(ordered) - 1 - min(late, max_days - 2))
+        ordered.append(ordered.pop(at))
+    bounded, whole = CustomerSummary(), CustomerSummary()
+    for day, amount in ordered:
+        ts = day * DAY + 3600.0
+        new_whole = whole.observe_purchase(ts, amount)
+        assert bounded.observe_purchase(ts, amount, max_days=max_days) == new_whole
+    now = 500 * DAY
+    assert bounded.rfm(now) == whole.rfm(now)
+    assert math.isclose(bounded.monetary_value, whole.monetary_value, rel_tol=1e-12,
+                        abs_tol=1e-12)
+    assert len(bounded.purchase_days) <= max_days
+    assert CustomerSummary.from_state(orjson.loads(orjson.dumps(bounded.to_state()))) == bounded

@@ -96,7 +96,7 @@ def random_profile(rng: np.random.Generator, ids: Sequence[str], length: int) ->
     pool = [*ids, "unknown-1", "unknown-2"]
     recent = list(dict.fromkeys(rng.choice(pool, size=length).tolist()))
     return UserProfile(ratings=dict.fromkeys(recent, 1.0), recent=recent,
-                       purchased=set(rng.choice(pool, size=2).tolist()))
+                       purchased=dict.fromkeys(rng.choice(pool, size=2).tolist(), 0.0))
 
 
 def test_reference_agrees_with_the_module_example() -> None:
@@ -222,7 +222,7 @@ def test_recommend_many_equals_recommend_for_a_trained_recommender() -> None:
             assert recs.cold_start == (profile is None or not profile.recent)
             out = set(exclude.get(user, ()))
             if profile is not None:
-                out |= profile.purchased | (set(profile.ratings) if liked else set())
+                out |= set(profile.purchased) | (set(profile.ratings) if liked else set())
             assert out.isdisjoint(recs.item_ids)
 
 

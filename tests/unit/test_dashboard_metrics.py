@@ -158,6 +158,9 @@ def test_panels_use_the_datasource_variable_and_have_units() -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    for variable in variables.values():
+        if "datasource" in variable:
+            assert variable["datasource"]["uid"] == "${datasource}", variable["name"]
     titles = []
     for panel in _panels(board["panels"]):
         titles.append(panel["title"])

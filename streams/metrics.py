@@ -53,6 +53,10 @@ class CountersCollector(Collector):
         yield CounterMetricFamily("recostream_row_updates_applied",
                                   "Co-occurrence row updates applied",
                                   value=c.row_updates_applied)
+        # Replays of updates applied before: sent = applied + skipped once caught up.
+        yield CounterMetricFamily("recostream_row_updates_skipped",
+                                  "Co-occurrence row updates skipped as already applied",
+                                  value=c.row_updates_skipped)
         yield CounterMetricFamily("recostream_recommendations_out",
                                   "Recommendation lists published", value=c.recommendations_out)
         triggers = CounterMetricFamily("recostream_triggers_out",

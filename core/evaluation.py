@@ -227,6 +227,7 @@ def choose_ease_lambda(
     ratio: float = VALIDATION_RATIO,
     seed: int = 43,
     split_by: str = "item",
+    progress: Progress = _no_progress,
 ) -> tuple[float, tuple[tuple[float, float], ...]]:
     """The lambda of best nDCG@k on a validation split carved from ``train``.
 
@@ -246,6 +247,7 @@ def choose_ease_lambda(
         model.refresh()
         lists = _rank_users(model, validation, k, _no_progress)
         scores.append((value, ranking_metrics(lists, validation, k).ndcg_at_k))
+        progress(len(scores), len(lambdas))
     best = max(scores, key=lambda pair: pair[1])[0]
     return best, tuple(scores)
 
@@ -260,6 +262,7 @@ def evaluate_ranking(
     split_by: str = "item",
     ease_lambdas: Sequence[float] = (),
     progress: Progress = _no_progress,
+    tuning_progress: Progress = _no_progress,
 ) -> RankingReport:
     """Train on a stratified split of unique (user, item) pairs in time order, rank
     top-k for every test user; with EASE and ``ease_lambdas``, choose lambda first
@@ -269,7 +272,8 @@ def evaluate_ranking(
     validation: tuple[tuple[float, float], ...] = ()
     if config.similarity == "ease" and ease_lambdas:
         chosen, validation = choose_ease_lambda(
-            train, config, ease_lambdas, k=k, seed=seed + 1, split_by=split_by
+            train, config, ease_lambdas, k=k, seed=seed + 1, split_by=split_by,
+            progress=tuning_progress,
         )
         config = replace(
             config, similarity_params=replace(config.similarity_params, ease_lambda=chosen)

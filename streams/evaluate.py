@@ -248,6 +248,7 @@ def _ranking(args: argparse.Namespace, events: list[Event], progress: Progress) 
         events, recommender_config(args), k=args.k, ratio=args.ratio, seed=args.seed,
         split_by=args.split_by, progress=progress,
         ease_lambdas=EASE_LAMBDA_GRID if args.ease_lambda is None else (),
+        tuning_progress=ProgressBar("ease lambda", enabled=not args.no_progress),
     )
     result: dict[str, Any] = {"protocol": "ranking", "k": args.k, **asdict(report.metrics),
                               "similarity": args.similarity}

@@ -35,6 +35,7 @@ from core.similarity import SIMILARITIES, SimilarityParams
 from core.usercf import UserKNNConfig
 from streams.cli import CliError
 from streams.datasets import DATASETS, load_events
+from streams.evaluate_text import render
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,7 @@ def _run(protocol: Protocol) -> Callable[[argparse.Namespace], int]:
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
         else:
-            for key, value in _flatten(result):
-                print(f"{key:44} {value}")
+            print(render(result))
         return 0
 
     return command
@@ -333,13 +333,3 @@ def _plain(value: Any) -> Any:
         return None if math.isnan(value) else round(float(value), 4)
     return value
 
-
-def _flatten(value: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested report keys as dotted paths, for the text output."""
-    rows: list[tuple[str, Any]] = []
-    for key, item in value.items():
-        if isinstance(item, dict):
-            rows.extend(_flatten(item, f"{prefix}{key}."))
-        else:
-            rows.append((f"{prefix}{key}", item))
-    return rows

@@ -183,3 +183,18 @@ def test_customers_flag_samples_a_stable_subset(event_file: Callable[..., Path],
     assert a["sampled_customers"] == 10 and a["hr_at_k"] == b["hr_at_k"]
     assert main(["evaluate", "prequential", "--events", str(event_file()), "--customers", "0",
                  "--no-progress"]) == 2
+
+
+def test_text_reports_tabulate_the_sources(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"user_id": f"c{c}", "item_id": f"i{c % 2}{s}", "ts": 1_600_000_000 + w * 604_800 + c,
+             "order_id": f"o{w}{c}"} for w in range(3) for c in range(8) for s in range(3)]
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    assert main(["evaluate", "next-basket", "--events", str(path), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("source ") and "repeat nDCG" in line for line in lines)
+    assert any(line.startswith("buy_again ") for line in lines)
+    assert main(["evaluate", "prequential", "--events", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "repeats" in out and "buy_again" in out

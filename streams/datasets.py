@@ -415,6 +415,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for source in DATASETS.values():
         cached = all(_cached_path(source, f).is_file() for f in source.files)
         state = "cached" if cached else "not cached"
-        print(f"{source.name:17} {source.requirement:19} {state:10} {source.description}")
+        print(f"{source.name:17} {source.requirement:26} {state:10} {source.description}")
         print(f"{'':17} licence: {source.licence}")
     return 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from core.baselines import Popularity
 from core.bias import BiasReport, bias_report, training_popularity
 from core.events import Event
 from core.ratings import RatingWeights
@@ -175,12 +176,14 @@ def ranking_metrics(
 
 @dataclass(frozen=True)
 class RankingReport:
-    """Top-k metrics, the EASE lambda used and how each candidate did on validation."""
+    """Top-k metrics, the EASE lambda used and how each candidate did on validation,
+    the bias of the lists, and plain popularity's metrics on the same split."""
 
     metrics: RankingMetrics
     ease_lambda: float | None  # None unless the similarity is EASE
     validation: tuple[tuple[float, float], ...]  # (lambda, validation nDCG@k)
     bias: BiasReport
+    popularity: RankingMetrics
 
 
 def _split(
@@ -287,11 +290,20 @@ def evaluate_ranking(
         consumed=[item for user in lists for item in held[user]],
         accuracy={user: ndcg_at_k(items, held[user], k) for user, items in lists.items()},
     )
+    # the baseline: training items by how many users took them, each user's own left out
+    bestsellers = Popularity()
+    for event in train:
+        bestsellers.observe(event.item_id)
+    taken: dict[str, set[str]] = defaultdict(set)
+    for event in train:
+        taken[event.user_id].add(event.item_id)
     return RankingReport(
         metrics=ranking_metrics(lists, held, k),
         ease_lambda=config.similarity_params.ease_lambda if config.similarity == "ease" else None,
         validation=validation,
         bias=bias,
+        popularity=ranking_metrics(
+            {user: bestsellers.top(k, banned=taken[user]) for user in lists}, held, k),
     )
 
 

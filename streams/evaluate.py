@@ -259,6 +259,7 @@ def _ranking(args: argparse.Namespace, events: list[Event], progress: Progress) 
             result["validation_ndcg_by_lambda"] = {f"{lam:g}": score
                                                    for lam, score in report.validation}
     result["bias"] = report.bias.as_dict()
+    result["popularity"] = asdict(report.popularity)
     return result
 
 

@@ -10,8 +10,9 @@ are not learned. Items bought before may be listed and count as hits.
 
 Sources: the model as configured (``default``), the same item neighbours
 without the trending prior (``item_neighbours``), plain popularity and
-buy-again. HR@k, nDCG@k and recall@k are reported over the whole basket, and
-apart for its repeat items (bought before) and its new items.
+buy-again (both counting what baskets are made of). HR@k, nDCG@k and
+recall@k are reported over the whole basket, and apart for its repeat items
+(bought before) and its new items.
 
 >>> from core.recommender import RecommenderConfig
 >>> rows = [("u", "a", 0), ("v", "a", 0), ("v", "b", 0), ("u", "a", 2), ("v", "b", 3)]
@@ -104,12 +105,13 @@ def basket_metrics(
     return BasketMetrics(n, hr * scale, ndcg * scale, recall * scale), per_user
 
 
-def _held_out_starts(events: Sequence[Event], rated: Callable[[Event], bool]) -> dict[str, float]:
+def _held_out_starts(
+    events: Sequence[Event], in_basket: Callable[[Event], bool]
+) -> dict[str, float]:
     """Per customer with two baskets or more, when the last basket begins."""
-    shopping = any(e.is_purchase for e in events)
     first_ts: dict[str, dict[str, float]] = {}
     for event in events:
-        if (event.is_purchase if shopping else rated(event)):
+        if in_basket(event):
             baskets = first_ts.setdefault(event.user_id, {})
             baskets.setdefault(basket_of(event), event.ts)
     return {user: max(starts.values()) for user, starts in first_ts.items()
@@ -127,11 +129,16 @@ def evaluate_next_basket(
     ordered = sorted(events, key=lambda e: e.ts)
     rating_of = config.weights.rating_of
 
+    shopping = any(e.is_purchase for e in ordered)
+
     def rated(event: Event) -> bool:
         return rating_of(event.type, event.value) is not None
 
-    starts = _held_out_starts(ordered, rated)
-    shopping = any(e.is_purchase for e in ordered)
+    def in_basket(event: Event) -> bool:
+        # a shop's baskets are its purchases; a log without any, its rated events
+        return event.is_purchase if shopping else rated(event)
+
+    starts = _held_out_starts(ordered, in_basket)
     neighbours_only = replace(config, popularity_weight=0.0)
     model = Recommender(config)
     popularity = Popularity()
@@ -154,15 +161,15 @@ def evaluate_next_basket(
                     user, profile, k, neighbours_only, filter_purchased=False).item_ids
                 lists["popularity"][user] = popularity.top(k)
                 lists["buy_again"][user] = buy_again.top(user, k)
-            if event.is_purchase if shopping else rated(event):
+            if in_basket(event):
                 truth[user].add(event.item_id)
         else:
             model.observe(event)
             if rated(event):
-                popularity.observe(event.item_id)
                 learned.append((user, event.item_id))
-                if event.is_purchase or not shopping:
-                    buy_again.observe(user, event.item_id, event.ts)
+            if in_basket(event):
+                popularity.observe(event.item_id)
+                buy_again.observe(user, event.item_id, event.ts)
         if done % 1000 == 0 or done == total:
             progress(done, total)
     parts = {

@@ -243,7 +243,7 @@ def run_ranking(
         (like_name, like_implicit_config(implicit_k)),
     ):
         log(f"ranking: {name} ...")
-        metrics, seconds = timed(lambda c=config: evaluate_ranking(events, c, k=k))
+        metrics, seconds = timed(lambda c=config: evaluate_ranking(events, c, k=k).metrics)
         methods[name] = ranking_row(metrics, seconds)
 
     log(f"ranking: implicit CosineRecommender K={implicit_k} ...")

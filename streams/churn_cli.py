@@ -5,6 +5,11 @@ Sub-commands::
     recostream churn summary  --dataset cdnow [--out FILE.csv]   # rebuild + check the csv
     recostream churn fit      --dataset cdnow | --summary FILE.csv [--json]
     recostream churn evaluate --dataset cdnow [--json] [--plot FILE.png]
+    recostream churn evaluate --dataset instacart-sample | --events FILE [--json]
+
+``evaluate`` also judges the churn alert as an alert (``streams/churn_alerts.py``):
+precision and recall of "bought nothing in the next N days" at the threshold;
+on a shop log that is all it reports (the tracking chart is CDNOW's calendar).
 
 CDNOW conventions (found by matching ``cdnow_customers_summary.csv`` row for row):
 dates are calendar days; the calibration period runs 1997-01-01 to 1997-09-30
@@ -43,8 +48,9 @@ from core.churn import (
     period_days,
     unconditional_expected_purchases,
 )
+from streams.churn_alerts import add_alert_flags, alert_report, print_alerts, shop_alerts
 from streams.cli import CliError
-from streams.datasets import dataset_files
+from streams.datasets import DATASETS, dataset_files
 
 CDNOW_START = date(1997, 1, 1)
 CALIBRATION_END = date(1997, 9, 30)  # inclusive
@@ -442,8 +448,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.events or args.dataset != "cdnow":
+        if args.plot or args.spend:
+            raise CliError("--plot and --spend are for CDNOW's calendar (--dataset cdnow)")
+        return shop_alerts(args)
     started = time.perf_counter()
     transactions, _ = _sample_transactions(cdnow_paths(), args.cohort)
+    alerts = alert_report(transactions.customer.astype(str), transactions.ts,
+                          transactions.amount, args,
+                          default_cutoff=date_seconds(CALIBRATION_END))
     result = evaluate_cdnow(transactions)
     if args.plot:
         plot_tracking(result, args.plot)
@@ -472,6 +485,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                    "log_likelihood": p.log_likelihood},
         "mean_p_alive": float(alive.mean()),
         "by_frequency": by_x,
+        "alerts": alerts,
         "seconds": round(time.perf_counter() - started, 4),
     }
     if args.spend:
@@ -499,6 +513,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         gg_report = report["gamma_gamma"]
         print(f"  Gamma-Gamma spend: p={gg_report['p']:.3f} q={gg_report['q']:.3f} "
               f"v={gg_report['v']:.3f} ({gg_report['customers']} repeat customers)")
+    print_alerts(report["alerts"])
     if args.plot:
         print(f"  tracking chart: {args.plot}")
     return 0
@@ -536,8 +551,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     fit.add_argument("--save", metavar="FILE.json", help="write the parameters' state")
     fit.set_defaults(func=_cmd_fit)
 
-    evaluate = sub.add_parser("evaluate", help="predict the holdout weeks 40-78")
-    common(evaluate)
+    evaluate = sub.add_parser(
+        "evaluate", help="predict the holdout weeks 40-78; precision/recall of the alerts")
+    evaluate.add_argument("--dataset", choices=sorted(DATASETS), default="cdnow",
+                          help="data set (default cdnow; others: the alert report only)")
+    evaluate.add_argument("--events", metavar="FILE",
+                          help="a JSON-lines or CSV event file with purchases (alerts only)")
+    evaluate.add_argument("--cohort", choices=["sample", "full"], default="sample",
+                          help="CDNOW: the paper's 2,357-customer sample or all 23,570")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_alert_flags(evaluate)
     evaluate.add_argument("--plot", metavar="FILE.png", help="draw the tracking chart")
     evaluate.add_argument("--spend", action="store_true",
                           help="also fit the Gamma-Gamma spend model")

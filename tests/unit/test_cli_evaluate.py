@@ -57,7 +57,9 @@ def test_evaluate_ranking_on_fixture(event_file: Callable[..., Path],
                       "--similarity", similarity)
     assert set(result) >= {"protocol", "k", "users", "ndcg_at_k", "map_at_k",
                            "precision_at_k", "recall_at_k", "seconds"}
-    assert result["users"] == 30
+    # 400 events over 30 users x 30 items repeat pairs: the split is drawn over the
+    # unique pairs, and a few users have none held out.
+    assert result["users"] == 26
     # Users who keep to one half of the catalogue get lists from that half: on the
     # same amount of data without taste groups the lists are no better than chance.
     shuffled = run_json(capsys, "evaluate", "ranking", "--events",
@@ -112,3 +114,87 @@ def test_bad_flag_value_is_one_line_error(event_file: Callable[..., Path],
                  "--recency-decay", "2"]) == 2
     assert capsys.readouterr().err.strip() == (
         "recostream: error: recency_decay must be in (0, 1]")
+
+
+def test_ranking_chooses_ease_lambda_and_reports_bias(event_file: Callable[..., Path],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    chosen = run_json(capsys, "evaluate", "ranking", "--events", str(event_file()))
+    assert chosen["ease_lambda_source"] == "validation"
+    grid = chosen["validation_ndcg_by_lambda"]
+    assert isinstance(grid, dict) and len(grid) == 7
+    bias = chosen["bias"]
+    assert isinstance(bias, dict)
+    assert set(bias) == {"coverage", "exposure_gini", "novelty", "popularity_lift",
+                         "accuracy_by_activity"}
+    fixed = run_json(capsys, "evaluate", "ranking", "--events", str(event_file()),
+                     "--ease-lambda", "250")
+    assert fixed["ease_lambda"] == 250.0 and fixed["ease_lambda_source"] == "flag"
+
+
+def test_next_basket_reports_every_source_and_part(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    rows = []
+    for week in range(3):
+        for c in range(8):
+            for slot in range(3):
+                rows.append({"user_id": f"c{c}", "item_id": f"i{c % 2}{slot}",
+                             "ts": 1_600_000_000 + week * 604_800 + c, "order_id": f"o{week}{c}"})
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    result = run_json(capsys, "evaluate", "next-basket", "--events", str(path), "-k", "3")
+    assert result["customers"] == 8 and result["repeat_share"] == 1.0
+    sources = result["sources"]
+    assert isinstance(sources, dict)
+    assert set(sources) == {"default", "item_neighbours", "popularity", "buy_again"}
+    assert sources["buy_again"]["all"]["hr_at_k"] == 1.0
+    assert set(sources["default"]) == {"all", "repeat", "new", "bias"}
+
+
+def test_next_basket_without_two_baskets_is_a_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps({"user_id": "u", "item_id": "i", "ts": 1_600_000_000,
+                                   "order_id": "o"}))
+    assert main(["evaluate", "next-basket", "--events", str(path), "--no-progress"]) == 2
+    assert "two baskets" in capsys.readouterr().err
+
+
+def test_prequential_plot_and_popularity(event_file: Callable[..., Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "hits.png"
+    result = run_json(capsys, "evaluate", "prequential", "--events", str(event_file()),
+                      "--refresh-every", "50", "--plot", str(png), "--window", "20")
+    assert png.read_bytes().startswith(b"\x89PNG")
+    new_items = result["new_items"]
+    assert isinstance(new_items, dict) and set(new_items) == {"default", "popularity"}
+    assert "repeats" not in result
+    assert main(["evaluate", "prequential", "--events", str(event_file()), "--window", "0",
+                 "--no-progress"]) == 2
+    assert "--window" in capsys.readouterr().err
+
+
+def test_customers_flag_samples_a_stable_subset(event_file: Callable[..., Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    a = run_json(capsys, "evaluate", "prequential", "--events", str(event_file()),
+                 "--customers", "10")
+    b = run_json(capsys, "evaluate", "prequential", "--events", str(event_file()),
+                 "--customers", "10")
+    assert a["sampled_customers"] == 10 and a["hr_at_k"] == b["hr_at_k"]
+    assert main(["evaluate", "prequential", "--events", str(event_file()), "--customers", "0",
+                 "--no-progress"]) == 2
+
+
+def test_text_reports_tabulate_the_sources(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"user_id": f"c{c}", "item_id": f"i{c % 2}{s}", "ts": 1_600_000_000 + w * 604_800 + c,
+             "order_id": f"o{w}{c}"} for w in range(3) for c in range(8) for s in range(3)]
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    assert main(["evaluate", "next-basket", "--events", str(path), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("source ") and "repeat nDCG" in line for line in lines)
+    assert any(line.startswith("buy_again ") for line in lines)
+    assert main(["evaluate", "prequential", "--events", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "repeats" in out and "buy_again" in out

@@ -1,0 +1,36 @@
+"""The README's evaluation figures on the real data sets (slow: fetched, then minutes)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from core.evaluation import EASE_LAMBDA_GRID, evaluate_ranking
+from core.next_basket import evaluate_next_basket
+from core.recommender import RecommenderConfig
+from streams.datasets import load_events
+from streams.evaluate import RANKING_DEFAULTS
+
+pytestmark = pytest.mark.slow
+
+
+def test_ml100k_ranking_chooses_lambda_400_and_keeps_its_figure() -> None:
+    d = RANKING_DEFAULTS
+    config = replace(RecommenderConfig(), similarity=d.similarity, neighbors=d.neighbors,
+                     history=d.history, pair_window=d.pair_window,
+                     recency_decay=d.recency_decay, popularity_weight=d.popularity_weight)
+    report = evaluate_ranking(load_events(dataset="ml-100k"), config,
+                              ease_lambdas=EASE_LAMBDA_GRID)
+    assert report.ease_lambda == 400.0
+    assert report.metrics.ndcg_at_k == pytest.approx(0.4855, abs=5e-4)
+    assert 0.0 < report.bias.coverage < 1.0
+
+
+def test_instacart_next_basket_buy_again_leads() -> None:
+    report = evaluate_next_basket(load_events(dataset="instacart-sample"), RecommenderConfig())
+    assert report.customers == 593
+    assert report.repeat_share == pytest.approx(0.6923, abs=1e-3)
+    ndcg = {name: parts["all"].ndcg_at_k for name, parts in report.sources.items()}
+    assert ndcg["buy_again"] == pytest.approx(0.4426, abs=1e-3)
+    assert ndcg["buy_again"] > max(ndcg["default"], ndcg["popularity"])

@@ -161,7 +161,6 @@ def test_next_basket_without_two_baskets_is_a_one_line_error(
 
 def test_prequential_plot_and_popularity(event_file: Callable[..., Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("matplotlib")
     png = tmp_path / "hits.png"
     result = run_json(capsys, "evaluate", "prequential", "--events", str(event_file()),
                       "--refresh-every", "50", "--plot", str(png), "--window", "20")

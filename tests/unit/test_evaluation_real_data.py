@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from core.evaluation import EASE_LAMBDA_GRID, evaluate_ranking
 from core.next_basket import evaluate_next_basket
 from core.recommender import RecommenderConfig
+from streams.cli import build_parser
 from streams.datasets import load_events
-from streams.evaluate import RANKING_DEFAULTS
+from streams.evaluate import recommender_config
 
 pytestmark = pytest.mark.slow
 
 
 def test_ml100k_ranking_chooses_lambda_400_and_keeps_its_figure() -> None:
-    d = RANKING_DEFAULTS
-    config = replace(RecommenderConfig(), similarity=d.similarity, neighbors=d.neighbors,
-                     history=d.history, pair_window=d.pair_window,
-                     recency_decay=d.recency_decay, popularity_weight=d.popularity_weight)
+    # the configuration `recostream evaluate ranking` runs with by default
+    config = recommender_config(build_parser().parse_args(["evaluate", "ranking"]))
     report = evaluate_ranking(load_events(dataset="ml-100k"), config,
                               ease_lambdas=EASE_LAMBDA_GRID)
     assert report.ease_lambda == 400.0

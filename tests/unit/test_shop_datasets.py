@@ -67,9 +67,10 @@ def test_instacart_sample_loads() -> None:
 
 
 def test_complete_journey_lines_become_purchases(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
     from datetime import datetime
+
+    import pyarrow as pa  # the test extra installs the parquet extra
+    import pyarrow.parquet as pq
 
     table = pa.table({
         "household_id": [7, 7, 9],

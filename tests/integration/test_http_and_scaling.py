@@ -338,6 +338,7 @@ def test_two_workers_share_the_partitions_and_answer_like_one(
                 assert status == 401 and body["error"], (path, token, status, body)
         for path in ("/health", "/metrics"):
             assert urllib.request.urlopen(worker.url + path, timeout=10).status == 200
+        assert "t0ken" not in worker.log_path.read_text()  # never logged
     # neighbour lists come from the replicated tables: every worker knows every item
     for item in sorted({e.item_id for e in ml_slice})[::5]:
         expected = [j for j, _ in model.neighbors_of(item)[:5]]

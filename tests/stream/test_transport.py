@@ -59,6 +59,23 @@ def test_bulk_records_go_through_the_second_producer(tmp_path: Path) -> None:
         stream.ranker.close()
 
 
+def test_other_workers_reach_this_one_at_its_advertised_host(tmp_path: Path) -> None:
+    """Lookups are forwarded to the canonical URL each worker announces to the group:
+    the advertised host, not the bind address (0.0.0.0 reaches no one)."""
+    for advertised, expected in (("worker1.shop.internal", "worker1.shop.internal"),
+                                 ("", "0.0.0.0")):
+        stream = RecoStream(Settings(store="memory://", data_dir=tmp_path, web_host="0.0.0.0",
+                                     web_port=8123, advertised_host=advertised))
+        try:
+            conf = stream.app.conf
+            assert str(conf.canonical_url) == f"http://{expected}:8123"
+            assert (conf.web_bind, conf.web_port) == ("0.0.0.0", 8123)
+            assert not conf.web_tables_enabled and not conf.web_router_enabled
+        finally:
+            stream.model_process.close()
+            stream.ranker.close()
+
+
 @run_async
 async def test_a_delivery_that_need_not_wait_runs_in_place(make_harness: MakeHarness) -> None:
     # Faust runs each delivery as a task raced against the flow being suspended:

@@ -45,7 +45,7 @@ from core.churn import (
     p_alive,
     score_summaries,
 )
-from streams import churn_cli
+from streams.cli import churn as churn_cli
 
 # lifetimes 0.11.3 BetaGeoFitter.fit on the same data, measured on this project's
 # 2-core machine (Python 3.11, numpy 2.4.6, scipy 1.17.1, pandas 3.1.1), 2026-11-29.

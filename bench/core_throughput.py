@@ -30,8 +30,9 @@ import numpy as np
 import orjson
 import scipy.sparse as sp
 
+from core.config import RecommenderConfig
 from core.events import Event
-from core.recommender import Recommender, RecommenderConfig
+from core.recommender import Recommender
 
 KINDS = np.array(["view", "click", "add_to_cart", "purchase"])
 KIND_SHARE = np.array([0.70, 0.15, 0.10, 0.05])

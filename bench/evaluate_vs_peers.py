@@ -1,11 +1,11 @@
 """recostream beside its peers, on the very same splits, in one run.
 
-Ranking (DESIGN.md 5.1, Microsoft Recommenders protocol: stratified by item,
+Ranking (the Microsoft Recommenders protocol: stratified by item,
 75/25, seed 42, top-10 with training items removed): recostream with the
 ``recostream evaluate ranking`` defaults (EASE) and with cosine, against
 implicit's ``CosineRecommender`` (item-item cosine) and a popularity baseline.
 
-Rating (DESIGN.md 5.3, Surprise protocol: 5-fold ``KFold(random_state=0,
+Rating (the Surprise protocol: 5-fold ``KFold(random_state=0,
 shuffle=True)``): recostream's user-based seed formula against Surprise's
 ``KNNWithMeans`` (user-based, k=40, msd and pearson). The script checks that
 Surprise's fold test sets are exactly ours before it trusts the comparison.
@@ -43,6 +43,7 @@ import orjson
 import scipy.sparse as sp
 from provenance import REPO, revision
 
+from core.config import RecommenderConfig
 from core.evaluation import (
     RankingMetrics,
     evaluate_ranking,
@@ -52,11 +53,10 @@ from core.evaluation import (
     stratified_split,
 )
 from core.events import Event
-from core.recommender import RecommenderConfig
 from core.usercf import UserKNNConfig
-from streams.cli import CliError
-from streams.datasets import load_events
-from streams.evaluate import RANKING_DEFAULTS
+from streams.cli.evaluate import RANKING_DEFAULTS
+from streams.devtools.datasets import load_events
+from streams.errors import CliError
 
 INSTALL_HINT = (
     f"python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install -e {REPO} "

@@ -36,9 +36,9 @@ from bench.core_throughput import synthetic_stream
 from core.engagement import Engagement
 from core.ranking import NeighborModel
 from core.recommender import Recommender
-from streams.bounds import row_pairs
-from streams.settings import Settings
-from streams.state import CooccurrenceRow, UserState, table_json
+from streams.runtime.bounds import row_pairs
+from streams.runtime.settings import Settings
+from streams.runtime.state import CooccurrenceRow, UserState, table_json
 
 
 def allocated(build: Callable[[], Any]) -> tuple[Any, int]:

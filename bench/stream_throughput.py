@@ -6,7 +6,7 @@
     .venv/bin/python bench/stream_throughput.py --skip bare,noop,naive,rocksdb,two \
         --profile /tmp/prof                                        # py-spy the workers
 
-Starts its own Apache Kafka 4.0.2 (:class:`streams.local_broker.LocalBroker` in a temp
+Starts its own Apache Kafka 4.0.2 (:class:`streams.devtools.local_broker.LocalBroker` in a temp
 dir, free ports; stopped at the end, on failure and on Ctrl-C too), produces a
 synthetic Zipf stream once (default 600,000 events: 20k users, 5k items, 95% clicks
 of mixed types, 5% purchases; keyed by user, 4 partitions) and runs, on that same
@@ -16,7 +16,7 @@ data and each with its own consumer group:
   median of ``--bare-repeats``);
 - ``noop``: a Faust agent that only decodes and counts (the framework's ceiling);
 - ``noop-ours``: the same agent on recostream's consumer
-  (:mod:`streams.transport`), whose hand-over of each message to the agents is
+  (:mod:`streams.runtime.transport`), whose hand-over of each message to the agents is
   cheaper than Faust's: the worker's own ceiling, reported beside the stock one;
 - ``naive``: a Faust agent with a per-event dict model, top-10 and one send per
   event (the shape of the public flurs Faust example); capped at ``--naive-seconds``;
@@ -67,16 +67,17 @@ import numpy as np
 import orjson
 from provenance import REPO, revision
 
-from streams.local_broker import TOPICS, LocalBroker, TopicSpec, ensure_topics_sync
-from streams.produce import OutMessage, Pacer, produce_events
-from streams.settings import Settings
-from streams.worker_process import (
+from streams.cli.produce import OutMessage, Pacer, produce_events
+from streams.devtools.local_broker import LocalBroker
+from streams.devtools.worker_process import (
     Samples,
     WorkerProcess,
     free_port,
     row_updates_caught_up,
     worker_env,
 )
+from streams.runtime.settings import Settings
+from streams.runtime.topic_admin import TOPICS, TopicSpec, ensure_topics_sync
 
 PARTS = ("bare", "noop", "noop-ours", "naive", "worker", "rocksdb", "two", "latency")
 NAIVE_TOPIC = "naive-recommendations"
@@ -248,7 +249,7 @@ def run_faust_role(args: argparse.Namespace) -> int:
     the rate."""
     import faust
 
-    from streams.transport import App as RecostreamApp
+    from streams.runtime.transport import App as RecostreamApp
 
     app_class = RecostreamApp if args.role == "noop-ours" else faust.App
     app = app_class(
@@ -398,7 +399,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 #: What each process of a worker is, by the name its children give themselves
-#: (streams.model_work.start_child): the worker's own process is "worker" (the
+#: (streams.runtime.children.process.start_child): the worker's own process is "worker" (the
 #: event loop and the Kafka clients' threads).
 CHILD_ROLES = {"reco-ranker": "ranker", "reco-model": "model"}
 

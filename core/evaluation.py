@@ -21,9 +21,10 @@ import numpy as np
 
 from core.baselines import Popularity
 from core.bias import BiasReport, bias_report, training_popularity
+from core.config import LIST_LENGTH, RecommenderConfig
 from core.events import Event
 from core.ratings import RatingWeights
-from core.recommender import Recommender, RecommenderConfig
+from core.recommender import Recommender
 from core.usercf import UserKNN, UserKNNConfig
 
 Progress = Callable[[int, int], None]
@@ -226,7 +227,7 @@ def choose_ease_lambda(
     config: RecommenderConfig,
     lambdas: Sequence[float],
     *,
-    k: int = 10,
+    k: int = LIST_LENGTH,
     ratio: float = VALIDATION_RATIO,
     seed: int = 43,
     split_by: str = "item",
@@ -259,7 +260,7 @@ def evaluate_ranking(
     events: Sequence[Event],
     config: RecommenderConfig,
     *,
-    k: int = 10,
+    k: int = LIST_LENGTH,
     ratio: float = 0.75,
     seed: int = 42,
     split_by: str = "item",

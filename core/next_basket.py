@@ -14,7 +14,7 @@ buy-again (both counting what baskets are made of). HR@k, nDCG@k and
 recall@k are reported over the whole basket, and apart for its repeat items
 (bought before) and its new items.
 
->>> from core.recommender import RecommenderConfig
+>>> from core.config import RecommenderConfig
 >>> rows = [("u", "a", 0), ("v", "a", 0), ("v", "b", 0), ("u", "a", 2), ("v", "b", 3)]
 >>> evs = [Event(u, i, day * 86_400.0, "purchase") for u, i, day in rows]
 >>> report = evaluate_next_basket(evs, RecommenderConfig(refresh_every=1), k=1)
@@ -31,9 +31,10 @@ from dataclasses import dataclass, replace
 
 from core.baselines import BuyAgain, Popularity
 from core.bias import BiasReport, bias_report, training_popularity
+from core.config import DAY, LIST_LENGTH, RecommenderConfig
 from core.evaluation import ndcg_at_k
 from core.events import Event
-from core.recommender import DAY, Recommender, RecommenderConfig
+from core.recommender import Recommender
 
 Progress = Callable[[int, int], None]
 
@@ -122,7 +123,7 @@ def evaluate_next_basket(
     events: Sequence[Event],
     config: RecommenderConfig,
     *,
-    k: int = 10,
+    k: int = LIST_LENGTH,
     progress: Progress = _no_progress,
 ) -> NextBasketReport:
     """Every source's top-k for each customer's last basket (see the module docstring)."""

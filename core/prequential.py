@@ -14,7 +14,7 @@ Popularity and buy-again learn from the same events. Each track reports HR@k
 and MRR@k per source, a hit timeline for plots, and the bias of every source's
 lists (judged against the whole log's popularity).
 
->>> from core.recommender import RecommenderConfig
+>>> from core.config import RecommenderConfig
 >>> evs = [Event(u, i, float(t), "purchase") for t, (u, i) in enumerate(
 ...     [("u", "a"), ("v", "a"), ("v", "b"), ("u", "b"), ("u", "a")])]
 >>> report = evaluate_prequential(evs, RecommenderConfig(refresh_every=1))
@@ -34,8 +34,9 @@ import numpy as np
 
 from core.baselines import BuyAgain, Popularity
 from core.bias import BiasReport, TrainingPopularity, bias_report, training_popularity
+from core.config import LIST_LENGTH, RecommenderConfig
 from core.events import Event
-from core.recommender import Recommender, RecommenderConfig
+from core.recommender import Recommender
 
 Progress = Callable[[int, int], None]
 
@@ -101,7 +102,7 @@ def evaluate_prequential(
     events: Sequence[Event],
     config: RecommenderConfig,
     *,
-    k: int = 10,
+    k: int = LIST_LENGTH,
     progress: Progress = _no_progress,
 ) -> PrequentialReport:
     """Test-then-learn over ``events`` (see the module docstring)."""

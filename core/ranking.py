@@ -33,25 +33,18 @@ or in any batch, and ties fall the same way.
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from core.config import RecommenderConfig
 from core.cooccurrence import ItemIndex
 from core.ratings import STATE_VERSION, UserProfile, _check_version
 from core.similarity import ItemNeighbors
 from core.topk import offsets_within_rows, top_k
-
-if TYPE_CHECKING:
-    from core.recommender import RecommenderConfig
-
-# Trending scores are rounded so that sums folded in another order (another
-# worker, a replay) compare equal; far below anything that matters for ranking.
-TRENDING_DECIMALS = 9
 
 # Neighbour entries (history items x neighbours) gathered together: bounds the
 # temporary arrays of a batch (about 20 bytes an entry).
@@ -62,42 +55,6 @@ _CHUNK_ENTRIES = 1 << 15
 _DENSE_SHARE = 16
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 _NO_POSITIONS: list[int] = []
-
-
-def trend_bump(value: float, time: float, ts: float, tau: float) -> tuple[float, float]:
-    """Add one interaction at ``ts`` to a count decayed to ``time``; (value, time).
-
-    The result is ``sum(exp((t_k - time) / tau))`` over the interactions, whatever
-    their arrival order.
-
-    >>> v, t = trend_bump(0.0, 0.0, 10.0, tau=10.0)
-    >>> v, t = trend_bump(v, t, 0.0, tau=10.0)  # a late event counts decayed
-    >>> round(v, 4), t
-    (1.3679, 10.0)
-    """
-    if ts >= time:
-        return value * math.exp((time - ts) / tau) + 1.0, ts
-    return value + math.exp((ts - time) / tau), time
-
-
-def trending_scale(
-    values: Sequence[float] | np.ndarray, times: Sequence[float] | np.ndarray, tau: float
-) -> np.ndarray:
-    """Decayed counts brought to the latest time, scaled so the top item is 1.
-
-    Scaling makes the result independent of "now": only relative decay matters.
-
-    >>> trending_scale([2.0, 1.0], [0.0, 0.0], tau=1.0).tolist()
-    [1.0, 0.5]
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return v
-    t = np.asarray(times, dtype=np.float64)
-    decayed = v * np.exp((t - t.max()) / tau)
-    top = decayed.max()
-    scaled = decayed / top if top > 0 else decayed
-    return np.asarray(np.round(scaled, TRENDING_DECIMALS))
 
 
 def id_ranks(ids: Sequence[str]) -> np.ndarray:
@@ -339,7 +296,7 @@ class NeighborModel:
         n
             Items per list.
         recency_decay, popularity_weight
-            As in :class:`core.recommender.RecommenderConfig`.
+            As in :class:`core.config.RecommenderConfig`.
         banned
             Per profile, item ids to leave out; as long as ``profiles``.
 
@@ -404,7 +361,7 @@ class NeighborModel:
     ) -> Recommendations:
         """:meth:`recommend_many` for one user, leaving out ``exclude`` too.
 
-        >>> from core.recommender import RecommenderConfig
+        >>> from core.config import RecommenderConfig
         >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {"a": 1.0}, k=1)
         >>> profile = UserProfile(ratings={"a": 1.0}, recent=["a"], purchased={"a": 0.0})
         >>> model.recommend("u", profile, 2, RecommenderConfig()).item_ids
@@ -454,7 +411,7 @@ class NeighborModel:
 
         Examples
         --------
-        >>> from core.recommender import RecommenderConfig
+        >>> from core.config import RecommenderConfig
         >>> model = NeighborModel.from_neighbor_lists(
         ...     3, {"a": [("b", 0.5), ("c", 0.25)]}, {"a": 1.0, "c": 0.5}, k=2)
         >>> recs = model.recommend_many(

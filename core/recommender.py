@@ -20,100 +20,17 @@ True
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from core.config import RecommenderConfig
 from core.cooccurrence import CooccurrenceTable
 from core.events import PURCHASE, Event
-from core.ranking import (
-    NeighborModel,
-    Recommendations,
-    id_ranks,
-    trend_bump,
-    trending_scale,
-)
-from core.ratings import STATE_VERSION, RatingWeights, UserProfile, _check_version
-from core.similarity import SIMILARITIES, SimilarityParams
-
-DAY = 86_400.0
-
-
-@dataclass(frozen=True)
-class RecommenderConfig:
-    """How the recommender learns and ranks. Defaults are the evaluated ones.
-
-    similarity: a key of :data:`core.similarity.SIMILARITIES`.
-    neighbors: neighbours kept per item for scoring.
-    history: recent items kept per user, for ranking.
-    pair_window: how many of those a newly gained item is paired with in the
-        co-occurrence table (the cost of observing grows with it).
-    recency_decay: weight of the r-th most recent item is ``recency_decay ** r``.
-    popularity_weight: weight of the trending prior (scaled to [0, 1]).
-    popularity_half_life_days: event-time half-life of the trending counts.
-    max_row_width: co-occurrence pairs kept per item (weakest pruned).
-    refresh_every: observed events between neighbour refreshes (0: manual only).
-    max_ratings: rated items kept per user, least recently rated evicted first
-        (at least ``history``).
-    max_purchased: purchased items kept per user, least recently bought
-        evicted first.
-    """
-
-    similarity: str = "cosine"
-    neighbors: int = 100
-    history: int = 200
-    pair_window: int = 50
-    recency_decay: float = 0.8
-    popularity_weight: float = 0.01
-    popularity_half_life_days: float = 7.0
-    max_row_width: int = 1400
-    refresh_every: int = 1000
-    max_ratings: int = 500
-    max_purchased: int = 200
-    weights: RatingWeights = field(default_factory=RatingWeights)
-    similarity_params: SimilarityParams = field(default_factory=SimilarityParams)
-
-    def __post_init__(self) -> None:
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(
-                f"unknown similarity {self.similarity!r}; choose from {', '.join(SIMILARITIES)}"
-            )
-        if self.neighbors < 1 or self.history < 1 or self.pair_window < 1:
-            raise ValueError("neighbors, history and pair_window must be positive")
-        if not 0.0 < self.recency_decay <= 1.0:
-            raise ValueError("recency_decay must be in (0, 1]")
-        if self.popularity_half_life_days <= 0:
-            raise ValueError("popularity_half_life_days must be positive")
-        if self.max_ratings < self.history:
-            raise ValueError(f"max_ratings ({self.max_ratings}) must be at least history "
-                             f"({self.history}): the recent items are rated items")
-        if self.max_purchased < 1:
-            raise ValueError("max_purchased must be positive")
-
-    # Derived values, computed once per configuration (cached_property writes the
-    # instance's __dict__ directly, which a frozen dataclass allows).
-
-    @functools.cached_property
-    def rating_by_type(self) -> dict[str, float]:
-        """Event type -> implicit rating (see :meth:`RatingWeights.by_type`)."""
-        return self.weights.by_type()
-
-    @functools.cached_property
-    def paired_items(self) -> int:
-        """How many recent items a gained item is paired with: ``pair_window``, at
-        most the ``history`` a profile keeps.
-
-        >>> RecommenderConfig(history=20, pair_window=50, max_ratings=20).paired_items
-        20
-        """
-        return min(self.pair_window, self.history)
-
-    @functools.cached_property
-    def tau(self) -> float:
-        """Time constant (seconds) of the trending counts' exponential decay."""
-        return self.popularity_half_life_days * DAY / math.log(2.0)
+from core.ranking import NeighborModel, Recommendations, id_ranks
+from core.ratings import STATE_VERSION, UserProfile, _check_version
+from core.similarity import SIMILARITIES
+from core.trending import trend_bump, trending_scale
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from core.events import Event
-from streams.datasets import load_events
-from streams.local_broker import LocalBroker
-from streams.settings import Settings
+from streams.devtools.datasets import load_events
+from streams.devtools.local_broker import LocalBroker
+from streams.runtime.settings import Settings
 from tests.integration.stream_harness import (
     PARTITIONS,
     WorkerProcess,

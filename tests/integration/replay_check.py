@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from core.events import Event
 from core.recommender import Recommender
-from streams.settings import Settings
+from streams.runtime.settings import Settings
 from tests.integration.stream_harness import WorkerProcess
 
 

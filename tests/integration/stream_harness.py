@@ -14,8 +14,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from core.events import Event
-from streams.local_broker import TOPICS, TopicSpec, ensure_topics_sync
-from streams.worker_process import WorkerProcess, free_port, worker_env
+from streams.devtools.worker_process import WorkerProcess, free_port, worker_env
+from streams.runtime.topic_admin import TOPICS, TopicSpec, ensure_topics_sync
 
 __all__ = ["Outgoing", "WorkerProcess", "consume_all", "create_topics", "event_messages",
            "free_port", "produce", "produce_placed", "rewind_group", "worker_env"]

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from core.events import Event
-from streams.app import user_partition
-from streams.settings import Settings
+from streams.runtime.partitions import user_partition
+from streams.runtime.settings import Settings
 from tests.integration.stream_harness import (
     PARTITIONS,
     WorkerProcess,

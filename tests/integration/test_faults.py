@@ -23,8 +23,8 @@ import orjson
 import pytest
 
 from core.events import Event
-from streams.local_broker import LocalBroker, free_port
-from streams.settings import Settings
+from streams.devtools.local_broker import LocalBroker, free_port
+from streams.runtime.settings import Settings
 from tests.integration.fuzz_corpus import corpus
 from tests.integration.replay_check import assert_equals_replay
 from tests.integration.stream_harness import (

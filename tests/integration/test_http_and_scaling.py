@@ -24,8 +24,8 @@ from aiokafka.errors import KafkaError
 
 from core.events import Event
 from core.recommender import Recommender
-from streams.settings import Settings
-from streams.worker_process import row_updates_caught_up
+from streams.devtools.worker_process import row_updates_caught_up
+from streams.runtime.settings import Settings
 from tests.integration.stream_harness import (
     PARTITIONS,
     WorkerProcess,

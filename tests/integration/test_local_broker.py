@@ -16,20 +16,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.cli import CliError, main
-from streams.local_broker import (
-    DEFAULT_PARTITIONS,
-    TOPICS,
+from streams.cli import main
+from streams.devtools.broker_setup import (
     BrokerSettings,
-    LocalBroker,
-    TopicSpec,
-    _mvn_error,
-    ensure_topics_sync,
     is_cluster_id,
+    maven_error,
     new_cluster_id,
     render_log4j2_properties,
     render_server_properties,
 )
+from streams.devtools.local_broker import LocalBroker
+from streams.errors import CliError
+from streams.runtime.topic_admin import DEFAULT_PARTITIONS, TOPICS, TopicSpec, ensure_topics_sync
 
 integration = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -128,8 +126,8 @@ def test_mvn_failures_are_reported_by_their_first_real_error() -> None:
         "[ERROR] \n[ERROR] To see the full stack trace of the errors, re-run Maven with -e.\n"
         "[ERROR] -> [Help 1]\n"
     )
-    assert _mvn_error(output).startswith("Failed to execute goal on project")
-    assert _mvn_error("") == "no output"
+    assert maven_error(output).startswith("Failed to execute goal on project")
+    assert maven_error("") == "no output"
 
 
 # --- a real broker -----------------------------------------------------------------------

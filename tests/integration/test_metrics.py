@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from core.events import Event
-from streams.settings import Settings
+from streams.runtime.settings import Settings
 from tests.integration.stream_harness import WorkerProcess, event_messages, produce
 
 pytestmark = pytest.mark.integration

@@ -25,9 +25,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from core.events import Event
 from streams.cli import main
-from streams.datasets import load_events
-from streams.local_broker import TopicSpec, ensure_topics_sync
-from streams.produce import ProduceProgress, produce_events, stable_event_id
+from streams.cli.produce import ProduceProgress, produce_events, stable_event_id
+from streams.devtools.datasets import load_events
+from streams.runtime.topic_admin import TopicSpec, ensure_topics_sync
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from types import MappingProxyType
 
 from aiokafka import AIOKafkaProducer
 
-from streams.local_broker import TopicSpec, ensure_topics
-from streams.replicated import ReplicaReader, ReplicatedTable
+from streams.runtime.replicated import ReplicaReader, ReplicatedTable
+from streams.runtime.topic_admin import TopicSpec, ensure_topics
 
 PARTITIONS = 3
 

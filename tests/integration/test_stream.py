@@ -12,7 +12,7 @@ import pytest
 
 from core.events import Event
 from core.recommender import Recommender
-from streams.settings import Settings
+from streams.runtime.settings import Settings
 from tests.integration.stream_harness import (
     PARTITIONS,
     WorkerProcess,

@@ -1,5 +1,5 @@
 """The worker's consumer re-seeks the partitions it held during a rebalance, on a
-real broker (see streams.transport)."""
+real broker (see streams.runtime.transport)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from streams.app import RecoStream
-from streams.settings import Settings
-from streams.transport import App, RewindingConsumer
+from streams.runtime.app import RecoStream
+from streams.runtime.settings import Settings
+from streams.runtime.transport import App, RewindingConsumer
 
 
 def test_released_partitions_go_back_to_where_recovery_sought_them(

@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.churn import score_customer
+from core.config import RecommenderConfig
 from core.cooccurrence import CooccurrenceTable
 from core.engagement import PRIOR_MODEL, ChurnModel, Engagement, EngagementConfig, due_many
 from core.events import Event
 from core.ratings import UserProfile
-from core.recommender import Recommender, RecommenderConfig
+from core.recommender import Recommender
 from core.similarity import (
     ROW_LOCAL_SIMILARITIES,
     SIMILARITIES,

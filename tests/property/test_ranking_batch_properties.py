@@ -9,10 +9,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.config import RecommenderConfig
 from core.cooccurrence import ItemIndex
 from core.ranking import NeighborModel
 from core.ratings import UserProfile
-from core.recommender import RecommenderConfig
 from core.similarity import ItemNeighbors
 from core.topk import top_k
 from tests.unit.test_ranking_batch import STRATEGIES, reference_rank, strategy

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.settings import Settings
+from streams.runtime.settings import Settings
 from tests.stream.harness import PARTITIONS, Harness, MakeHarness, RecordedSleeps
 
 
@@ -49,8 +49,8 @@ def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ma
 
 @pytest.fixture
 def app_sleeps(monkeypatch: pytest.MonkeyPatch) -> RecordedSleeps:
-    """Every ``asyncio.sleep`` of ``streams.app``, recorded (and cut to a bare turn
+    """Every ``asyncio.sleep`` of the commit writers' pacing, recorded (and cut to a bare turn
     of the loop)."""
     sleeps = RecordedSleeps()
-    monkeypatch.setattr("streams.app.asyncio", sleeps)
+    monkeypatch.setattr("streams.runtime.pacing.asyncio", sleeps)
     return sleeps

@@ -1,4 +1,4 @@
-"""Drive :class:`streams.app.RecoStream` agents in ``agent.test_context()``, no broker.
+"""Drive :class:`streams.runtime.app.RecoStream` agents in ``agent.test_context()``, no broker.
 
 Faust's ``AgentTestWrapper.put(value, key, partition, ...)`` numbers offsets itself
 (0, 1, 2, ... per wrapper) and names the message after the agent's channel, which
@@ -10,7 +10,7 @@ here as a consumer would deliver them (real topic name, partition and offset) an
 on the wrapper's channel; :meth:`Harness.settle` then waits until ``take_events`` has
 acked them, which it does only after the agent body has processed their batch.
 
-Every record the app writes goes through its outbox (streams.outbox), whose sink
+Every record the app writes goes through its outbox (streams.runtime.outbox), whose sink
 would be the real producer: the harness gives it a recording sink instead, and
 replaces the consumer's ``highwater`` (the log end offset its fetches saw, read by
 the churn scan) with the offsets of what the harness delivered. Table changelog records are kept
@@ -32,10 +32,11 @@ from faust.types import TP, ChannelT, Message
 from faust.types.agents import AgentTestWrapperT
 
 from core.events import Event
-from streams.app import RecoStream, user_partition
-from streams.outbox import Record, key_partition
-from streams.settings import Settings
-from streams.state import UserState
+from streams.runtime.app import RecoStream
+from streams.runtime.outbox import Record, key_partition
+from streams.runtime.partitions import user_partition
+from streams.runtime.settings import Settings
+from streams.runtime.state import UserState
 
 P = ParamSpec("P")
 #: Partitions of the test apps' topics and tables.
@@ -100,8 +101,8 @@ class Harness:
         #: topic name -> deliveries left pending (see :meth:`defer`)
         self.deferred: dict[str, list[tuple[asyncio.Future[int], int]]] = {}
         self._next_offset: Counter[tuple[str, int]] = Counter()
-        self._changelogs = {getattr(self.stream, table).changelog_topic.get_topic_name()
-                            for table in ("users", "rows")}
+        self._changelogs = {table.changelog_topic.get_topic_name()
+                            for table in (self.stream.topology.users, self.stream.topology.rows)}
         self.stream.outbox.sink = self
         self.stream.outbox.routes = dict.fromkeys(self.stream.outbox.routes, self)
         # The log end offsets are those of what the harness delivered (it is the
@@ -111,7 +112,7 @@ class Harness:
     def _highwater(self, tp: TP) -> int:
         return self._next_offset[tp.topic, tp.partition]
 
-    # -- the outbox's sink (streams.outbox.BatchSink) --------------------------------
+    # -- the outbox's sink (streams.runtime.outbox.BatchSink) --------------------------------
 
     async def partition_count(self, topic: str) -> int:
         return self.settings.partitions
@@ -162,7 +163,7 @@ class Harness:
 
         Records of the other tables are taken too (and dropped).
         """
-        name = getattr(self.stream, table).changelog_topic.get_topic_name()
+        name = getattr(self.stream.topology, table).changelog_topic.get_topic_name()
         taken, self.changelog_sent = self.changelog_sent, []
         return [ChangelogWrite(name, _json(m.key), _json(m.value), m.partition)
                 for m in taken if m.topic == name]
@@ -256,9 +257,8 @@ class Harness:
             if crashed is not None:
                 raise AssertionError(f"agent crashed: {crashed!r}") from crashed
             waiting = [m for m in waiting if not m.acked]
-            ranked = not (self.stream._rankings or self.stream._waiting_lists
-                          or self.stream._waiting_triggers)
-            handed = all(f.done() for f in self.stream.outbox._handed.values())
+            ranked = self.stream.ranking.idle()
+            handed = self.stream.outbox.handed()
             if not waiting and ranked and handed:
                 return
             if loop.time() > deadline:
@@ -301,7 +301,7 @@ MakeHarness = Callable[..., Harness]
 
 
 class RecordedSleeps:
-    """``asyncio`` as ``streams.app`` sees it (monkeypatch ``streams.app.asyncio``),
+    """``asyncio`` as the writers' pacing sees it (monkeypatch ``streams.runtime.pacing.asyncio``),
     with each ``sleep`` recorded and cut to a bare turn of the loop."""
 
     def __init__(self) -> None:
@@ -324,14 +324,14 @@ def click(user: str, item: str, ts: float = TS, kind: str = "view", **extra: Any
 def user_state(h: Harness, user: str) -> UserState:
     """A user's state as it is now, changes not written to the table yet included
     (the user must exist); :func:`written_user` for the table's value."""
-    state = h.stream.stored_user(user)
+    state = h.stream.users.stored(user)
     assert state is not None, f"no state for {user}"
     return state
 
 
 async def written_user(h: Harness, user: str) -> UserState:
     """A user's ``users`` table value after a commit's writes (the user must exist)."""
-    await h.stream.before_commit()
-    value = h.stream.users.get(user)
+    await h.stream.commits.before_commit()
+    value = h.stream.topology.users.get(user)
     assert value is not None, f"no state for {user}"
     return UserState.from_json(value)

@@ -1,6 +1,6 @@
 """The stream's agents in ``agent.test_context()`` with the memory store: no broker.
 
-Each test builds a fresh :class:`streams.app.RecoStream` (see ``tests/stream/harness.py``
+Each test builds a fresh :class:`streams.runtime.app.RecoStream` (see ``tests/stream/harness.py``
 for how messages go in and how sends are recorded) and checks what the agents did to
 the tables and what they sent. The real-broker path is covered by
 ``tests/integration/test_stream.py``.
@@ -22,9 +22,9 @@ import pytest
 from core.events import Event
 from core.recommender import Recommender
 from core.similarity import SimilarityParams, neighbors_for_rows
-from streams.app import KeyPartitions, item_partition
-from streams.model_work import neighbors_of_partition
-from streams.state import CooccurrenceRow, RowGain, UserState
+from streams.runtime.children.model_jobs import neighbors_of_partition
+from streams.runtime.partitions import KeyPartitions, item_partition
+from streams.runtime.state import CooccurrenceRow, RowGain, UserState
 from tests.stream.harness import (
     MESSAGE_TS,
     PARTITIONS,
@@ -42,8 +42,8 @@ from tests.stream.harness import (
 
 async def row(h: Harness, item: str) -> CooccurrenceRow:
     """An item's row as the table holds it after a commit's writes."""
-    await h.stream.write_rows_changed_so_far()
-    value = h.stream.rows.get(item)
+    await h.stream.rows.write_changed()
+    value = h.stream.topology.rows.get(item)
     assert value is not None, f"no row for {item}"
     return CooccurrenceRow.from_json(orjson.loads(value))
 
@@ -60,7 +60,7 @@ def updates_of(sends: list[Sent]) -> list[list[Any]]:
 @run_async
 async def test_valid_click_updates_the_user_table(make_harness: MakeHarness) -> None:
     h = make_harness()
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await h.process(agent, click("u2", "i1", kind="click", event_id="e1"),
                         partition=2, offset=7)
         state = user_state(h, "u2")
@@ -97,11 +97,11 @@ async def test_user_state_is_written_to_its_events_partition(make_harness: MakeH
     h.changelog("users")  # drop anything written while starting
     where = {"u1": 0, "u2": 2, "u5": 3}  # each user's partition
     events = [("u1", "a"), ("u2", "a"), ("u1", "b"), ("u5", "c"), ("u2", "b"), ("u1", "c")]
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         messages = [await h.put_event(agent, click(u, i), partition=where[u]) for u, i in events]
         await h.settle(agent, messages)
         assert h.changelog("users") == []  # the commit writes them
-        await h.stream.before_commit()
+        await h.stream.commits.before_commit()
 
     writes = h.changelog("users")
     assert sorted((w.key, w.partition) for w in writes) == [("u1", 0), ("u2", 2), ("u5", 3)]
@@ -124,8 +124,8 @@ async def test_rocksdb_store_reads_each_key_under_its_own_partition(
     h = make_harness(store="rocksdb://", batch_size=2, batch_seconds=0.2)
     stream = h.stream
     async with (
-        stream.agents[0].test_context() as agent,
-        stream.agents[1].test_context() as rows_agent,
+        stream.agents.process_events.test_context() as agent,
+        stream.agents.apply_cooccurrence.test_context() as rows_agent,
     ):
         for n in range(3):
             batch = [await h.put_event(agent, click("u1", f"a{n}", TS + n), partition=0),
@@ -133,7 +133,7 @@ async def test_rocksdb_store_reads_each_key_under_its_own_partition(
             await h.settle(agent, batch)
         assert user_state(h, "u1").profile.recent == ["a0", "a1", "a2"]
         assert user_state(h, "u2").profile.recent == ["b0", "b1", "b2"]
-        await h.relay(rows_agent, h.sent_to(stream.rows_topic.get_topic_name()))
+        await h.relay(rows_agent, h.sent_to(stream.topology.rows_topic.get_topic_name()))
     assert (await row(h, "a1")).pairs == {"a0": 1.0, "a2": 1.0}
     assert (await row(h, "b0")).pairs == {"b1": 1.0, "b2": 1.0}
     assert stream.counters.row_updates_skipped == 0
@@ -147,16 +147,16 @@ async def test_user_state_is_written_only_once_its_row_updates_are_delivered(
     batch waits for neither: its list goes out at once, and the commit writes the
     state after the row updates are in."""
     h = make_harness()
-    rows_topic = h.stream.rows_topic.get_topic_name()
+    rows_topic = h.stream.topology.rows_topic.get_topic_name()
     h.defer(rows_topic)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         message = await h.put_event(agent, click("u1", "i1"))
         await h.settle(agent, [message])
         assert h.sent_to(rows_topic) and len(h.sent_to("recommendations")) == 1
-        commit = asyncio.ensure_future(h.stream.before_commit())
+        commit = asyncio.ensure_future(h.stream.commits.before_commit())
         for _ in range(50):
             await asyncio.sleep(0)
-        assert not commit.done() and h.stream.users.get("u1") is None
+        assert not commit.done() and h.stream.topology.users.get("u1") is None
         assert h.deliver_deferred(rows_topic) == 1
         await commit
     assert (await written_user(h, "u1")).profile.recent == ["i1"]
@@ -168,9 +168,9 @@ async def test_message_arriving_during_a_batch_is_applied_once(make_harness: Mak
     processed only after that batch, reading the stream's current event then: the
     batch must give the event it borrowed for table access back (``acting_as``)."""
     h = make_harness(batch_size=1000, batch_seconds=0.01)
-    rows_topic = h.stream.rows_topic.get_topic_name()
+    rows_topic = h.stream.topology.rows_topic.get_topic_name()
     gate = h.gate(rows_topic)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         first = await h.put_event(agent, click("u1", "i1"), partition=0)
         await h.wait_until(lambda: h.calls[rows_topic] == 1, "the first batch's row send")
         second = await h.put_event(agent, click("u2", "i2"), partition=2)
@@ -193,7 +193,7 @@ async def test_redelivered_message_and_retried_event_id_change_nothing(
 ) -> None:
     h = make_harness()
     first = click("u1", "i1", event_id="e1")
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await h.process(agent, first, partition=0, offset=10)
         before = user_state(h, "u1").to_json()
         sends_before = list(h.sent)
@@ -251,7 +251,7 @@ async def test_invalid_message_is_dead_lettered_and_the_stream_goes_on(
     make_harness: MakeHarness, raw: bytes, reason: str
 ) -> None:
     h = make_harness(max_message_bytes=OVERSIZED_LIMIT)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         bad = await h.put(agent, h.settings.topic("clicks"), raw, key=b"u1", partition=3,
                           offset=41)
         good = await h.put_event(agent, click("u5", "i1"), partition=3, offset=42)  # u5's
@@ -268,7 +268,7 @@ async def test_invalid_message_is_dead_lettered_and_the_stream_goes_on(
     assert letter.key == b"u1"
     assert h.stream.counters.dead_lettered == {reason: 1}
     # the valid message after it was applied, the invalid one left no trace
-    assert h.stream.stored_user("u1") is None
+    assert h.stream.users.stored("u1") is None
     state = user_state(h, "u5")
     assert state.profile.recent == ["i1"]
     assert state.applied.offsets == {"clicks/3": 42}
@@ -280,7 +280,7 @@ async def test_dead_letters_keep_topic_key_and_count_by_reason(make_harness: Mak
     """Several bad messages in one batch, from both topics, one of them unkeyed."""
     h = make_harness(batch_size=4, batch_seconds=5.0)
     purchases = h.settings.topic("purchases")
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         messages = [
             await h.put(agent, purchases, orjson.dumps({"user_id": "u1", "item_id": "i1",
                                                         "ts": TS, "quantity": 0}),
@@ -324,7 +324,7 @@ def test_item_partitions_are_remembered_up_to_a_limit() -> None:
 async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeHarness) -> None:
     h = make_harness()
     stream = h.stream
-    async with stream.agents[0].test_context() as agent:
+    async with stream.agents.process_events.test_context() as agent:
         await h.process(agent, click("u1", "a", TS), click("u1", "b", TS + 1),
                         partition=0)
         await h.process(agent, click("u1", "c", TS + 2), partition=0)
@@ -333,7 +333,7 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
         await h.process(agent, click("u2", "a", TS + 4), click("u2", "c", TS + 5),
                         partition=2)
 
-    row_sends = h.sent_to(stream.rows_topic.get_topic_name())
+    row_sends = h.sent_to(stream.topology.rows_topic.get_topic_name())
     for message in row_sends:
         # every row a message updates belongs to the partition it was sent to
         assert message.json()["gains"]
@@ -355,7 +355,7 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
     assert sorted(sent_updates, key=orjson.dumps) == sorted(expected, key=orjson.dumps)
     assert stream.counters.row_updates_sent == len(expected)
 
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         await h.relay(rows_agent, row_sends)
         assert stream.counters.row_updates_applied == len(expected)
         assert (await row(h, "a")).pairs == {"b": 1.0, "c": 2.0}
@@ -363,19 +363,19 @@ async def test_gains_become_row_updates_that_rows_apply_once(make_harness: MakeH
         assert (await row(h, "c")).pairs == {"a": 2.0, "b": 1.0}
         counts = {i: (await row(h, i)).count for i in "abc"}
         assert counts == {"a": 2.0, "b": 1.0, "c": 2.0}
-        assert {i: stream.item_stats.get(i)[0] for i in "abc"} == counts
-        assert {i: stream.item_stats.get(i) for i in "abc"} == {
+        assert {i: stream.topology.item_stats.get(i)[0] for i in "abc"} == counts
+        assert {i: stream.topology.item_stats.get(i) for i in "abc"} == {
             i: (await row(h, i)).stats() for i in "abc"}
         assert (await row(h, "a")).applied.offsets == {"clicks/0": 2, "clicks/2": 1}
-        rows_before = {i: stream.rows[i] for i in "abc"}
-        stats_before = {i: stream.item_stats.get(i) for i in "abc"}
+        rows_before = {i: stream.topology.rows[i] for i in "abc"}
+        stats_before = {i: stream.topology.item_stats.get(i) for i in "abc"}
 
         # the same update messages again (redelivered): nothing changes
         await h.relay(rows_agent, row_sends)
         assert stream.counters.row_updates_skipped == len(expected)
         assert stream.counters.row_updates_applied == len(expected)
-        assert {i: stream.rows[i] for i in "abc"} == rows_before
-        assert {i: stream.item_stats.get(i) for i in "abc"} == stats_before
+        assert {i: stream.topology.rows[i] for i in "abc"} == rows_before
+        assert {i: stream.topology.item_stats.get(i) for i in "abc"} == stats_before
 
 
 @run_async
@@ -387,9 +387,9 @@ async def test_rows_apply_updates_in_the_form_sent_before_gains(
     h = make_harness()
     stream = h.stream
     p = item_partition("a", PARTITIONS)
-    sends = [Sent(stream.rows_topic.get_topic_name(), None, orjson.dumps({"updates": [
+    sends = [Sent(stream.topology.rows_topic.get_topic_name(), None, orjson.dumps({"updates": [
         ["a", ["b", "c"], "clicks/0", 4, TS, True], ["a", ["d"], "clicks/1", 0, TS, False]]}), p)]
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         await h.relay(rows_agent, sends)
         await h.relay(rows_agent, sends)
     assert (await row(h, "a")).pairs == {"b": 1.0, "c": 1.0, "d": 1.0}
@@ -409,15 +409,15 @@ async def test_row_writes_go_to_the_items_partition(make_harness: MakeHarness) -
             break
     stream = h.stream
     h.changelog("rows")
-    async with stream.agents[1].test_context() as rows_agent:
-        sends = [Sent(stream.rows_topic.get_topic_name(), None,
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
+        sends = [Sent(stream.topology.rows_topic.get_topic_name(), None,
                       orjson.dumps({"gains": [[item, [], "clicks/0", p, TS, []]]}), p)
                  for p, item in sorted(items.items())]
         await h.relay(rows_agent, sends)
     stats = [m.key for m in h.sent_to(f"{stream.settings.app_id}-item-stats")]
     assert sorted(stats) == sorted(item.encode() for item in items.values())  # at once
     assert h.changelog("rows") == []  # rows wait for the commit
-    await stream.before_commit()  # what the next commit does first
+    await stream.commits.before_commit()  # what the next commit does first
     rows_log = h.changelog("rows")
     assert sorted((w.key, w.partition) for w in rows_log) == sorted(
         (item, p) for p, item in items.items())
@@ -450,39 +450,40 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
                      pair_window=5)
     stream = h.stream
     events = synthetic_events()
-    ticks_topic = stream.ticks_topic.get_topic_name()
+    ticks_topic = stream.topology.ticks_topic.get_topic_name()
     async with (
-        stream.agents[0].test_context() as events_agent,
-        stream.agents[1].test_context() as rows_agent,
-        stream.agents[2].test_context() as ticks_agent,
+        stream.agents.process_events.test_context() as events_agent,
+        stream.agents.apply_cooccurrence.test_context() as rows_agent,
+        stream.agents.refresh_neighbors.test_context() as ticks_agent,
     ):
         messages = [await h.put_event(events_agent, e) for e in events]
         await h.settle(events_agent, messages)
         assert stream.counters.applied == len(events)
-        await h.relay(rows_agent, h.sent_to(stream.rows_topic.get_topic_name()))
+        await h.relay(rows_agent, h.sent_to(stream.topology.rows_topic.get_topic_name()))
         assert stream.counters.row_updates_skipped == 0
 
         # one partition's tick: its items get lists equal to the core function's,
         # from rows changed since the last commit too (not in the table yet)
-        assert not stream.rows
+        assert not stream.topology.rows
         tick = Sent(ticks_topic, None, orjson.dumps({"round": 5}), 2)
         await h.relay(ticks_agent, [tick])
-        await stream.write_rows_changed_so_far()
-        rows = {i: CooccurrenceRow.from_json(orjson.loads(v)) for i, v in stream.rows.items()}
-        counts = {i: float(v[0]) for i, v in stream.item_stats.view().items()}
+        await stream.rows.write_changed()
+        rows = {i: CooccurrenceRow.from_json(orjson.loads(v))
+                for i, v in stream.topology.rows.items()}
+        counts = {i: float(v[0]) for i, v in stream.topology.item_stats.view().items()}
         assert set(rows) == set(counts) == {e.item_id for e in events if e.type !=
                                             "remove_from_cart"}
         mine = {i: r.pairs for i, r in rows.items() if item_partition(i, PARTITIONS) == 2}
         assert mine and len(mine) < len(rows)
         expected = neighbors_for_rows(mine, counts, 10, "cosine", SimilarityParams())
-        assert {i: stream.neighbors.get(i) for i in mine} == {
+        assert {i: stream.topology.neighbors.get(i) for i in mine} == {
             i: [[j, s] for j, s in pairs] for i, pairs in expected.items()}
-        assert set(stream.neighbors.view()) == set(mine)
+        assert set(stream.topology.neighbors.view()) == set(mine)
         published = [m.json() for m in h.sent_to("item-neighbors")]
         assert {p["item_id"]: [(n["item_id"], n["score"]) for n in p["neighbors"]]
                 for p in published} == {i: list(pairs) for i, pairs in expected.items()}
         assert {p["model_version"] for p in published} == {5}
-        assert stream.model_round == 5
+        assert stream.refresh.model_round == 5
 
         # the same tick again: the lists are unchanged, nothing is republished
         await h.relay(ticks_agent, [tick])
@@ -492,20 +493,21 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
         await h.relay(ticks_agent, [Sent(ticks_topic, None, orjson.dumps({"round": 6}), p)
                                     for p in range(PARTITIONS)])
         assert stream.counters.refreshes == PARTITIONS + 2
-        assert stream.model_round == 6
+        assert stream.refresh.model_round == 6
 
     replay = Recommender(h.settings.recommender_config())
     replay.observe_many(events)
     replay.refresh()
     for item in rows:
-        assert [(j, s) for j, s in stream.neighbors.get(item)] == replay.neighbors_of(item), item
+        stored = stream.topology.neighbors.get(item)
+        assert [(j, s) for j, s in stored] == replay.neighbors_of(item), item
     users = sorted({e.user_id for e in events})
     full_lists = 0
-    await stream.before_commit()  # the states the table holds from here on
+    await stream.commits.before_commit()  # the states the table holds from here on
     for user in [*users, "nobody"]:
-        value = stream.users.get(user)
+        value = stream.topology.users.get(user)
         state = UserState.from_json(value) if value is not None else None
-        got = await stream.recommend(user, state, 8)
+        got = await stream.ranking.recommend(user, state, 8)
         want = replay.recommend(user, 8)
         assert got.item_ids == want.item_ids, user
         assert got.scores == pytest.approx(want.scores, rel=1e-9, abs=1e-12), user
@@ -537,26 +539,27 @@ async def test_refresh_sends_the_model_process_only_rows_changed_since(
 
     monkeypatch.setattr(stream.model_process, "run", spy)
     events = synthetic_events()
-    ticks_topic = stream.ticks_topic.get_topic_name()
-    rows_topic = stream.rows_topic.get_topic_name()
+    ticks_topic = stream.topology.ticks_topic.get_topic_name()
+    rows_topic = stream.topology.rows_topic.get_topic_name()
 
     async def partition_rows(partition: int) -> dict[str, dict[str, float]]:
         """The rows of a partition as they are now (written as a commit does)."""
-        await stream.write_rows_changed_so_far()
+        await stream.rows.write_changed()
         return {i: CooccurrenceRow.from_json(orjson.loads(v)).pairs
-                for i, v in stream.rows.items() if item_partition(i, PARTITIONS) == partition}
+                for i, v in stream.topology.rows.items()
+                if item_partition(i, PARTITIONS) == partition}
 
     async def lists_are_those_of_every_row(partition: int) -> None:
         rows = await partition_rows(partition)
-        counts = {i: float(v[0]) for i, v in stream.item_stats.view().items()}
+        counts = {i: float(v[0]) for i, v in stream.topology.item_stats.view().items()}
         expected = neighbors_for_rows(rows, counts, 10, "cosine", SimilarityParams())
-        assert {i: stream.neighbors.get(i) for i in rows} == {
+        assert {i: stream.topology.neighbors.get(i) for i in rows} == {
             i: [[j, sc] for j, sc in pairs] for i, pairs in expected.items()}
 
     async with (
-        stream.agents[0].test_context() as events_agent,
-        stream.agents[1].test_context() as rows_agent,
-        stream.agents[2].test_context() as ticks_agent,
+        stream.agents.process_events.test_context() as events_agent,
+        stream.agents.apply_cooccurrence.test_context() as rows_agent,
+        stream.agents.refresh_neighbors.test_context() as ticks_agent,
     ):
         async def feed(part: list[Event]) -> set[str]:
             """Apply events and their row updates; the rows of partition 2 changed."""
@@ -592,14 +595,14 @@ async def test_the_timer_rebuilds_the_snapshot_only_for_other_workers_lists(
 ) -> None:
     h = make_harness()
     stream = h.stream
-    await stream.pick_up_others_lists()  # a fresh worker takes what is there
-    built = stream.model
-    await stream.pick_up_others_lists()
-    assert stream.model is built  # nothing new: not rebuilt
-    stream.neighbors.apply(b"x", orjson.dumps([["y", 0.5]]))  # another worker's list
-    await stream.pick_up_others_lists()
-    assert stream.model is not built
-    assert stream.model.items.positions.keys() >= {"x", "y"}
+    await stream.refresh.take_others_lists()  # a fresh worker takes what is there
+    built = stream.refresh.model
+    await stream.refresh.take_others_lists()
+    assert stream.refresh.model is built  # nothing new: not rebuilt
+    stream.topology.neighbors.apply(b"x", orjson.dumps([["y", 0.5]]))  # another worker's list
+    await stream.refresh.take_others_lists()
+    assert stream.refresh.model is not built
+    assert stream.refresh.model.items.positions.keys() >= {"x", "y"}
 
 
 @run_async
@@ -611,17 +614,17 @@ async def test_a_worker_whose_own_rounds_rebuild_leaves_others_lists_to_the_next
     # for those too made two rebuilds an interval.
     h = make_harness()
     stream = h.stream
-    await stream.pick_up_others_lists()
-    built = stream.model
-    stream.owned_tick_partitions = lambda: {0}  # type: ignore[method-assign]
-    stream._own_round_rebuilt = time.monotonic()  # a round of its own just rebuilt
-    stream.neighbors.apply(b"x", orjson.dumps([["y", 0.5]]))
-    await stream.pick_up_others_lists()
-    assert stream.model is built
+    await stream.refresh.take_others_lists()
+    built = stream.refresh.model
+    stream.topology.owned_tick_partitions = lambda: {0}  # type: ignore[method-assign]
+    stream.refresh.own_round_rebuilt = time.monotonic()  # a round of its own just rebuilt
+    stream.topology.neighbors.apply(b"x", orjson.dumps([["y", 0.5]]))
+    await stream.refresh.take_others_lists()
+    assert stream.refresh.model is built
     # its rounds stalled (1.5 intervals without one): the timer takes them after all
-    stream._own_round_rebuilt -= 1.5 * stream.settings.refresh_seconds
-    await stream.pick_up_others_lists()
-    assert stream.model is not built and "x" in stream.model.items.positions
+    stream.refresh.own_round_rebuilt -= 1.5 * stream.settings.refresh_seconds
+    await stream.refresh.take_others_lists()
+    assert stream.refresh.model is not built and "x" in stream.refresh.model.items.positions
 
 
 # -- 6. events keyed by something else are forwarded ------------------------------------------
@@ -635,7 +638,7 @@ async def test_event_keyed_otherwise_is_forwarded_keyed_by_user(
     h = make_harness()
     raw_click = orjson.dumps(click("u1", "i1", event_id="e1"))
     raw_purchase = orjson.dumps({"user_id": "u1", "item_id": "i2", "ts": TS})
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         messages = [
             await h.put(agent, h.settings.topic("clicks"), raw_click, key=key, partition=2),
             await h.put(agent, h.settings.topic("purchases"), raw_purchase, key=key,
@@ -649,7 +652,7 @@ async def test_event_keyed_otherwise_is_forwarded_keyed_by_user(
     ]
     assert h.stream.counters.rekeyed == 2
     assert h.stream.counters.applied == 0
-    assert h.stream.users.get("u1") is None
+    assert h.stream.topology.users.get("u1") is None
 
 
 @run_async
@@ -657,7 +660,7 @@ async def test_forwarded_event_is_applied_where_its_user_lives(make_harness: Mak
     """The forwarded copy, delivered back keyed by user, is applied (and only once)."""
     h = make_harness(topic_prefix="shop1.")
     raw = orjson.dumps(click("u1", "i1", event_id="e1"))
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         first = await h.put(agent, "shop1.clicks", raw, key=b"s", partition=3)
         await h.settle(agent, [first])
         [forwarded] = h.sent
@@ -682,15 +685,15 @@ async def test_the_leader_ticks_each_partition_once_per_interval_in_turn(
     clock = iter([1000.2, 1000.9, 1001.1])  # read at each round's first tick
     monkeypatch.setattr(time, "time", lambda: next(clock))
     for _ in range(2 * partitions + 1):
-        await stream.send_refresh_tick()
+        await stream.refresh.send_tick()
     await stream.outbox.delivered()
-    ticks = h.sent_to(stream.ticks_topic.get_topic_name())
+    ticks = h.sent_to(stream.topology.ticks_topic.get_topic_name())
     assert [t.partition for t in ticks] == list(range(partitions)) * 2
     rounds = [orjson.loads(t.value)["round"] for t in ticks]
     # the second round waited a tick for a second of its own: its number is the
     # second it started at, never ahead of the clock
     assert rounds == [1000] * partitions + [1001] * partitions
-    assert stream.tick_seconds * partitions == stream.settings.refresh_seconds
+    assert stream.refresh.tick_seconds * partitions == stream.settings.refresh_seconds
 
 
 @run_async
@@ -701,12 +704,12 @@ async def test_a_stale_refresh_tick_is_skipped_for_the_one_behind_it(
     over (the partition's next is queued), so the worker never falls further behind."""
     h = make_harness(refresh_seconds=1.0)
     stream = h.stream
-    ticks_topic = stream.ticks_topic.get_topic_name()
+    ticks_topic = stream.topology.ticks_topic.get_topic_name()
     now = time.time()
-    async with stream.agents[2].test_context() as ticks_agent:
+    async with stream.agents.refresh_neighbors.test_context() as ticks_agent:
         await h.relay(ticks_agent, [
             Sent(ticks_topic, None, orjson.dumps({"round": int(now) - 30, "sent": now - 30}), 1),
             Sent(ticks_topic, None, orjson.dumps({"round": int(now) - 3, "sent": now - 2.5}), 1),
             Sent(ticks_topic, None, orjson.dumps({"round": int(now), "sent": now}), 1)])
     assert (stream.counters.stale_ticks, stream.counters.refreshes) == (2, 1)
-    assert stream.partition_rounds[1] == int(now)
+    assert stream.refresh.partition_rounds[1] == int(now)

@@ -17,8 +17,8 @@ import orjson
 
 from core.events import Event
 from core.recommender import Recommender
-from streams.bounds import record_bounds
-from streams.state import CooccurrenceRow, UserState, table_json
+from streams.runtime.bounds import record_bounds
+from streams.runtime.state import CooccurrenceRow, UserState, table_json
 from tests.stream.harness import (
     TS,
     MakeHarness,
@@ -51,7 +51,7 @@ async def test_a_key_over_the_limit_is_dead_lettered_with_the_key_cut(
 ) -> None:
     h = make_harness(max_key_bytes=300)
     key = b"k" * 450_000
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         bad = await h.put(agent, h.settings.topic("clicks"),
                           orjson.dumps(click("u1", "i1")), key=key, partition=0)
         good = await h.put_event(agent, click("u1", "i2"))
@@ -74,7 +74,7 @@ async def test_a_payload_over_the_record_limit_keeps_a_prefix_its_size_and_hash(
     h = make_harness()
     payload = orjson.dumps(click("u1", "i1", pad="x" * 786_000))
     huge = b"{" + b"y" * 2_500_000  # not even JSON, and over 2 MB
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         messages = [await h.put(agent, h.settings.topic("clicks"), value, key=b"u1",
                                 partition=0) for value in (payload, huge)]
         messages.append(await h.put_event(agent, click("u1", "i2")))
@@ -99,7 +99,7 @@ async def test_an_event_from_the_future_is_dead_lettered_and_old_events_are_not(
 ) -> None:
     h = make_harness(max_future_seconds=600.0)
     now = time.time()
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await h.process(agent, click("u1", "far", now + 86_400 * 365 * 50),
                         click("u1", "soon", now + 3600),
                         click("u1", "1997", 875_577_600.0),  # a replay of old data
@@ -108,7 +108,7 @@ async def test_an_event_from_the_future_is_dead_lettered_and_old_events_are_not(
         "future_timestamp", "future_timestamp"]
     assert user_state(h, "u1").profile.recent == ["1997", "now"]
     # event time moved no further than the events that were applied
-    assert max(h.stream.source_clock.values()) == now + 60
+    assert max(h.stream.clock.source_clock.values()) == now + 60
 
 
 @run_async
@@ -119,7 +119,7 @@ async def test_forwards_are_applied_once_however_often_a_crash_repeats_them(
     home = user_partition("u1", h.settings.partitions)
     elsewhere = (home + 1) % h.settings.partitions
     clicks = h.settings.topic("clicks")
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         # a producer partitioning otherwise (CRC32), and one keying by session
         wrong_partition = click("u1", "a", TS)
         wrong_key = click("u1", "b", TS + 1)
@@ -134,7 +134,7 @@ async def test_forwards_are_applied_once_however_often_a_crash_repeats_them(
         assert [(m.key, m.partition, m.headers) for m in forwards] == [
             (b"u1", home, (("recostream-origin", f"clicks/{elsewhere}@10".encode()),)),
             (b"u1", home, (("recostream-origin", f"clicks/{home}@20".encode()),))]
-        assert h.stream.stored_user("u1") is None  # nothing applied where it was read
+        assert h.stream.users.stored("u1") is None  # nothing applied where it was read
         await h.relay(agent, forwards)
         state = user_state(h, "u1")
         assert state.profile.recent == ["a", "b"]
@@ -165,17 +165,17 @@ async def test_row_updates_of_long_ids_are_split_to_fit_and_apply_alike(
     for name, limit in (("split", SMALL_RECORDS["max_record_bytes"]), ("whole", 2_000_000)):
         h = make_harness(**{**SMALL_RECORDS, "max_record_bytes": limit},
                          batch_size=len(events), batch_seconds=5.0)
-        async with h.stream.agents[0].test_context() as agent:
+        async with h.stream.agents.process_events.test_context() as agent:
             await h.process(agent, *events)
-        row_messages = h.sent_to(h.stream.rows_topic.get_topic_name())
+        row_messages = h.sent_to(h.stream.topology.rows_topic.get_topic_name())
         if name == "split":
             assert len(row_messages) > 4
             sent_within(h, limit)
-        async with h.stream.agents[1].test_context() as rows_agent:
+        async with h.stream.agents.apply_cooccurrence.test_context() as rows_agent:
             await h.relay(rows_agent, row_messages)
-        await h.stream.write_rows_changed_so_far()
+        await h.stream.rows.write_changed()
         rows[name] = {item: CooccurrenceRow.from_json(orjson.loads(value))
-                      for item, value in h.stream.rows.items()}
+                      for item, value in h.stream.topology.rows.items()}
     assert rows["split"] == rows["whole"] and len(rows["split"]) == len(events)
 
 
@@ -186,7 +186,7 @@ async def test_a_user_with_many_items_keeps_a_bounded_state_equal_to_the_replay(
     h = make_harness(batch_size=1000, batch_seconds=0.05)
     events = [Event("u1", f"item-{n}" + "x" * 200, TS + n, "purchase" if n % 3 else "view",
                     price=1.0) for n in range(6000)]
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await h.process(agent, *events)
     state = await written_user(h, "u1")
     config = h.settings.recommender_config()
@@ -229,23 +229,23 @@ async def test_churn_summaries_go_in_pieces_that_each_fit_a_record(
     h = make_harness(**SMALL_RECORDS)
     stream = h.stream
     rows = [[float(x), float(x), float(x + 10), 1.0, 1.0] for x in range(3000)]
-    stream.write_churn_rows(2, rows)
-    pieces = {key: value for key, value in stream.churn.view().items() if value}
+    stream.churn.write_rows(2, rows)
+    pieces = {key: value for key, value in stream.topology.churn.view().items() if value}
     assert len(pieces) > 1 and all(key.startswith("p2.") for key in pieces)
     assert sorted(row for piece in pieces.values() for row in piece) == sorted(rows)
     sent_within(h, h.settings.max_record_bytes)
     # a later, shorter scan empties the pieces it no longer needs
-    stream.write_churn_rows(2, rows[:10])
-    left = {key: value for key, value in stream.churn.view().items() if value}
+    stream.churn.write_rows(2, rows[:10])
+    left = {key: value for key, value in stream.topology.churn.view().items() if value}
     assert left == {"p2.0": rows[:10]}
 
 
 def test_the_bounds_hold_for_the_worst_records_they_claim_to_bound() -> None:
-    """Each bound of streams.bounds against a record built at its worst: ids at
+    """Each bound of streams.runtime.bounds against a record built at its worst: ids at
     their longest, every byte escaped in JSON."""
     from core.engagement import Engagement, EngagementConfig
-    from streams.bounds import row_pairs
-    from streams.settings import Settings
+    from streams.runtime.bounds import row_pairs
+    from streams.runtime.settings import Settings
 
     settings = Settings()
     worst = '"' * 256

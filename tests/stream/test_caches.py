@@ -12,11 +12,12 @@ import orjson
 import pytest
 from faust.types import TP, Message
 
-from streams import app as app_module
-from streams.app import ROWS_PER_SLICE, RowsLost, UsersLeftHalfUpdated
-from streams.held_rows import apply_row_messages, held_rows_summary
-from streams.state import CooccurrenceRow, UserState
-from streams.transport import App, RewindingConsumer
+from streams.runtime import pacing, rows, users
+from streams.runtime.children.held_rows import apply_row_messages, held_rows_summary
+from streams.runtime.rows import ROWS_PER_SLICE, RowsLost
+from streams.runtime.state import CooccurrenceRow, UserState
+from streams.runtime.transport import App, RewindingConsumer
+from streams.runtime.users import UsersLeftHalfUpdated
 from tests.stream.harness import (
     TS,
     Harness,
@@ -35,18 +36,19 @@ async def test_cached_users_match_the_table_and_a_rebalance_forgets_them(
 ) -> None:
     h = make_harness()
     stream = h.stream
-    async with stream.agents[0].test_context() as agent:
+    async with stream.agents.process_events.test_context() as agent:
         await h.process(agent, click("u1", "i1"), partition=0, offset=0)
         await h.process(agent, click("u1", "i2"), partition=0, offset=1)
-        cached = stream.user_cache.get("u1")
+        cached = stream.users.cache.get("u1")
         assert cached is not None
         assert cached.to_json() == user_state(h, "u1").to_json()
         assert cached.profile.recent == ["i1", "i2"]
         # Another worker may own the partition next: what is cached is forgotten,
         # and the table (recovered from the changelog) is read again.
         await stream.app.on_partitions_revoked.send(set())
-        assert len(stream.user_cache) == 0
-        stream.users.data["u1"] = UserState().to_json()  # as recovered: another worker reset it
+        assert len(stream.users.cache) == 0
+        # as recovered: another worker reset it
+        stream.topology.users.data["u1"] = UserState().to_json()
         await h.process(agent, click("u1", "i3"), partition=0, offset=2)
         assert user_state(h, "u1").profile.recent == ["i3"]
 
@@ -55,21 +57,21 @@ async def test_cached_users_match_the_table_and_a_rebalance_forgets_them(
 async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHarness) -> None:
     h = make_harness()
     stream = h.stream
-    async with stream.agents[0].test_context() as agent:
+    async with stream.agents.process_events.test_context() as agent:
         await h.process(agent, click("u1", "i1"), partition=0, offset=0)
-        assert stream.user_cache.get("u1") is not None
+        assert stream.users.cache.get("u1") is not None
 
         def broken(*_: object, **__: object) -> None:
             raise RuntimeError("splitting a gain failed")
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("streams.app.split_gain", broken)  # after u1's profile changed
+            mp.setattr("streams.runtime.ingest.split_gain", broken)  # after u1's profile changed
             # the batch changes u1, then fails before anything is sent for it; u1's
             # first change (i1) was never written either: no commit may follow
             with pytest.raises(AssertionError, match="agent crashed"):
                 await h.process(agent, click("u1", "i2"), partition=0, offset=1)
-        assert stream.user_cache.get("u1") is None
-        assert stream.users.get("u1") is None
+        assert stream.users.cache.get("u1") is None
+        assert stream.topology.users.get("u1") is None
         assert isinstance(stream.app.crash_reason, UsersLeftHalfUpdated)
     # Faust's consumer commits when it stops: that commit must not happen
     consumer = cast(RewindingConsumer, stream.app.consumer)
@@ -89,7 +91,7 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
 
 def row_update(h: Harness, item: str, pairs: list[str], offset: int, partition: int) -> Sent:
     """A message of the rows topic: one gain of ``item`` after ``pairs``."""
-    return Sent(h.stream.rows_topic.get_topic_name(), None,
+    return Sent(h.stream.topology.rows_topic.get_topic_name(), None,
                 orjson.dumps({"gains": [[item, pairs, "clicks/0", offset, TS, []]]}), partition)
 
 
@@ -111,19 +113,19 @@ async def test_changed_rows_are_written_once_per_commit(make_harness: MakeHarnes
     h = make_harness()
     stream = h.stream
     h.changelog("rows")
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         for offset, pairs in enumerate([["b"], ["c"], ["b"]]):
             await h.relay(rows_agent, [row_update(h, "a", pairs, offset, 1)])
         assert h.changelog("rows") == []  # three batches changed "a": not written yet
-        assert stream.rows.get("a") is None
+        assert stream.topology.rows.get("a") is None
         for write_pending in cast(App, stream.app).before_commit:  # as a commit does
             await write_pending()
         (write,) = h.changelog("rows")
         assert (write.key, write.partition) == ("a", 1)
         assert write.value["pairs"] == {"b": 2.0, "c": 1.0}
-        assert CooccurrenceRow.from_json(orjson.loads(stream.rows["a"])).pairs == {
+        assert CooccurrenceRow.from_json(orjson.loads(stream.topology.rows["a"])).pairs == {
             "b": 2.0, "c": 1.0}
-        await stream.before_commit()
+        await stream.commits.before_commit()
         assert h.changelog("rows") == []  # nothing changed since
 
 
@@ -135,7 +137,7 @@ async def test_each_rows_process_holds_its_share_of_the_partitions(
     h = make_harness(rows_processes=processes, batch_size=10)
     stream = h.stream
     h.changelog("rows")
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         # one batch of row updates of four partitions
         await h.relay(rows_agent, [row_update(h, f"a{p}", ["b"], p, p) for p in range(4)])
         assert stream.counters.row_updates_applied == 4
@@ -143,7 +145,7 @@ async def test_each_rows_process_holds_its_share_of_the_partitions(
                 for process in stream.rows_processes]
         assert held == [[p for p in range(4) if p % processes == index]
                         for index in range(processes)]
-        await stream.before_commit()
+        await stream.commits.before_commit()
     assert sorted((w.key, w.partition) for w in h.changelog("rows") if w.key.startswith("a")) == [
         (f"a{p}", p) for p in range(4)]
 
@@ -155,7 +157,7 @@ async def test_a_commit_writes_many_rows_in_slices_with_the_loop_let_in_between(
     h = make_harness()
     stream = h.stream
     items = [f"i{n}" for n in range(2 * ROWS_PER_SLICE + 10)]
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         await h.relay(rows_agent, [row_update(h, item, ["z"], n, 1)
                                    for n, item in enumerate(items)])
         h.changelog("rows")
@@ -163,12 +165,12 @@ async def test_a_commit_writes_many_rows_in_slices_with_the_loop_let_in_between(
 
         async def watch() -> None:
             while True:
-                seen.append(len(stream.rows))
+                seen.append(len(stream.topology.rows))
                 await asyncio.sleep(0)
 
         watcher = asyncio.ensure_future(watch())
         await asyncio.sleep(0)
-        await stream.before_commit()
+        await stream.commits.before_commit()
         watcher.cancel()
         written = h.changelog("rows")
         assert sorted(w.key for w in written) == sorted(items)  # each once
@@ -183,13 +185,13 @@ async def test_a_rebalance_writes_the_changed_rows_before_forgetting_them(
 ) -> None:
     h = make_harness()
     stream = h.stream
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 2)])
         h.changelog("rows")
         await stream.app.on_partitions_revoked.send(set())
         assert [(w.key, w.partition) for w in h.changelog("rows")] == [("a", 2)]
         # and the rows process lets go of them: read again from the table if needed
-        assert stream._rows_held == {}
+        assert stream.rows.held == {}
         assert await held_rows(h) == {}
 
 
@@ -202,22 +204,22 @@ async def test_a_commit_sends_the_stats_a_stopped_batch_left_behind(
     the update is skipped and would not."""
     h = make_harness()
     stream = h.stream
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 1)])
-    assert stream.item_stats.get("a")[0] == 1.0
+    assert stream.topology.item_stats.get("a")[0] == 1.0
     # what a cancelled batch leaves: the update applied, its stats never sent
     update = row_update(h, "a", ["c"], 1, 1).value
-    await stream.rows_process_of(1).run(apply_row_messages,
-                                        [(1, stream._rows_held[1], update)],
+    await stream.rows.process_of(1).run(apply_row_messages,
+                                        [(1, stream.rows.held[1], update)],
                                         stream.config.tau, h.settings.max_row_width)
-    assert stream.item_stats.get("a")[0] == 1.0
-    sent = len(h.sent_to(stream.replica_topics_by_table["item-stats"].get_topic_name()))
-    await stream.before_commit()
-    assert stream.item_stats.get("a")[0] == 2.0
-    stats_sent = h.sent_to(stream.replica_topics_by_table["item-stats"].get_topic_name())
+    assert stream.topology.item_stats.get("a")[0] == 1.0
+    sent = len(h.sent_to(stream.topology.replica_topics["item-stats"].get_topic_name()))
+    await stream.commits.before_commit()
+    assert stream.topology.item_stats.get("a")[0] == 2.0
+    stats_sent = h.sent_to(stream.topology.replica_topics["item-stats"].get_topic_name())
     assert [(m.key, m.json()[0]) for m in stats_sent[sent:]] == [(b"a", 2.0)]
-    await stream.before_commit()  # sent once
-    assert len(h.sent_to(stream.replica_topics_by_table["item-stats"].get_topic_name())) == (
+    await stream.commits.before_commit()  # sent once
+    assert len(h.sent_to(stream.topology.replica_topics["item-stats"].get_topic_name())) == (
         len(stats_sent))
 
 
@@ -228,9 +230,10 @@ async def test_a_rebalance_waits_for_the_batch_of_row_updates_under_way(
     h = make_harness()
     stream = h.stream
     gains = [["a", [], "clicks/0", 0, TS, ["b"]], ["c", [], "clicks/0", 1, TS, ["d"]]]
-    message = Sent(stream.rows_topic.get_topic_name(), None, orjson.dumps({"gains": gains}), 1)
+    message = Sent(stream.topology.rows_topic.get_topic_name(), None,
+                   orjson.dumps({"gains": gains}), 1)
     # the rows process's answer to the batch is held back
-    gate, run, applying = asyncio.Event(), stream.rows_process_of(1).run, []
+    gate, run, applying = asyncio.Event(), stream.rows.process_of(1).run, []
 
     async def answer_after_the_gate(function: Any, *args: Any) -> Any:
         result = await run(function, *args)
@@ -239,9 +242,9 @@ async def test_a_rebalance_waits_for_the_batch_of_row_updates_under_way(
             await gate.wait()
         return result
 
-    monkeypatch.setattr(stream.rows_process_of(1), "run", answer_after_the_gate)
+    monkeypatch.setattr(stream.rows.process_of(1), "run", answer_after_the_gate)
     h.changelog("rows")
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         relay = asyncio.ensure_future(h.relay(rows_agent, [message]))
         await h.wait_until(lambda: applying, "the batch in the rows process")
         revoked = asyncio.ensure_future(stream.app.on_partitions_revoked.send(set()))
@@ -261,8 +264,8 @@ async def test_a_batch_failing_in_the_rows_process_stops_the_worker(
 ) -> None:
     h = make_harness()
     stream = h.stream
-    rows_topic = stream.rows_topic.get_topic_name()
-    async with stream.agents[1].test_context() as rows_agent:
+    rows_topic = stream.topology.rows_topic.get_topic_name()
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 0)])
         broken = Sent(rows_topic, None, orjson.dumps({"gains": [["a", ["c"], "clicks/0"]]}), 0)
         with pytest.raises(AssertionError, match="agent crashed"):
@@ -279,20 +282,20 @@ async def test_a_rows_process_that_died_stops_the_worker_and_no_other_is_started
 ) -> None:
     h = make_harness()
     stream = h.stream
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         await h.relay(rows_agent, [row_update(h, "a", ["b"], 0, 0)])
-        child = stream.rows_process_of(0)._child
+        child = stream.rows.process_of(0).process
         assert child is not None
-        child.process.kill()  # killed (the OOM killer, say)
-        child.process.join()
+        child.kill()  # killed (the OOM killer, say)
+        child.join()
         with pytest.raises(AssertionError, match="agent crashed"):
             await h.relay(rows_agent, [row_update(h, "a", ["c"], 1, 0)])
         assert isinstance(stream.app.crash_reason, RowsLost)
         assert "died" in str(stream.app.crash_reason)
-        assert stream.rows_process_of(0)._child is child  # no new child holding nothing
+        assert stream.rows.process_of(0).process is child  # no new child holding nothing
         # and the commit's writers fail too: nothing is committed
         with pytest.raises(RowsLost):
-            await stream.write_rows_changed_so_far()
+            await stream.rows.write_changed()
 
 
 @run_async
@@ -303,7 +306,7 @@ async def test_a_commit_writes_what_is_held_back_before_flushing(
     app = cast(App, h.stream.app)
     consumer = cast(RewindingConsumer, app.consumer)
     calls: list[str] = []
-    tp = TP(h.stream.rows_topic.get_topic_name(), 0)
+    tp = TP(h.stream.topology.rows_topic.get_topic_name(), 0)
 
     async def flush() -> None:
         calls.append("flush")
@@ -341,13 +344,13 @@ async def test_events_taken_before_a_rebalance_are_left_to_the_partitions_owner(
         return final_ack(message, consumer)
 
     monkeypatch.setattr(Message, "on_final_ack", on_final_ack)
-    async with stream.agents[0].test_context() as agent:
+    async with stream.agents.process_events.test_context() as agent:
         before = await h.put_event(agent, click("u1", "i1"), partition=0, offset=0)
         await asyncio.sleep(0.1)  # the stream takes it into the batch
         app.consumer_generation_id += 1  # a rebalance while the batch fills
         after = await h.put_event(agent, click("u2", "i2"), partition=2, offset=0)
         await h.settle(agent, [before, after])
-    assert stream.users.get("u1") is None  # left to whoever owns partition 0 now
+    assert stream.topology.users.get("u1") is None  # left to whoever owns partition 0 now
     assert user_state(h, "u2").profile.recent == ["i2"]
     assert stream.counters.applied == 1
     # and not acknowledged to the consumer, which would commit past it
@@ -359,13 +362,13 @@ async def change_users_and_rows(h: Harness, users: Sequence[str], items: Sequenc
     """Users and rows changed and not written yet: a click of each user (on the
     user's partition), an update of each row, from offset ``first_offset`` on."""
     stream = h.stream
-    async with stream.agents[0].test_context() as agent:
+    async with stream.agents.process_events.test_context() as agent:
         for n, user in enumerate(users):
             await h.process(agent, click(user, "i1"), offset=first_offset + n)
-    async with stream.agents[1].test_context() as rows_agent:
+    async with stream.agents.apply_cooccurrence.test_context() as rows_agent:
         for n, item in enumerate(items):
             await h.relay(rows_agent, [row_update(h, item, ["x"], first_offset + n, 0)])
-    assert stream.user_cache.dirty_count() == len(users)
+    assert stream.users.cache.dirty_count() == len(users)
     assert await unwritten_rows(h) == len(items)
 
 
@@ -376,25 +379,25 @@ async def test_the_writers_take_a_share_of_the_loop_before_a_commit_and_all_at_a
     h = make_harness()
     stream = h.stream
     sleeps = app_sleeps
-    monkeypatch.setattr(app_module, "COMMIT_WRITER_SHARE", 0.25)
-    await stream.between_slices(0.01, paced=True)
-    await stream.between_slices(0.01, paced=False)
+    monkeypatch.setattr(pacing, "COMMIT_WRITER_SHARE", 0.25)
+    await stream.pacing.between_slices(0.01, paced=True)
+    await stream.pacing.between_slices(0.01, paced=False)
     assert sleeps.seconds == [pytest.approx(0.03), 0]
 
-    monkeypatch.setattr(app_module, "ROWS_PER_SLICE", 1)
-    monkeypatch.setattr(app_module, "USERS_PER_SLICE", 1)
+    monkeypatch.setattr(rows, "ROWS_PER_SLICE", 1)
+    monkeypatch.setattr(users, "USERS_PER_SLICE", 1)
     await change_users_and_rows(h, ("u1", "u2", "u3"), ("a", "b", "c"), first_offset=0)
     sleeps.seconds.clear()
-    await stream.before_commit()
+    await stream.commits.before_commit()
     paused = [s for s in sleeps.seconds if s > 0]
     assert len(paused) == 4  # between the three slices of rows, and of users
-    assert stream.user_cache.dirty_count() == 0 and await unwritten_rows(h) == 0
+    assert stream.users.cache.dirty_count() == 0 and await unwritten_rows(h) == 0
 
     await change_users_and_rows(h, ("u1", "u2", "u3"), ("a", "b", "c"), first_offset=10)
     sleeps.seconds.clear()
     await stream.app.on_partitions_revoked.send(set())
     assert sleeps.seconds and not any(sleeps.seconds)  # the flow waits: no pauses
-    assert len(stream.user_cache) == 0 and stream._rows_held == {}
+    assert len(stream.users.cache) == 0 and stream.rows.held == {}
 
 
 @run_async
@@ -403,8 +406,8 @@ async def test_a_rebalance_during_a_paced_commit_lets_its_writers_go_on_unpaced(
 ) -> None:
     h = make_harness()
     stream = h.stream
-    monkeypatch.setattr(app_module, "ROWS_PER_SLICE", 1)
-    monkeypatch.setattr(app_module, "USERS_PER_SLICE", 1)
+    monkeypatch.setattr(rows, "ROWS_PER_SLICE", 1)
+    monkeypatch.setattr(users, "USERS_PER_SLICE", 1)
     await change_users_and_rows(h, ("u1", "u2", "u3", "u4"), ("a", "b", "c", "d"),
                                 first_offset=0)
     revoked: list[asyncio.Future[Any]] = []
@@ -417,10 +420,10 @@ async def test_a_rebalance_during_a_paced_commit_lets_its_writers_go_on_unpaced(
 
     monkeypatch.setattr(app_sleeps, "sleep", rebalance_at_the_first_pause)
     app_sleeps.seconds.clear()
-    await stream.before_commit()
+    await stream.commits.before_commit()
     await revoked[0]
     first, *rest = app_sleeps.seconds
     assert first > 0 and rest and not any(rest)  # one pause: none once the rebalance waits
-    assert len(stream.user_cache) == 0 and stream._rows_held == {}
+    assert len(stream.users.cache) == 0 and stream.rows.held == {}
     written = {w.key for w in h.changelog("users")}
     assert {"u1", "u2", "u3", "u4"} <= written

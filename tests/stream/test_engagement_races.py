@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-import streams.app as app_module
-from streams.state import UserState
+import streams.runtime.churn_scan as churn_scan_module
+from streams.runtime.state import UserState
 from tests.stream.harness import (
     PARTITIONS,
     TS,
@@ -45,7 +45,7 @@ def neighbour_of(user: str) -> str:
 
 
 def tick(h: Harness, partition: int, round_: int) -> Sent:
-    return Sent(h.stream.ticks_topic.get_topic_name(), None,
+    return Sent(h.stream.topology.ticks_topic.get_topic_name(), None,
                 orjson.dumps({"round": round_}), partition)
 
 
@@ -80,8 +80,8 @@ async def test_churn_scan_does_not_undo_events_applied_while_it_sends(
     partition = user_partition("u1", PARTITIONS)
     triggers_topic = h.settings.topic("marketing-triggers")
     async with (
-        stream.agents[0].test_context() as events_agent,
-        stream.agents[2].test_context() as ticks_agent,
+        stream.agents.process_events.test_context() as events_agent,
+        stream.agents.refresh_neighbors.test_context() as ticks_agent,
     ):
         await abandon_cart(h, events_agent)
         gate = h.gate(triggers_topic)
@@ -107,10 +107,10 @@ async def test_a_batch_does_not_undo_what_the_churn_scan_fired(make_harness: Mak
     h = churn_harness(make_harness)
     stream = h.stream
     partition = user_partition("u1", PARTITIONS)
-    rows_topic = stream.rows_topic.get_topic_name()
+    rows_topic = stream.topology.rows_topic.get_topic_name()
     async with (
-        stream.agents[0].test_context() as events_agent,
-        stream.agents[2].test_context() as ticks_agent,
+        stream.agents.process_events.test_context() as events_agent,
+        stream.agents.refresh_neighbors.test_context() as ticks_agent,
     ):
         await abandon_cart(h, events_agent)
         # the user's next event: its batch reads the state, then waits on its row send
@@ -147,10 +147,10 @@ async def test_batches_run_between_the_slices_of_a_churn_scan(
     late_user = others[1]
     triggers_topic = h.settings.topic("marketing-triggers")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(app_module, *limit)
+        mp.setattr(churn_scan_module, *limit)
         async with (
-            stream.agents[0].test_context() as events_agent,
-            stream.agents[2].test_context() as ticks_agent,
+            stream.agents.process_events.test_context() as events_agent,
+            stream.agents.refresh_neighbors.test_context() as ticks_agent,
         ):
             # two carts, then a third user moves the partition's time past the window
             await h.process(events_agent, click("u1", "x", TS, kind="add_to_cart"))
@@ -162,7 +162,7 @@ async def test_batches_run_between_the_slices_of_a_churn_scan(
             hand_over = stream.outbox.send
 
             async def slow_first_send() -> list[Awaitable[None]]:
-                if stream.users_lock.locked() and not slow_sends:  # the scan's
+                if stream.users.lock.locked() and not slow_sends:  # the scan's
                     slow_sends.append(True)
                     await gate.wait()
                 return await hand_over()
@@ -173,7 +173,7 @@ async def test_batches_run_between_the_slices_of_a_churn_scan(
             await h.wait_until(lambda: slow_sends == [True], "the first slice's send")
             # this batch waits for the lock, then goes before the scan's next slice
             late = await h.put_event(events_agent, click(late_user, "z", TS + 2 * CART_WINDOW))
-            await h.wait_until(lambda: lock_waiters(stream.users_lock), "the batch to queue")
+            await h.wait_until(lambda: lock_waiters(stream.users.lock), "the batch to queue")
             # the first slice's trigger goes out when the ranking child answers,
             # which under load could be after the late batch
             await h.wait_until(lambda: (triggers_topic, b"u1") in [
@@ -183,7 +183,7 @@ async def test_batches_run_between_the_slices_of_a_churn_scan(
             await h.settle(events_agent, [late])
     # the late batch's row gains (sent in the batch; its list follows its ranking)
     # come between the two slices' triggers
-    rows_topic = stream.rows_topic.get_topic_name()
+    rows_topic = stream.topology.rows_topic.get_topic_name()
     order = [(m.topic, m.key) for m in h.sent if m.topic in (triggers_topic, rows_topic)]
     first, second = order.index((triggers_topic, b"u1")), order.index(
         (triggers_topic, others[0].encode()))
@@ -202,19 +202,19 @@ async def test_the_scan_writes_a_state_only_once_its_triggers_are_delivered(
     partition = user_partition("u1", PARTITIONS)
     triggers_topic = h.settings.topic("marketing-triggers")
     async with (
-        stream.agents[0].test_context() as events_agent,
-        stream.agents[2].test_context() as ticks_agent,
+        stream.agents.process_events.test_context() as events_agent,
+        stream.agents.refresh_neighbors.test_context() as ticks_agent,
     ):
         await abandon_cart(h, events_agent)
-        await stream.before_commit()
+        await stream.commits.before_commit()
         h.defer(triggers_topic)
         await h.relay(ticks_agent, [tick(h, partition, 1)])
         assert len(triggers(h, "cart_abandoned")) == 1
-        commit = asyncio.ensure_future(stream.before_commit())
+        commit = asyncio.ensure_future(stream.commits.before_commit())
         for _ in range(50):
             await asyncio.sleep(0)
         assert not commit.done()
-        assert UserState.from_json(stream.users.get("u1")).engagement.cart != {}
+        assert UserState.from_json(stream.topology.users.get("u1")).engagement.cart != {}
         assert h.deliver_deferred(triggers_topic) == 1
         await commit
-    assert UserState.from_json(stream.users.get("u1")).engagement.cart == {}
+    assert UserState.from_json(stream.topology.users.get("u1")).engagement.cart == {}

@@ -15,9 +15,10 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.app import RecoStream, table_json
-from streams.outbox import DeliveryFailed, KafkaSink, Outbox, Record, key_partition
-from streams.settings import Settings
+from streams.runtime.app import RecoStream
+from streams.runtime.outbox import DeliveryFailed, KafkaSink, Outbox, Record, key_partition
+from streams.runtime.settings import Settings
+from streams.runtime.state import table_json
 from tests.stream.harness import run_async
 
 

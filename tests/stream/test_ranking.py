@@ -11,9 +11,10 @@ import orjson
 import pytest
 
 from core.events import Event
-from streams.app import RecommendationsLost
-from streams.model_work import build_model, hold_ranking_model
-from streams.records import recommendation_record
+from streams.runtime.children.model_jobs import build_model
+from streams.runtime.children.ranking_jobs import hold_ranking_model
+from streams.runtime.ranking import RecommendationsLost
+from streams.runtime.records import recommendation_record
 from tests.stream.harness import TS, Harness, MakeHarness, click, run_async, user_state
 
 PAIRS = {
@@ -28,18 +29,18 @@ STATS = {item: [float(n), 1.0 + n, TS] for n, item in enumerate(["i1", "i2", "i3
 async def test_published_lists_equal_what_the_snapshot_ranks(make_harness: MakeHarness) -> None:
     h = make_harness(k=3)
     stream = h.stream
-    stream.model = build_model(7, {i: orjson.dumps(v) for i, v in PAIRS.items()},
+    stream.refresh.model = build_model(7, {i: orjson.dumps(v) for i, v in PAIRS.items()},
                                {i: orjson.dumps(v) for i, v in STATS.items()}, 10,
                                stream.config.tau)
-    stream.ranker.hold(hold_ranking_model, stream.model)
+    stream.ranker.hold(hold_ranking_model, stream.refresh.model)
     events = [Event("u1", "i1", TS, "view"), Event("u2", "i2", TS + 1, "purchase"),
               Event("u3", "i3", TS + 2, "view"), Event("u1", "i2", TS + 3, "add_to_cart")]
-    async with stream.agents[0].test_context() as agent:
+    async with stream.agents.process_events.test_context() as agent:
         for event in events:
             await h.process(agent, event)
             published = h.sent_to("recommendations")[-1]
             assert published.key == event.user_id.encode()
-            recs = await stream.recommend(event.user_id, user_state(h, event.user_id), 3)
+            recs = await stream.ranking.recommend(event.user_id, user_state(h, event.user_id), 3)
             assert published.json() == orjson.loads(orjson.dumps(
                 recommendation_record(recs, event.type, event.ts)))
     lists = [m.json() for m in h.sent_to("recommendations")]
@@ -85,7 +86,7 @@ async def test_lists_leave_in_batch_order_whichever_ranking_ends_first(
 ) -> None:
     h = make_harness()
     ranker = HeldRanker.instead_of(h, monkeypatch)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
         await put_and_wait(h, agent, click("u1", "i2", TS + 1))
         assert len(ranker.rankings) == 2
@@ -104,18 +105,18 @@ async def test_a_commit_waits_for_the_lists_of_the_batches_before_it(
 ) -> None:
     h = make_harness()
     ranker = HeldRanker.instead_of(h, monkeypatch)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
         # the users writer itself waits (it runs before commits and rebalances)
-        commit = asyncio.ensure_future(h.stream.write_users_changed_so_far())
+        commit = asyncio.ensure_future(h.stream.users.write_changed())
         for _ in range(50):
             await asyncio.sleep(0)
         # the state that records the event waits for the event's list
-        assert not commit.done() and h.stream.users.get("u1") is None
+        assert not commit.done() and h.stream.topology.users.get("u1") is None
         ranker.rankings[0].set_result(([b'"list"'], []))
         await commit
     assert [m.json() for m in h.sent_to("recommendations")] == ["list"]
-    assert h.stream.users.get("u1") is not None
+    assert h.stream.topology.users.get("u1") is not None
 
 
 @run_async
@@ -124,15 +125,15 @@ async def test_a_failed_ranking_stops_the_worker_before_any_commit(
 ) -> None:
     h = make_harness()
     ranker = HeldRanker.instead_of(h, monkeypatch)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
         ranker.rankings[0].set_exception(RuntimeError("the child raised"))
         await h.wait_until(lambda: h.stream.app.crash_reason is not None, "the crash")
     assert isinstance(h.stream.app.crash_reason, RecommendationsLost)
     with pytest.raises(RecommendationsLost, match="the child raised"):
-        await h.stream.before_commit()
+        await h.stream.commits.before_commit()
     # the state was not written: a replay of the event ranks it again
-    assert h.stream.users.get("u1") is None
+    assert h.stream.topology.users.get("u1") is None
     assert h.sent_to("recommendations") == []
 
 
@@ -142,7 +143,7 @@ async def test_lists_behind_two_rankings_wait_and_a_users_later_list_replaces_it
 ) -> None:
     h = make_harness()
     ranker = HeldRanker.instead_of(h, monkeypatch)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
         await put_and_wait(h, agent, click("u2", "i1", TS + 1))
         # two rankings under way: the next batches' lists wait, one per user
@@ -150,7 +151,7 @@ async def test_lists_behind_two_rankings_wait_and_a_users_later_list_replaces_it
         await put_and_wait(h, agent, click("u3", "i1", TS + 3))
         await put_and_wait(h, agent, click("u1", "i3", TS + 4))
         assert [[request[0] for request in lists] for lists in ranker.lists] == [["u1"], ["u2"]]
-        commit = asyncio.ensure_future(h.stream.write_users_changed_so_far())
+        commit = asyncio.ensure_future(h.stream.users.write_changed())
         ranker.rankings[0].set_result(([b'"u1 first"'], []))
         await h.wait_until(lambda: len(ranker.rankings) == 3, "the waiting lists submitted")
         waited = ranker.lists[2]
@@ -176,10 +177,10 @@ async def test_a_worker_behind_sends_its_lists_to_the_ranking_child_at_most_ever
     h = make_harness()
     stream = h.stream
     ranker = HeldRanker.instead_of(h, monkeypatch)
-    monkeypatch.setattr("streams.app.BEHIND_HOLD_SECONDS", 0.3)
+    monkeypatch.setattr("streams.runtime.ranking.BEHIND_HOLD_SECONDS", 0.3)
     unread = {("clicks", 0): 0}
-    monkeypatch.setattr(stream, "refresh_lag", lambda: setattr(stream, "lag", dict(unread)))
-    async with stream.agents[0].test_context() as agent:
+    monkeypatch.setattr(stream.clock, "refresh_lag", lambda: dict(unread))
+    async with stream.agents.process_events.test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
         ranker.rankings[0].set_result(([b'"u1"'], []))
         unread[("clicks", 0)] = 50_000  # a backlog from here on
@@ -187,7 +188,7 @@ async def test_a_worker_behind_sends_its_lists_to_the_ranking_child_at_most_ever
         await put_and_wait(h, agent, click("u2", "i1", TS + 2))
         await put_and_wait(h, agent, click("u1", "i3", TS + 3))
         # nothing is being ranked, yet the lists wait for the hold to pass
-        assert len(ranker.rankings) == 1 and not stream._rankings
+        assert len(ranker.rankings) == 1 and not stream.ranking.under_way
         await h.wait_until(lambda: len(ranker.rankings) == 2, "the held lists")
         assert [request[0] for request in ranker.lists[1]] == ["u2", "u1"]
         ranker.rankings[1].set_result(([b'"u2"', b'"u1 again"'], []))
@@ -195,5 +196,5 @@ async def test_a_worker_behind_sends_its_lists_to_the_ranking_child_at_most_ever
         await put_and_wait(h, agent, click("u3", "i1", TS + 4))
         assert len(ranker.rankings) == 3
         ranker.rankings[2].set_result(([b'"u3"'], []))
-        await h.stream.rankings_published()
+        await h.stream.ranking.published()
     assert [m.json() for m in h.sent_to("recommendations")] == ["u1", "u2", "u1 again", "u3"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from streams.replicated import ReplicatedTable
+from streams.runtime.replicated import ReplicatedTable
 
 
 def make_table(owned: set[int]) -> tuple[ReplicatedTable, list[tuple[bytes, bytes | None]]]:

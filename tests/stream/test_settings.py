@@ -1,4 +1,4 @@
-"""``streams.settings``: every RECOSTREAM_* variable, and refusals that name it."""
+"""``streams.runtime.settings``: every RECOSTREAM_* variable, and refusals that name it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from core.config import RecommenderConfig
 from core.engagement import EngagementConfig
 from core.ratings import RatingWeights
-from core.recommender import RecommenderConfig
-from streams.settings import ENVIRONMENT, Settings, SettingsError
+from streams.runtime.settings import ENVIRONMENT, Settings, SettingsError
 
 #: A valid, non-default value of every variable, and the field value it must give.
 VALUES: dict[str, tuple[str, Any]] = {
@@ -28,6 +28,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "RECOSTREAM_HTTP_TOKEN": ("t0ken", "t0ken"),
     "RECOSTREAM_K": ("25", 25),
     "RECOSTREAM_SIMILARITY": ("jaccard", "jaccard"),
+    "RECOSTREAM_SHRINKAGE": ("25", 25.0),
     "RECOSTREAM_NEIGHBORS": ("40", 40),
     "RECOSTREAM_HISTORY": ("80", 80),
     "RECOSTREAM_PAIR_WINDOW": ("30", 30),
@@ -188,6 +189,7 @@ def test_recommender_config_carries_the_model_settings() -> None:
     assert config.refresh_every == 0  # the stream refreshes on a timer
     assert config.weights == RatingWeights(view=0.5, purchase=9.0)
     assert (config.max_ratings, config.max_purchased) == (300, 100)
+    assert config.similarity_params.shrinkage == 25.0  # a similarity's knobs reach the stream
     engagement = settings.engagement_config()
     assert (engagement.max_cart_items, engagement.max_bought,
             engagement.max_purchase_days) == (20, 100, 100)

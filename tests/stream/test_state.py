@@ -1,4 +1,4 @@
-"""``streams.state``: table values, their JSON form and the idempotency bookkeeping."""
+"""``streams.runtime.state``: table values, their JSON form and the idempotency bookkeeping."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from core.engagement import EngagementConfig
 from core.events import Event
-from core.ranking import trend_bump
 from core.ratings import UserProfile
-from streams.state import (
+from core.trending import trend_bump
+from streams.runtime.cache import DecodedCache
+from streams.runtime.state import (
     STATE_VERSION,
     AppliedOffsets,
     CooccurrenceRow,
-    DecodedCache,
     RowBatch,
     RowGain,
     RowUpdate,
@@ -350,9 +350,11 @@ class NoScans(OrderedDict[str, object]):
         raise AssertionError("the cache walked its values")
 
 
-def test_eviction_never_walks_the_values_however_many_are_dirty() -> None:
+def test_eviction_never_walks_the_values_however_many_are_dirty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streams.runtime.cache.OrderedDict", NoScans)
     cache: DecodedCache[object, int] = DecodedCache(capacity=1000)
-    cache._clean = NoScans()
     for n in range(20_000):
         if n % 2:
             cache.mark_dirty(f"k{n}", n, n)

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from faust.types.tuples import Message
 
-from streams.app import RecoStream
-from streams.settings import Settings
-from streams.transport import (
+from streams.runtime.app import RecoStream
+from streams.runtime.settings import Settings
+from streams.runtime.transport import (
     FETCH_MAX_WAIT_MS,
     App,
     EventPathMonitor,
@@ -48,11 +48,11 @@ def test_bulk_records_go_through_the_second_producer(tmp_path: Path) -> None:
     try:
         bulk = {topic for topic, sink in stream.outbox.routes.items()
                 if sink is not stream.outbox.sink}
-        assert bulk == {stream.rows.changelog_topic.get_topic_name(),
-                        stream.users.changelog_topic.get_topic_name(),
-                        stream.item_neighbors_topic.get_topic_name(),
+        assert bulk == {stream.topology.rows.changelog_topic.get_topic_name(),
+                        stream.topology.users.changelog_topic.get_topic_name(),
+                        stream.topology.names["item-neighbors"],
                         f"{stream.settings.app_id}-neighbors"}
-        assert stream.outbox.sink_for(stream.recommendations_topic.get_topic_name()) is (
+        assert stream.outbox.sink_for(stream.topology.names["recommendations"]) is (
             stream.outbox.sink)
     finally:
         stream.model_process.close()
@@ -196,7 +196,7 @@ async def test_each_partition_records_when_its_stream_last_took_an_event(
     monitor = h.stream.app.monitor
     assert isinstance(monitor, EventPathMonitor)
     h.stream.app.sensors.add(monitor)  # as the app's start does (outside test_context)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         [message] = await h.process(agent, click("u1", "i1"), partition=2, offset=7)
     assert set(monitor.stream_inbound_time) == {message.tp}
     assert monitor.events_total == 0  # the statistics nothing reads are not kept
@@ -206,11 +206,11 @@ async def test_each_partition_records_when_its_stream_last_took_an_event(
 async def test_events_reach_the_agent_as_the_bytes_sent(make_harness: MakeHarness) -> None:
     h = make_harness()
     raw = orjson.dumps({"user_id": "u1", "item_id": "i1", "ts": TS, "type": "view"}) + b"  "
-    schema = h.stream.events_topic.schema
+    schema = h.stream.topology.events_topic.schema
     assert isinstance(schema, RawSchema)
     decoded = await schema.compile(h.stream.app)(Message(
         "clicks", 0, 1, 0.0, 0, [], b"u1", raw, None))
     assert (decoded.key, decoded.value) == (b"u1", raw)
-    async with h.stream.agents[0].test_context() as agent:
+    async with h.stream.agents.process_events.test_context() as agent:
         await h.process(agent, click("u1", "i1"))
     assert user_state(h, "u1").profile.recent == ["i1"]

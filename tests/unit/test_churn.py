@@ -11,25 +11,26 @@ import orjson
 import pytest
 from scipy import optimize
 
-from core import churn
 from core.churn import (
     BGNBDParams,
     CustomerSummary,
     GammaGammaParams,
     batch_summary,
+    bgnbd,
     bgnbd_log_likelihood,
     expected_average_value,
     expected_purchases,
     fit_bgnbd,
     fit_gamma_gamma,
+    fitting,
     p_alive,
     score_customer,
     score_summaries,
     unconditional_expected_purchases,
 )
-from streams import churn_cli
+from streams.cli import churn as churn_cli
 from streams.cli import main
-from streams.datasets import dataset_files
+from streams.devtools.datasets import dataset_files
 
 DAY = 86_400.0
 PAPER = BGNBDParams(r=0.243, alpha=4.414, a=0.793, b=2.426, period_days=7.0)
@@ -91,15 +92,15 @@ def test_weights_equal_repeated_rows() -> None:
 
 def test_gradient_matches_finite_differences(paper_summary: churn_cli.SummaryTable) -> None:
     s = paper_summary
-    (x, t_x, T), w = churn._compress([s.frequency, s.recency, s.T], np.ones(len(s.ids)))
+    (x, t_x, T), w = fitting.collapse_rows([s.frequency, s.recency, s.T], np.ones(len(s.ids)))
     assert len(x) < len(s.ids) and w.sum() == len(s.ids)
-    levels, index = churn._levels(x)
+    levels, index = bgnbd.distinct_levels(x)
     level_w = np.bincount(index, weights=w).astype(np.float64)
     args = (levels, index, level_w, t_x, T, w, float(w.sum()), 0.1)
     theta = np.log([0.5, 3.0, 1.2, 1.8])
     err = optimize.check_grad(
-        lambda th: churn._negative_ll_and_grad(th, *args)[0],
-        lambda th: churn._negative_ll_and_grad(th, *args)[1],
+        lambda th: bgnbd.negative_ll_and_grad(th, *args)[0],
+        lambda th: bgnbd.negative_ll_and_grad(th, *args)[1],
         theta,
     )
     assert err < 1e-5
@@ -118,8 +119,8 @@ def test_closed_form_and_quadrature_agree() -> None:
         x = np.array([float(rng.choice([rng.integers(1, 200), rng.integers(200, 5000)]))])
         T = np.array([rng.uniform(1, 300)])
         t = np.array([rng.uniform(0.1, 300)])
-        closed = churn._alive_expectation_closed_form(params, x, T, t)
-        quad = churn._alive_expectation_quadrature(params, x, T, t)
+        closed = bgnbd.alive_expectation_closed_form(params, x, T, t)
+        quad = bgnbd.alive_expectation_quadrature(params, x, T, t)
         if np.isfinite(closed[0]):
             assert closed[0] == pytest.approx(quad[0], rel=1e-6)
         assert np.isfinite(quad[0]) and quad[0] >= 0

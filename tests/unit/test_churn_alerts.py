@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from core.churn import BGNBDParams
-from core.churn_holdout import alert_counts, evaluate_alerts
+from core.churn.holdout import alert_counts, evaluate_alerts
 from streams.cli import main
 
 DAY = 86_400.0

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.app import Counters
-from streams.metrics import WorkerMetrics
+from streams.runtime.metrics import Counters, WorkerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "ops" / "grafana" / "dashboards" / "recostream.json"

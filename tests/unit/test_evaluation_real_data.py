@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from core.config import RecommenderConfig
 from core.evaluation import EASE_LAMBDA_GRID, evaluate_ranking
 from core.next_basket import evaluate_next_basket
-from core.recommender import RecommenderConfig
 from streams.cli import build_parser
-from streams.datasets import load_events
-from streams.evaluate import recommender_config
+from streams.cli.evaluate import recommender_config
+from streams.devtools.datasets import load_events
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,11 @@ import orjson
 import pytest
 import scipy.sparse as sp
 
+from core.config import RecommenderConfig
 from core.cooccurrence import CooccurrenceTable, _prune_rows
 from core.events import Event
 from core.ratings import RatingWeights, UserProfile
-from core.recommender import Recommender, RecommenderConfig
+from core.recommender import Recommender
 from core.similarity import SIMILARITIES, SimilarityParams
 from core.topk import top_k, top_k_per_row_dense, top_k_per_row_sparse
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from streams.settings import Settings
+from streams.runtime.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = {"prometheus", "grafana"}

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 import core.ranking as ranking
+from core.config import RecommenderConfig
 from core.cooccurrence import ItemIndex
 from core.events import Event
 from core.ranking import NeighborModel, _TrendingTail
 from core.ratings import UserProfile
-from core.recommender import Recommender, RecommenderConfig
+from core.recommender import Recommender
 from core.similarity import ItemNeighbors
 from core.topk import top_k
 

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import CliError, main
-from streams.datasets import DATASETS, INSTACART_LAST_DAY, load_events, load_instacart_sample
+from streams.cli import main
+from streams.devtools.datasets import (
+    DATASETS,
+    INSTACART_LAST_DAY,
+    load_events,
+    load_instacart_sample,
+)
+from streams.errors import CliError
 
 HEADER = (",order_id,user_id,order_number,order_dow,order_hour_of_day,"
           "days_since_prior_order,product_id,add_to_cart_order,reordered\n")
@@ -83,7 +89,7 @@ def test_complete_journey_lines_become_purchases(tmp_path: Path) -> None:
     })
     path = tmp_path / "transactions.parquet"
     pq.write_table(table, path)
-    from streams.datasets import load_complete_journey
+    from streams.devtools.datasets import load_complete_journey
 
     events = load_complete_journey(path)
     assert [(e.user_id, e.item_id, e.order_id, e.quantity, e.price) for e in events] == [

@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
+from core.config import RecommenderConfig
 from core.evaluation import choose_ease_lambda, evaluate_ranking, unique_pairs
 from core.events import Event
 from core.next_basket import evaluate_next_basket
 from core.prequential import evaluate_prequential
 from core.ratings import RatingWeights
-from core.recommender import RecommenderConfig
 
 DAY = 86_400.0
 RANKING = replace(RecommenderConfig(), similarity="ease", neighbors=50, history=100,

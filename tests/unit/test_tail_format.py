@@ -7,7 +7,7 @@ import base64
 import orjson
 import pytest
 
-from streams.tail import (
+from streams.cli.tail import (
     FORMATTERS,
     LIVE_WINDOW_S,
     TailRecord,

@@ -1,0 +1,1 @@
+"""Development tools: a local broker, the evaluation data sets, worker processes."""

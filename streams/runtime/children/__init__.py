@@ -1,0 +1,1 @@
+"""The worker's child processes: the plumbing, and the jobs each child runs."""

@@ -1,0 +1,194 @@
+"""The ranking queue: each batch's lists and triggers, ranked in the ranking child
+and published in the order queued.
+
+At most :data:`RANKINGS_IN_FLIGHT` submissions are under way; the lists of later
+batches wait here, one per user (a user's later list replaces the one waiting,
+since it records every event the other did), and go as the next submission.
+Under light load nothing waits and every batch's lists go at once. Triggers are
+never replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import orjson
+
+from core.config import RecommenderConfig
+from core.engagement import Trigger
+from core.ranking import NeighborModel, Recommendations
+from streams.runtime.children.process import ChildProcess
+from streams.runtime.children.ranking_jobs import (
+    ListRequest,
+    TriggerRequest,
+    hold_ranking_model,
+    ranked_records,
+    recommend_one,
+)
+from streams.runtime.metrics import Counters, WorkerMetrics
+from streams.runtime.outbox import Outbox
+from streams.runtime.state import UserState
+
+#: Submissions of lists to the ranking child at once: one ranked while the next
+#: waits in the pipe.
+RANKINGS_IN_FLIGHT = 2
+#: Unread input events beyond which the worker is behind (a backlog: after a
+#: restart, or input faster than it keeps up with). Its lists then go to the
+#: ranking child at most every BEHIND_HOLD_SECONDS, one per user: a busy user's
+#: list of every batch in between would be replaced before anyone could use it.
+BEHIND_EVENTS = 10_000
+BEHIND_HOLD_SECONDS = 0.5
+
+
+class RecommendationsLost(RuntimeError):
+    """A batch's recommendations were not published (the ranking failed)."""
+
+
+class RankingQueue:
+    """Lists and triggers to the ranking child, records to the outbox.
+
+    ``topics``: contract name -> the topic's name on the broker, for
+    ``recommendations`` and every output of :data:`streams.runtime.records.TRIGGER_OUTPUTS`.
+    """
+
+    def __init__(self, ranker: ChildProcess, outbox: Outbox, topics: Mapping[str, str],
+                 k: int, config: RecommenderConfig, counters: Counters,
+                 metrics: WorkerMetrics, stopping: Callable[[], bool],
+                 crash_soon: Callable[[BaseException], object]) -> None:
+        self.ranker = ranker
+        self.outbox = outbox
+        self.topics = dict(topics)
+        self.k = k
+        self.config = config
+        self.counters = counters
+        self.metrics = metrics
+        self.stopping = stopping
+        self.crash_soon = crash_soon  # stops the worker, from a callback
+        #: submissions being ranked, in order
+        self.under_way: list[asyncio.Future[None]] = []
+        #: lists not submitted yet, each as its JSON request, by user
+        self.waiting_lists: dict[str, bytes] = {}
+        self.waiting_triggers: list[TriggerRequest] = []
+        #: the worker is behind (as of its last batch): see BEHIND_EVENTS
+        self.behind = False
+        self._last_submission = -math.inf  # monotonic
+        self._hold: asyncio.TimerHandle | None = None  # submits what waits, when behind
+        self._lost: RecommendationsLost | None = None
+
+    def rank_with(self, model: NeighborModel) -> None:
+        """The ranking child ranks with this snapshot from now on (a child that
+        replaces it too)."""
+        self.ranker.hold(hold_ranking_model, model)
+
+    def publish(self, lists: Sequence[ListRequest],
+                triggers: Sequence[tuple[str, UserState, Trigger]]) -> None:
+        """Rank users' lists, and the items of their triggers, in the ranking child
+        (the profiles as they are now), and publish the records when they come
+        back, after those queued before. Offsets are committed, and user states
+        written, only once everything queued before is published
+        (:meth:`published`); a failed ranking stops the worker.
+
+        When the ranking child falls behind, or the worker does (then the lists
+        go every :data:`BEHIND_HOLD_SECONDS` at most), it ranks each busy user
+        once per submission instead of once per batch, and the records it would
+        have replaced are never sent.
+        """
+        for request in lists:
+            user_id = request[0]
+            self.waiting_lists.pop(user_id, None)  # to the end: ranked after the others
+            self.waiting_lists[user_id] = orjson.dumps(request)
+        self.waiting_triggers.extend(
+            (user_id, list(state.profile.recent), set(state.profile.purchased), trigger)
+            for user_id, state, trigger in triggers)
+        self._submit_waiting()
+
+    def _submit_waiting(self, hold: bool = True) -> None:
+        """The lists and triggers waiting to the ranking child, as one submission,
+        unless :data:`RANKINGS_IN_FLIGHT` are under way (or one was lost), or
+        (``hold``) the worker is behind and submitted less than
+        :data:`BEHIND_HOLD_SECONDS` ago: then a timer submits them."""
+        if not self.waiting_lists and not self.waiting_triggers:
+            return
+        if len(self.under_way) >= RANKINGS_IN_FLIGHT or self._lost is not None:
+            return
+        if hold and self.behind:
+            wait = self._last_submission + BEHIND_HOLD_SECONDS - time.monotonic()
+            if wait > 0:
+                if self._hold is None:
+                    self._hold = asyncio.get_running_loop().call_later(wait, self._hold_over)
+                return
+        self._last_submission = time.monotonic()
+        lists, triggers = self.waiting_lists, self.waiting_triggers
+        self.waiting_lists, self.waiting_triggers = {}, []
+        started = time.perf_counter()
+        ranking = self.ranker.submit(ranked_records, b"[" + b",".join(lists.values()) + b"]",
+                                     triggers, self.k, self.config)
+        previous = self.under_way[-1] if self.under_way else None
+        publish = self._publish_when_ranked(
+            ranking, list(lists), [trigger for *_, trigger in triggers],
+            [request[0] for request in triggers], previous, started)
+        task = asyncio.ensure_future(publish)
+        self.under_way.append(task)
+        task.add_done_callback(self._ranking_done)
+
+    async def _publish_when_ranked(
+        self, ranking: Awaitable[tuple[list[bytes], list[list[tuple[str, bytes]]]]],
+        list_users: list[str], triggers: list[Trigger], trigger_users: list[str],
+        previous: asyncio.Future[None] | None, started: float,
+    ) -> None:
+        records, triggered = await ranking
+        if previous is not None:
+            await previous  # a user's records leave in the order they were queued
+        self.metrics.ranking_seconds.observe(time.perf_counter() - started)
+        topic = self.topics["recommendations"]
+        for user_id, record in zip(list_users, records, strict=True):
+            self.outbox.add(topic, record, key=user_id.encode())
+        self.counters.recommendations_out += len(records)
+        for user_id, trigger, outputs in zip(trigger_users, triggers, triggered, strict=True):
+            for output, record in outputs:
+                self.outbox.add(self.topics[output], record, key=user_id.encode())
+            self.counters.triggers_out[trigger.kind] += 1
+        await self.outbox.send()
+
+    def _hold_over(self) -> None:
+        self._hold = None
+        if not self.stopping():  # stopping: what waits is replayed, not ranked
+            self._submit_waiting(hold=False)
+
+    def _ranking_done(self, task: asyncio.Future[None]) -> None:
+        self.under_way.remove(task)
+        if task.cancelled():
+            self._lost = RecommendationsLost("a ranking was cancelled")
+        elif (exc := task.exception()) is not None:
+            self._lost = RecommendationsLost(f"a ranking failed: {exc!r}")
+            self._lost.__cause__ = exc
+            self.crash_soon(self._lost)
+        self._submit_waiting()
+
+    async def published(self) -> None:
+        """Wait until every list and trigger queued so far is published (those
+        waiting are submitted as submissions come back);
+        :class:`RecommendationsLost` once any were not (their events are then never
+        committed: a replay ranks them again)."""
+        while self._lost is None and (
+                self.under_way or self.waiting_lists or self.waiting_triggers):
+            self._submit_waiting(hold=False)
+            await asyncio.wait([self.under_way[-1]])
+        if self._lost is not None:
+            raise self._lost
+
+    def idle(self) -> bool:
+        """Nothing queued, waiting or under way."""
+        return not (self.under_way or self.waiting_lists or self.waiting_triggers)
+
+    async def recommend(self, user_id: str, state: UserState | None, n: int
+                        ) -> Recommendations:
+        """A user's list now, ranked in the ranking child with the snapshot it
+        holds (as the published lists are)."""
+        profile = state.profile if state is not None else None
+        return await self.ranker.run(
+            recommend_one, user_id, None if profile is None else list(profile.recent),
+            () if profile is None else list(profile.purchased), n, self.config)

@@ -55,6 +55,10 @@ class Run:
     rss_mb: float | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # with per-minute series (--scale shop, soak): one dict per minute, and the
+    # peak RSS of each of the worker's processes
+    minutes: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_mb_by_process: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +108,11 @@ class Bench:
         with contextlib.suppress(OSError, ValueError):
             self.broker_pid = int(broker.pid_file.read_text().strip())
         self.prefix = f"bench{self.tag}."
+
+    @property
+    def log_dir(self) -> Path | None:
+        """The broker's partitions on disk (the per-minute series read them)."""
+        return None if self.broker is None else self.broker.log_dir
 
 
 def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:

@@ -10,14 +10,15 @@ import functools
 import math
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from harness import Bench, Run, create_topics, fmt, produce, say
-from probes import LoopProbe, ProbedLoad, nearest_rank, paced_load, write_probe_log
+from probes import LoopProbe, ProbedLoad, ProbeTimes, nearest_rank, paced_load, write_probe_log
 from procfs import worker_peak_rss_mb
+from series import Series, describe_minute
 from worker_runs import start_profiler, start_workers, stop_profiler
 from workload import Messages, Workload, draw
 
@@ -45,6 +46,7 @@ class LatencyPoint:
     delivery_p99_ms: float | None = None
     batch_mean_ms: float | None = None  # the worker's own histograms, this load only
     ranking_mean_ms: float | None = None
+    minutes: list[dict[str, Any]] = field(default_factory=list)  # with per-minute series
 
 
 def stage_means_ms(before: Samples, after: Samples) -> dict[str, float | None]:
@@ -92,14 +94,25 @@ def warm_worker(bench: Bench, name: str, prefix: str, messages: Messages) -> Wor
 
 
 def measure_load(bench: Bench, worker: WorkerProcess, prefix: str, load: ProbedLoad,
-                 rate: float, fraction: float) -> LatencyPoint:
+                 rate: float, fraction: float, series: Series | None = None,
+                 times: ProbeTimes | None = None) -> LatencyPoint:
     """Send ``load`` at ``rate`` to a warm worker, the first :data:`LATENCY_LEAD_IN_S`
-    unmeasured, and sum up its probes."""
+    unmeasured, and sum up its probes; with ``series`` (sampled during the load),
+    the minutes of the measured part too. ``times`` is filled as probes come back."""
     lead_in = int(rate * LATENCY_LEAD_IN_S)
     before = worker.metrics()
-    with LoopProbe(worker) as loop_probe:
-        times = asyncio.run(paced_load(bench.bootstrap, prefix, bench.args.partitions,
-                                       load, load.probe_users, rate, lead_in))
+    on_health = ((lambda h: series.count(h["counters"]["applied"]
+                                         + h["counters"]["deduplicated"]))
+                 if series is not None else None)
+    if series is not None:
+        series.start()
+    try:
+        with LoopProbe(worker, on_health=on_health) as loop_probe:
+            times = asyncio.run(paced_load(bench.bootstrap, prefix, bench.args.partitions,
+                                           load, load.probe_users, rate, lead_in, times))
+    finally:
+        if series is not None:
+            series.stop()
     stages = stage_means_ms(before, worker.metrics())
     loop_ms = sorted(loop_probe.times_ms)
     # a probe never answered (within LATENCY_DRAIN_S after the load) is slower
@@ -126,6 +139,8 @@ def measure_load(bench: Bench, worker: WorkerProcess, prefix: str, load: ProbedL
         delivery_p99_ms=nearest_rank(delivery, 99),
         batch_mean_ms=stages["batch"], ranking_mean_ms=stages["ranking"],
     )
+    if series is not None:
+        point.minutes = series.minutes(times.started, times.ended, times.latencies())
     return point
 
 
@@ -140,8 +155,8 @@ def describe_point(point: LatencyPoint) -> str:
             f"ranking {fmt(point.ranking_mean_ms, '.1f')} ms")
 
 
-def run_latency(bench: Bench, base_eps: float, workload: Workload, *,
-                seed: int) -> tuple[list[LatencyPoint], Run]:
+def run_latency(bench: Bench, base_eps: float, workload: Workload, *, seed: int,
+                per_minute: bool = False) -> tuple[list[LatencyPoint], Run]:
     """The latency curve at ``bench.args.latency_fractions`` of ``base_eps``, each
     load ``latency_seconds`` long after its lead-in, on ``workload`` drawn with
     ``seed + 1`` (probe items with ``seed + 2``)."""
@@ -155,6 +170,7 @@ def run_latency(bench: Bench, base_eps: float, workload: Workload, *,
     points: list[LatencyPoint] = []
     run = Run("latency worker (memory)")
     spy: subprocess.Popen[bytes] | None = None
+    app_id = f"bench-{bench.tag}-latency"
     try:
         spy = start_profiler(bench, worker, "latency-0")
         produced = offset = LATENCY_WARMUP
@@ -165,10 +181,13 @@ def run_latency(bench: Bench, base_eps: float, workload: Workload, *,
             say(f"latency: {rate:,.0f}/s ({fraction:g} of {base_eps:,.0f}) for "
                 f"{LATENCY_LEAD_IN_S:g} + {args.latency_seconds:g} s, "
                 f"{len(load.probe_users):,} probes")
-            point = measure_load(bench, worker, prefix, load, rate, fraction)
+            series = Series([worker], bench.log_dir, app_id) if per_minute else None
+            point = measure_load(bench, worker, prefix, load, rate, fraction, series)
             produced += len(load)
             points.append(point)
             say(f"latency: {describe_point(point)}")
+            for minute in point.minutes:
+                say(f"latency {fraction:g}, {describe_minute(minute)}")
             if index == len(fractions) - 1:
                 break
             # the next rate starts from an empty backlog, row updates included

@@ -15,10 +15,10 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 import orjson
@@ -38,11 +38,14 @@ class LoopProbe:
     The worker serves HTTP on the event loop that runs its agents, so a /health
     answer that takes 800 ms means the loop was blocked (a long synchronous batch,
     a refresh) for that long: the latency of every event waiting behind it.
+    ``on_health`` gets each answer (the series read the events applied from it).
     """
 
-    def __init__(self, worker: WorkerProcess, interval_s: float = 0.1) -> None:
+    def __init__(self, worker: WorkerProcess, interval_s: float = 0.1,
+                 on_health: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.worker = worker
         self.interval_s = interval_s
+        self.on_health = on_health
         self.times_ms: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -51,8 +54,10 @@ class LoopProbe:
         while not self._stop.is_set():
             started = time.perf_counter()
             with contextlib.suppress(OSError, ValueError):
-                self.worker.health()
+                health = self.worker.health()
                 self.times_ms.append((time.perf_counter() - started) * 1000.0)
+                if self.on_health is not None:
+                    self.on_health(health)
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> LoopProbe:
@@ -124,20 +129,30 @@ class ProbedLoad(Sequence[OutMessage]):
 
 @dataclass
 class ProbeTimes:
-    """Wall-clock seconds per measured probe user."""
+    """Wall-clock seconds per measured probe user, filled while the load runs."""
 
     sent: dict[str, float] = field(default_factory=dict)  # handed to our producer
     created: dict[str, float] = field(default_factory=dict)  # recommendation record made
     seen: dict[str, float] = field(default_factory=dict)  # recommendation consumed here
     offered_rate: float = 0.0
+    started: float = 0.0  # wall time the measured part of the load began
+    ended: float = 0.0  # and when its last message was handed over
+
+    def latencies(self) -> list[tuple[float, float]]:
+        """(sent, ms) per measured probe so far; infinity while unanswered."""
+        sent, seen = self.sent.copy(), self.seen.copy()
+        return [(t, (seen[u] - t) * 1000.0 if u in seen else math.inf)
+                for u, t in sent.items()]
 
 
 async def paced_load(bootstrap: str, prefix: str, partitions: int, load: Sequence[OutMessage],
-                     probe_users: dict[int, str], rate: float, lead_in: int) -> ProbeTimes:
-    """Send ``load`` at ``rate`` and time the probes after the first ``lead_in`` messages."""
+                     probe_users: dict[int, str], rate: float, lead_in: int,
+                     times: ProbeTimes | None = None) -> ProbeTimes:
+    """Send ``load`` at ``rate`` and time the probes after the first ``lead_in`` messages
+    (into ``times`` if given, which others may read meanwhile)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    times = ProbeTimes()
+    times = ProbeTimes() if times is None else times
     sent_at: dict[str, float] = {}
     measured = {user for position, user in probe_users.items() if position >= lead_in}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -175,6 +190,7 @@ async def paced_load(bootstrap: str, prefix: str, partitions: int, load: Sequenc
             for position in range(sent, min(sent + step, len(load))):
                 if position == lead_in:
                     measure_from = time.perf_counter()
+                    times.started = time.time()
                 message = load[position]
                 user = probe_users.get(position)
                 if user is not None:
@@ -184,6 +200,7 @@ async def paced_load(bootstrap: str, prefix: str, partitions: int, load: Sequenc
                 await producer.send(message.topic, message.value, message.key)
             sent = min(sent + step, len(load))
         await producer.flush()
+        times.ended = time.time()
         times.offered_rate = (len(load) - lead_in) / (time.perf_counter() - measure_from)
         deadline = time.perf_counter() + LATENCY_DRAIN_S
         while time.perf_counter() < deadline and not measured <= times.seen.keys():

@@ -83,6 +83,26 @@ def comm(pid: int) -> str | None:
         return None
 
 
+def worker_processes(pid: int) -> dict[str, int]:
+    """A worker's processes by name: ``worker``, ``ranker``, ``rows-N``, ``model``,
+    and ``other`` (``other-2``, ...) for the rest (the resource tracker)."""
+    named = {"worker": pid}
+    for child in child_pids(pid):
+        name = comm(child)
+        if name is None:
+            continue
+        if name.startswith("reco-rows"):
+            role = "rows" + name.removeprefix("reco-rows")
+        else:
+            role = CHILD_ROLES.get(name, "other")
+        key, n = role, 1
+        while key in named:
+            n += 1
+            key = f"{role}-{n}"
+        named[key] = child
+    return named
+
+
 def cpu_seconds_by_process(workers: Sequence[WorkerProcess], broker_pid: int | None
                            ) -> dict[str, float]:
     """CPU-seconds used so far by the workers' processes, summed by role (worker,

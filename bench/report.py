@@ -12,12 +12,13 @@ from provenance import revision
 
 from streams.settings import Settings
 
-# Every configuration, in the order they run.
-PARTS = ("bare", "noop", "noop-ours", "naive", "worker", "rocksdb", "two", "latency")
+# Every configuration, in the order they run; "default" only at --scale shop.
+PARTS = ("bare", "noop", "noop-ours", "naive", "worker", "default", "rocksdb", "two",
+         "latency")
 LABELS = {"bare": "bare aiokafka getmany + orjson", "noop": "Faust no-op agent",
           "noop-ours": "no-op, recostream's consumer",
           "naive": "Faust naive (per-event send)", "worker": "recostream worker, memory",
-          "rocksdb": "recostream worker, rocksdb",
+          "default": "worker, default workload", "rocksdb": "recostream worker, rocksdb",
           "two": "two workers, memory"}
 # Targets of issue 7, as (name, ratio key, comparison, bound).
 TARGETS: tuple[tuple[str, str, str, float], ...] = (
@@ -26,6 +27,11 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("two / one", "two_over_one", ">=", 1.2),
     ("rocksdb / noop", "rocksdb_over_noop", ">=", 0.5),
     ("p99 at half load (ms)", "p99_ms", "<=", 100.0),
+)
+# And those of issue 24 at a shop's scale.
+SHOP_TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("shop / default workload", "worker_over_default", ">=", 0.8),
+    ("p99 last / 2nd minute", "p99_last_over_second_minute", "<=", 1.25),
 )
 
 
@@ -37,12 +43,17 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def targets(scale: str) -> tuple[tuple[str, str, str, float], ...]:
+    return TARGETS + (SHOP_TARGETS if scale == "shop" else ())
+
+
 def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
                  points: list[LatencyPoint], latency_run: Run | None) -> dict[str, Any]:
     def eps(key: str) -> float | None:
         run = runs.get(key)
         return round(run.eps, 1) if run is not None and run.eps is not None else None
 
+    shop = args.scale == "shop"
     half = next((p for p in points if p.fraction == 0.5), None)
     worker = runs.get("worker")
     result: dict[str, Any] = {
@@ -72,10 +83,21 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
              "batch_mean_ms": rounded(p.batch_mean_ms),
              "ranking_mean_ms": rounded(p.ranking_mean_ms),
              "probes": p.probes, "answered": p.answered}
+            | ({"by_minute": p.minutes} if shop else {})
             for p in points
         ],
         "peak_rss_mb": round(worker.rss_mb, 1) if worker and worker.rss_mb else None,
     }
+    if shop:
+        half_minutes = half.minutes if half else []
+        result |= {
+            "default_worker_eps": eps("default"),
+            "p99_by_minute_ms": [m["p99_ms"] for m in half_minutes],
+            "p50_by_minute_ms": [m["p50_ms"] for m in half_minutes],
+            "worker_eps_by_minute": [m["events_per_s"] for m in worker.minutes] if worker else [],
+            "peak_rss_mb_by_process": worker.peak_rss_mb_by_process if worker else {},
+            "by_minute": {"worker": worker.minutes if worker else [], "latency": half_minutes},
+        }
     result["ratios"] = {
         "worker_over_noop": ratio(result["worker_eps"], result["faust_noop_eps"]),
         "worker_over_noop_our_consumer": ratio(result["worker_eps"],
@@ -85,9 +107,15 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         "rocksdb_over_noop": ratio(result["worker_rocksdb_eps"], result["faust_noop_eps"]),
         "worker_over_bare": ratio(result["worker_eps"], result["bare_eps"]),
     }
+    if shop:
+        p99s = result["p99_by_minute_ms"]
+        result["ratios"]["worker_over_default"] = ratio(result["worker_eps"],
+                                                        result["default_worker_eps"])
+        result["ratios"]["p99_last_over_second_minute"] = (
+            ratio(p99s[-1], p99s[1]) if len(p99s) >= 3 else None)
     result["ratios"] = {k: None if v is None else round(v, 3) for k, v in result["ratios"].items()}
     checks: dict[str, bool | None] = {}
-    for _, key, op, bound in TARGETS:
+    for _, key, op, bound in targets(args.scale):
         value = result["p99_ms"] if key == "p99_ms" else result["ratios"][key]
         checks[key] = None if value is None else (value >= bound if op == ">=" else value <= bound)
     result["targets_met"] = checks
@@ -107,18 +135,24 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         "cpus": os.cpu_count(), "max_seconds": args.max_seconds,
         "naive_seconds": args.naive_seconds, "latency_seconds": args.latency_seconds,
     }
+    if shop:
+        result["setup"]["scale"] = "shop"
+        result["setup"]["default_workload"] = dict(args.default_workload)
     return result
 
 
 def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
     setup = result["setup"]
+    shop = setup.get("scale") == "shop"
     lines = [f"stream throughput  (rev {setup['revision']}, "
              f"{setup['partitions']} partitions, {os.cpu_count()} CPUs, "
-             f"{result['events']:,} events produced)", ""]
+             f"{result['events']:,} events produced"
+             + (f" over {setup['users']:,} users and {setup['items']:,} items" if shop else "")
+             + ")", ""]
     lines.append(f"{'configuration':<32} {'events/s':>10} {'events':>9} {'seconds':>8} "
                  f"{'RSS MB':>7}  note")
     for key in PARTS:
-        if key == "latency":
+        if key == "latency" or (key == "default" and not shop):
             continue
         run = runs.get(key)
         if run is None:
@@ -147,8 +181,11 @@ def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
             f"{str(point['answered']) + '/' + str(point['probes']):>10}{behind}")
     if not result["latency_curve"]:
         lines.append("skipped")
+    if shop:
+        lines += minute_table("worker at full speed, per minute", result["by_minute"]["worker"])
+        lines += minute_table("worker at half load, per minute", result["by_minute"]["latency"])
     lines += ["", f"{'target':<24} {'value':>8} {'goal':>8}  met"]
-    for name, key, op, bound in TARGETS:
+    for name, key, op, bound in targets(setup.get("scale", "default")):
         value = result["p99_ms"] if key == "p99_ms" else result["ratios"][key]
         met = result["targets_met"][key]
         lines.append(f"{name:<24} {fmt(value, '.2f'):>8} {op + format(bound, 'g'):>8}  "
@@ -161,3 +198,22 @@ def render_table(result: dict[str, Any], runs: dict[str, Run]) -> str:
                  f"{setup['other_cpu_seconds']:.0f} CPU-s meanwhile "
                  f"({setup['other_cpu_share']:.0%} of its capacity)")
     return "\n".join(lines)
+
+
+def minute_table(title: str, minutes: list[dict[str, Any]]) -> list[str]:
+    """Rows of :meth:`series.Series.minutes`: rate, latency, RSS per process, commits."""
+    lines = ["", title]
+    if not minutes:
+        return [*lines, "skipped"]
+    names = sorted({name for m in minutes for name in m["rss_mb"]})
+    lines.append(f"{'min':>3} {'events/s':>9} {'p50':>7} {'p99':>7} "
+                 + " ".join(f"{name:>8}" for name in names)
+                 + f" {'RSS MB':>8} {'commits':>7} {'MB each':>7} {'longest s':>9}")
+    for m in minutes:
+        lines.append(
+            f"{m['minute']:>3} {fmt(m['events_per_s']):>9} {fmt(m.get('p50_ms')):>7} "
+            f"{fmt(m.get('p99_ms')):>7} "
+            + " ".join(f"{fmt(m['rss_mb'].get(name)):>8}" for name in names)
+            + f" {fmt(m['rss_mb_total']):>8} {m['commits']:>7} "
+            f"{fmt(m['commit_mb_mean'], '.1f'):>7} {fmt(m['commit_s_max'], '.1f'):>9}")
+    return lines

@@ -5,6 +5,7 @@
     .venv/bin/python bench/stream_throughput.py --events 50000 --skip naive,two,latency
     .venv/bin/python bench/stream_throughput.py --skip bare,noop,naive,rocksdb,two \\
         --profile /tmp/prof                                        # py-spy the workers
+    .venv/bin/python bench/stream_throughput.py --scale shop --json   # a shop (~1 hour)
 
 Starts its own Apache Kafka (:mod:`harness`), produces a synthetic Zipf stream once
 (:mod:`workload`; by default 600,000 events: 20k users, 5k items, 95% clicks of mixed
@@ -19,6 +20,12 @@ each with its own consumer group:
 - ``two``: two workers in one group, counters summed;
 - ``latency``: a fresh worker on fresh topics, warmed up, fed by a paced load
   generator at 1/4, 1/2 and 3/4 of the worker's rate (:mod:`latency`, :mod:`probes`).
+
+``--scale shop`` runs the same parts on a shop's scale (2,000,000 events over
+500,000 users and 200,000 items; one 10-minute load at half the worker's rate) and,
+beside them, ``default``: a worker on the default workload, produced to topics of
+its own; it adds minute-by-minute series (:mod:`series`): the worker's rate, the
+RSS of each of its processes, its commits, and the probes' p50/p99.
 
 Every configuration is bounded by ``--max-seconds``; a capped one reports its rate
 over what it consumed. Progress goes to stderr; the table to stdout, or with
@@ -35,6 +42,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from harness import Bench, Run, cleaned_up, create_topics, produce, say
@@ -44,6 +52,28 @@ from reference_agents import FAUST_ROLES, run_bare, run_faust_child, run_faust_r
 from report import PARTS, build_result, render_table
 from worker_runs import run_worker
 from workload import Messages, Workload, draw
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The defaults a ``--scale`` gives the flags left out."""
+
+    events: int
+    users: int
+    items: int
+    max_seconds: float
+    latency_seconds: float
+    latency_fractions: tuple[float, ...]
+
+
+SCALES = {
+    # 600,000 events: the workers' rates are timed from their first snapshot, ~20 s
+    # in, so most of them count
+    "default": Scale(600_000, 20_000, 5_000, 150.0, 20.0, (0.25, 0.5, 0.75)),
+    # a shop: state past every cache's capacity; ten minutes of half load show
+    # whether the latency grows with the state
+    "shop": Scale(2_000_000, 500_000, 200_000, 900.0, 600.0, (0.5,)),
+}
 
 
 def fractions_list(text: str) -> tuple[float, ...]:
@@ -59,29 +89,35 @@ def fractions_list(text: str) -> tuple[float, ...]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=600_000,
-                        help="events produced (600,000: the workers' rates are timed from "
-                        "their first snapshot, ~20 s in, so most of them count)")
+    parser.add_argument("--scale", choices=tuple(SCALES), default="default",
+                        help="default: 600,000 events, 20k users, 5k items; shop: "
+                             "2,000,000 events, 500k users, 200k items, plus the default "
+                             "workload's worker and per-minute series (flags given override)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="events produced (600,000; shop 2,000,000)")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--users", type=int, default=None, help="(20,000; shop 500,000)")
+    parser.add_argument("--items", type=int, default=None, help="(5,000; shop 200,000)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--default-events", type=int, default=None,
+                        help="with --scale shop: events of the default workload run beside "
+                             "it (600,000)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--skip", default="", metavar="PARTS",
                         help=f"comma-separated parts to skip: {','.join(PARTS)}")
-    parser.add_argument("--max-seconds", type=float, default=150.0,
-                        help="cap on each configuration's measured time (150)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="cap on each configuration's measured time (150; shop 900)")
     parser.add_argument("--naive-seconds", type=float, default=60.0,
                         help="cap on the naive agent (60: at ~700/s it would take minutes)")
     parser.add_argument("--bare-repeats", type=int, default=3)
-    parser.add_argument("--latency-seconds", type=float, default=20.0,
-                        help="measured seconds per latency rate (20)")
+    parser.add_argument("--latency-seconds", type=float, default=None,
+                        help="measured seconds per latency rate (20; shop 600)")
     parser.add_argument("--latency-base-eps", type=float, default=None,
                         help="rate the latency fractions apply to when the worker part is skipped")
-    parser.add_argument("--latency-fractions", type=fractions_list, default=(0.25, 0.5, 0.75),
+    parser.add_argument("--latency-fractions", type=fractions_list, default=None,
                         metavar="F,F,...",
-                        help="loads to measure, as fractions of worker_eps (0.25,0.5,0.75); "
-                             "the JSON's p50_ms and p99_ms are those at 0.5")
+                        help="loads to measure, as fractions of worker_eps (0.25,0.5,0.75; "
+                             "shop 0.5); the JSON's p50_ms and p99_ms are those at 0.5")
     parser.add_argument("--probe-log", metavar="CSV", default=None,
                         help="append each latency probe (time sent, latencies) to CSV")
     parser.add_argument("--refresh-seconds", type=float, default=None,
@@ -97,16 +133,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--expect", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    scale = SCALES[args.scale]
+    for name in ("events", "users", "items", "max_seconds", "latency_seconds",
+                 "latency_fractions"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(scale, name))
+    default = SCALES["default"]
+    args.default_workload = {"events": args.default_events or default.events,
+                             "users": default.users, "items": default.items}
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     if skip - set(PARTS):
         parser.error(f"--skip takes {','.join(PARTS)}; got {','.join(sorted(skip - set(PARTS)))}")
+    if args.scale != "shop":
+        skip.add("default")  # the default workload is the run's own
     args.skip = skip
     if "latency" not in skip and "worker" in skip and not args.latency_base_eps:
         parser.error("the latency part needs worker_eps: skip it too or give --latency-base-eps")
     return args
 
 
-def produce_workload(bench: Bench, workload: Workload, count: int, prefix: str) -> int:
+def produce_workload(bench: Bench, workload: Workload, count: int, prefix: str,
+                     what: str = "") -> int:
     """Draw ``count`` events of ``workload`` (the run's seed) and produce them to
     ``prefix``; the number delivered."""
     args = bench.args
@@ -114,19 +161,26 @@ def produce_workload(bench: Bench, workload: Workload, count: int, prefix: str) 
     started = time.perf_counter()
     draws = draw(workload, count, args.seed)
     purchases = int((draws.kinds == workload.kinds.index("purchase")).sum())
-    say(f"generated {len(draws):,} events in {time.perf_counter() - started:.1f} s "
+    say(f"generated {len(draws):,} events{what} in {time.perf_counter() - started:.1f} s "
         f"({purchases:,} purchases)")
     started = time.perf_counter()
     events = produce(bench.bootstrap, Messages(draws, prefix, "e"))
-    say(f"produced {events:,} events in {time.perf_counter() - started:.1f} s")
+    say(f"produced {events:,} events{what} in {time.perf_counter() - started:.1f} s")
     return events
 
 
 def run_all(bench: Bench) -> dict[str, Any]:
     args = bench.args
+    shop = args.scale == "shop"
     bench.start_broker()
     workload = Workload(users=args.users, items=args.items)
     events = produce_workload(bench, workload, args.events, bench.prefix)
+    default_events, default_prefix = 0, f"bench{bench.tag}d."
+    if "default" not in args.skip:
+        default = args.default_workload
+        default_events = produce_workload(
+            bench, Workload(users=default["users"], items=default["items"]), default["events"],
+            default_prefix, " of the default workload")
 
     runs: dict[str, Run] = {}
     if "bare" not in args.skip:
@@ -138,7 +192,12 @@ def run_all(bench: Bench) -> dict[str, Any]:
     if "naive" not in args.skip:
         runs["naive"] = run_faust_child(bench, "naive", events, args.naive_seconds)
     if "worker" not in args.skip:
-        runs["worker"] = run_worker(bench, "worker", "worker memory", "memory://", 1, events)
+        runs["worker"] = run_worker(bench, "worker", "worker memory", "memory://", 1, events,
+                                    per_minute=shop)
+    if "default" not in args.skip:
+        runs["default"] = run_worker(bench, "default", "worker, default workload", "memory://",
+                                     1, default_events, prefix=default_prefix,
+                                     cap_s=SCALES["default"].max_seconds)
     if "rocksdb" not in args.skip:
         runs["rocksdb"] = run_worker(bench, "rocksdb", "worker rocksdb", "rocksdb://", 1,
                                      events)
@@ -148,7 +207,8 @@ def run_all(bench: Bench) -> dict[str, Any]:
     latency_run: Run | None = None
     if "latency" not in args.skip:
         base = args.latency_base_eps or runs["worker"].eps or 0.0
-        points, latency_run = run_latency(bench, base, workload, seed=args.seed)
+        points, latency_run = run_latency(bench, base, workload, seed=args.seed,
+                                          per_minute=shop)
     return build_result(args, events, runs, points, latency_run) | {"_runs": runs}
 
 

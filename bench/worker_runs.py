@@ -17,12 +17,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import Bench, Run, say, stop_child
 from procfs import cpu_between, cpu_seconds_by_process, worker_peak_rss_mb
+from series import Series, describe_minute
 
 from streams.settings import Settings
 from streams.worker_process import WorkerProcess, row_updates_caught_up, worker_env
@@ -90,7 +91,8 @@ class Window:
 
 
 def measure_workers(workers: Sequence[WorkerProcess], expect: int, cap_s: float,
-                    label: str, broker_pid: int | None = None) -> Window:
+                    label: str, broker_pid: int | None = None,
+                    on_poll: Callable[[int], None] | None = None) -> Window:
     """Events and seconds in steady state: from the first poll where every worker
     applies events and ranks with a snapshot, to the last event.
 
@@ -105,7 +107,8 @@ def measure_workers(workers: Sequence[WorkerProcess], expect: int, cap_s: float,
     expected count.
 
     The CPU the workers' processes and the broker used is read at the poll that
-    starts the clock and at the last one (:attr:`Window.cpu_cores`).
+    starts the clock and at the last one (:attr:`Window.cpu_cores`). ``on_poll``
+    gets the events counted at every poll that answered.
     """
     several = len(workers) > 1
     cpu_start: dict[str, float] = {}
@@ -129,6 +132,8 @@ def measure_workers(workers: Sequence[WorkerProcess], expect: int, cap_s: float,
         if progress is not None:
             counts, ranking = progress
             total = sum(counts)
+            if on_poll is not None:
+                on_poll(total)
             if not any_t and total:
                 any_t, any_n = now, total
             if not start_t and all(counts) and ranking:
@@ -242,22 +247,34 @@ def rows_settled_after(workers: Sequence[WorkerProcess], timeout: float) -> floa
         time.sleep(HEALTH_POLL_S / 4)
 
 
-def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expect: int) -> Run:
-    """``count`` workers in one group on the bench's topics, timed until ``expect``
-    events are applied (or ``--max-seconds``)."""
+def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expect: int,
+               *, prefix: str | None = None, cap_s: float | None = None,
+               per_minute: bool = False) -> Run:
+    """``count`` workers in one group on ``prefix`` (default: the bench's topics),
+    timed until ``expect`` events are applied or for ``cap_s`` (default
+    ``--max-seconds``); ``per_minute``: with the minute series of :mod:`series` and
+    the peak RSS of each process."""
     app_id = f"bench-{bench.tag}-{name}"
-    settings = [bench.settings(name, bench.prefix, store, app_id) for _ in range(count)]
+    settings = [bench.settings(name, bench.prefix if prefix is None else prefix, store, app_id)
+                for _ in range(count)]
     say(f"{label}: starting {count} worker(s), store {store}")
     workers = start_workers(bench, settings, name)
     spies = [start_profiler(bench, w, f"{name}-{i}") for i, w in enumerate(workers)]
+    series = Series(workers, bench.log_dir, app_id) if per_minute else None
+    if series is not None:
+        series.start()
     try:
-        window = measure_workers(workers, expect, bench.args.max_seconds, label,
-                                 bench.broker_pid)
+        window = measure_workers(workers, expect,
+                                 bench.args.max_seconds if cap_s is None else cap_s, label,
+                                 bench.broker_pid, series.count if series else None)
         rows_lag = rows_settled_after(workers, ROWS_SETTLE_TIMEOUT_S)
         counters = [w.health()["counters"] for w in workers]
         batches = batch_summary(workers)
         rss = [worker_peak_rss_mb(w.proc.pid) for w in workers if w.proc is not None]
+        by_process = series.peak_rss_mb_by_process() if series else {}
     finally:
+        if series is not None:
+            series.stop()
         for spy in spies:
             if spy is not None:
                 stop_profiler(spy)
@@ -271,6 +288,7 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
               capped=window.capped or rows_lag is None)
     known = [r for r in rss if r is not None]
     run.rss_mb = max(known) if known else None
+    run.peak_rss_mb_by_process = by_process
     run.extra = {
         "applied": [c["applied"] for c in counters],
         "deduplicated": [c["deduplicated"] for c in counters],
@@ -299,4 +317,8 @@ def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expe
     say(f"{label}: {run.consumed:,} events in {run.seconds:.1f} s = {run.eps:,.0f}/s"
         + f" ({run.note})"
         + (f", peak RSS {run.rss_mb:.0f} MB" if known else ""))
+    if series is not None:
+        run.minutes = series.minutes()
+        for minute in run.minutes:
+            say(f"{label}, {describe_minute(minute)}")
     return run

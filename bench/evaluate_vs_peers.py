@@ -1,11 +1,11 @@
 """recostream beside its peers, on the very same splits, in one run.
 
-Ranking (DESIGN.md 5.1, Microsoft Recommenders protocol: stratified by item,
+Ranking (the Microsoft Recommenders protocol: stratified by item,
 75/25, seed 42, top-10 with training items removed): recostream with the
 ``recostream evaluate ranking`` defaults (EASE) and with cosine, against
 implicit's ``CosineRecommender`` (item-item cosine) and a popularity baseline.
 
-Rating (DESIGN.md 5.3, Surprise protocol: 5-fold ``KFold(random_state=0,
+Rating (the Surprise protocol: 5-fold ``KFold(random_state=0,
 shuffle=True)``): recostream's user-based seed formula against Surprise's
 ``KNNWithMeans`` (user-based, k=40, msd and pearson). The script checks that
 Surprise's fold test sets are exactly ours before it trusts the comparison.

@@ -29,31 +29,11 @@ from dataclasses import replace
 import numpy as np
 import orjson
 import scipy.sparse as sp
+from workload import CORE_WORKLOAD, core_events
 
 from core.config import RecommenderConfig
 from core.events import Event
 from core.recommender import Recommender
-
-KINDS = np.array(["view", "click", "add_to_cart", "purchase"])
-KIND_SHARE = np.array([0.70, 0.15, 0.10, 0.05])
-
-
-def zipf_probabilities(n: int, exponent: float) -> np.ndarray:
-    weights = 1.0 / np.arange(1, n + 1) ** exponent
-    return weights / weights.sum()
-
-
-def synthetic_stream(events: int, users: int, items: int, seed: int) -> list[Event]:
-    rng = np.random.default_rng(seed)
-    user_idx = rng.choice(users, size=events, p=zipf_probabilities(users, 0.8))
-    item_idx = rng.choice(items, size=events, p=zipf_probabilities(items, 1.0))
-    kinds = rng.choice(KINDS, size=events, p=KIND_SHARE)
-    ts = 1_700_000_000.0 + np.sort(rng.uniform(0, 30 * 86_400, size=events))
-    return [
-        Event(f"u{u}", f"i{i}", float(t), str(k))
-        for u, i, k, t in zip(user_idx.tolist(), item_idx.tolist(), kinds.tolist(),
-                              ts.tolist(), strict=True)
-    ]
 
 
 def users_per_second(
@@ -103,7 +83,8 @@ def main() -> int:
 
     say(f"generating {args.events:,} Zipf events over {args.users:,} users / "
         f"{args.items:,} items ...")
-    stream = synthetic_stream(args.events, args.users, args.items, args.seed)
+    stream = core_events(replace(CORE_WORKLOAD, users=args.users, items=args.items),
+                         args.events, args.seed)
     config = replace(RecommenderConfig(), history=args.history, refresh_every=0)
     model = Recommender(config)
 

@@ -25,14 +25,12 @@ import gc
 import sys
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import orjson
+from workload import CORE_WORKLOAD, core_events
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.core_throughput import synthetic_stream
 from core.engagement import Engagement
 from core.ranking import NeighborModel
 from core.recommender import Recommender
@@ -65,7 +63,8 @@ def main() -> int:
     config = settings.recommender_config()
     engagement = settings.engagement_config()
 
-    events = synthetic_stream(args.events, args.users, args.items, args.seed)
+    events = core_events(replace(CORE_WORKLOAD, users=args.users, items=args.items),
+                         args.events, args.seed)
     model = Recommender(config)
     states: dict[str, UserState] = {}
     for n, event in enumerate(events):

@@ -30,7 +30,7 @@ All are pure functions of their arguments.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -79,6 +79,51 @@ def exposure_gini(exposure: ArrayLike) -> float:
         return 0.0
     ranks = np.arange(1, n + 1, dtype=np.float64)
     return float(np.clip(np.sum((2.0 * ranks - n - 1.0) * x) / (n * total), 0.0, 1.0))
+
+
+class ExposureWindow:
+    """Slots per item over the last ``size`` lists, kept as lists come (O(list
+    length) each), for the live figures a worker exports.
+
+    >>> window = ExposureWindow(size=2)
+    >>> for items in (["a", "b"], ["a"], ["c"]):
+    ...     window.add(items)
+    >>> window.lists, window.coverage(4), round(window.gini(4), 3)
+    (2, 0.5, 0.5)
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("size must be positive")
+        self.size = size
+        self._lists: deque[tuple[str, ...]] = deque()
+        self._slots: Counter[str] = Counter()
+
+    @property
+    def lists(self) -> int:
+        return len(self._lists)
+
+    def add(self, items: Sequence[str]) -> None:
+        """One more list; the oldest leaves once ``size`` are held."""
+        self._lists.append(tuple(items))
+        self._slots.update(items)
+        if len(self._lists) > self.size:
+            gone = self._lists.popleft()
+            self._slots.subtract(gone)
+            for item in gone:
+                if self._slots[item] <= 0:
+                    del self._slots[item]
+
+    def coverage(self, catalogue_size: int) -> float:
+        """:func:`catalogue_coverage` of the lists held."""
+        return min(len(self._slots) / catalogue_size, 1.0) if catalogue_size > 0 else 0.0
+
+    def gini(self, catalogue_size: int) -> float:
+        """:func:`exposure_gini` of the lists held, over ``catalogue_size`` items."""
+        counts = np.fromiter(self._slots.values(), np.int64, len(self._slots))
+        padded = np.zeros(max(catalogue_size, counts.size), dtype=np.int64)
+        padded[: counts.size] = counts
+        return exposure_gini(padded)
 
 
 def _share(item: str, item_users: Mapping[str, int], n_users: int) -> float:

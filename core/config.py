@@ -11,8 +11,11 @@ import math
 from dataclasses import dataclass, field
 
 from core.ratings import RatingWeights
+from core.repurchase import REPEAT_MODES
 from core.similarity import SIMILARITIES, SimilarityParams
 
+#: The names of :data:`core.mix.RANKINGS` (which imports this module).
+RANKING_NAMES = ("mix", "neighbours")
 #: Items in a published list, and the evaluations' cut-off (``@10``).
 LIST_LENGTH = 10
 
@@ -37,6 +40,17 @@ class RecommenderConfig:
         (at least ``history``).
     max_purchased: purchased items kept per user, least recently bought
         evicted first.
+    ranking: how lists are ranked: ``mix`` (every source, the learned ranker) or
+        ``neighbours`` (similar items, then trending); see :data:`core.mix.RANKINGS`.
+    per_source: candidates each source puts forward for a list.
+    repeat: whether bought items may come back: as ``learned`` from the data
+        (each item's repeat rate), ``always`` or ``never``.
+    ranker_hidden, ranker_learning_rate, ranker_seed: the learned ranker's hidden
+        units, step size and seed.
+    ranker_warmup: lists it must have learned from (with the item taken among the
+        candidates) before it ranks instead of the fixed blend.
+    learn_ranker: the offline model learns its ranker from each event's outcome
+        (the stream learns in its ranking child instead).
     """
 
     similarity: str = "cosine"
@@ -50,6 +64,14 @@ class RecommenderConfig:
     refresh_every: int = 1000
     max_ratings: int = 500
     max_purchased: int = 200
+    ranking: str = "mix"
+    per_source: int = 30
+    repeat: str = "learned"
+    ranker_hidden: int = 12
+    ranker_learning_rate: float = 0.2
+    ranker_warmup: int = 200
+    ranker_seed: int = 7
+    learn_ranker: bool = True
     weights: RatingWeights = field(default_factory=RatingWeights)
     similarity_params: SimilarityParams = field(default_factory=SimilarityParams)
 
@@ -69,6 +91,13 @@ class RecommenderConfig:
                              f"({self.history}): the recent items are rated items")
         if self.max_purchased < 1:
             raise ValueError("max_purchased must be positive")
+        if self.ranking not in RANKING_NAMES:
+            raise ValueError(f"ranking must be one of {', '.join(RANKING_NAMES)}")
+        if self.repeat not in REPEAT_MODES:
+            raise ValueError(f"repeat must be one of {', '.join(REPEAT_MODES)}")
+        if self.per_source < 1 or self.ranker_hidden < 1 or self.ranker_warmup < 0:
+            raise ValueError("per_source and ranker_hidden must be positive, "
+                             "ranker_warmup not negative")
 
     # Derived values, computed once per configuration (cached_property writes the
     # instance's __dict__ directly, which a frozen dataclass allows).

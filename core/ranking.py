@@ -158,6 +158,43 @@ def _sums_sparse(
     return items[kept], sums[kept]
 
 
+#: The reason of an item listed for its trending score alone.
+TRENDING_REASON = "trending"
+
+
+def neighbour_reason(because: str, bought: bool) -> str:
+    """Why an item similar to one of the user's recent items is listed.
+
+    >>> neighbour_reason("50", False), neighbour_reason("7", True)
+    ('similar to 50, which you viewed', 'similar to 7, which you bought')
+    """
+    return f"similar to {because}, which you {'bought' if bought else 'viewed'}"
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """One user's neighbour entries, before they are summed per item: entry ``e``
+    says that recent item ``recent[e // width]`` names item ``items[e]`` with
+    weighted similarity ``values[e]`` (most recent item first)."""
+
+    items: np.ndarray
+    values: np.ndarray
+    recent: np.ndarray
+    width: int
+
+
+def _because(positions: Sequence[int], entries: _Entries | None) -> list[int | None]:
+    """Per listed position, the recent item (position) whose entry for it weighs
+    most, the more recent on ties; None where no entry names it."""
+    found: dict[int, int] = {}
+    if entries is not None and positions and entries.items.size:
+        hit = np.flatnonzero(np.isin(entries.items, np.asarray(positions, dtype=np.int64)))
+        # by weight, largest first; ties keep entry order (most recent first)
+        for entry in hit[np.argsort(-entries.values[hit], kind="stable")].tolist():
+            found.setdefault(int(entries.items[entry]), int(entries.recent[entry // entries.width]))
+    return [found.get(p) for p in positions]
+
+
 @dataclass(frozen=True)
 class Recommendations:
     """A ranked list for one user; ``cold_start`` when it is trending items only."""
@@ -167,6 +204,9 @@ class Recommendations:
     scores: tuple[float, ...]
     cold_start: bool
     model_version: int
+    #: per item, the source that put it there and why (empty: not told)
+    sources: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
 
     def as_pairs(self) -> list[tuple[str, float]]:
         return list(zip(self.item_ids, self.scores, strict=True))
@@ -314,12 +354,26 @@ class NeighborModel:
         ...                 popularity_weight=0.0, banned=[{"b"}, ()])
         [[('c', 0.5)], []]
         """
+        ids = self.items.ids
+        return [[(ids[p], score) for p, score in listed]
+                for listed, _ in self._ranked(profiles, n, recency_decay, popularity_weight,
+                                              banned)]
+
+    def _ranked(
+        self,
+        profiles: Sequence[UserProfile | None],
+        n: int,
+        recency_decay: float,
+        popularity_weight: float,
+        banned: Sequence[Iterable[str]] | None,
+    ) -> list[tuple[list[tuple[int, float]], _Entries | None]]:
+        """:meth:`rank_many` by position, with each user's neighbour entries."""
         if banned is not None and len(banned) != len(profiles):
             raise ValueError("banned must hold one collection per profile")
-        ranked: list[list[tuple[str, float]]] = [[] for _ in profiles]
         size = self.n_items
         if n <= 0 or size == 0:
-            return ranked
+            return [([], None) for _ in profiles]
+        ranked: list[tuple[list[tuple[int, float]], _Entries | None]] = []
         ids = self.items.ids
         get = self.items.positions.get
         tail = self._tail(popularity_weight)
@@ -327,14 +381,14 @@ class NeighborModel:
         # "stamped by this user" is stamp >= 2u + 1: nothing needs clearing.
         stamp = np.zeros(size, dtype=np.int64)
         scored = self._scores(profiles, recency_decay, tail)
-        for user, (items, scores) in enumerate(scored):
+        for user, (items, scores, entries) in enumerate(scored):
             out = _NO_POSITIONS
             if banned is not None:
                 out = [p for p in map(get, banned[user]) if p is not None and p < size]
             if items is None:  # scores of every item
                 if out:
                     scores[out] = -np.inf  # top_k lists finite scores only
-                ranked[user] = [(ids[p], s) for p, s in top_k(scores, n, ids=ids)]
+                ranked.append((top_k(scores, n, ids=ids), entries))
                 continue
             floor = 2 * user + 1
             if out:
@@ -345,7 +399,7 @@ class NeighborModel:
                 extra = tail.first_free(n, stamp, floor)
                 items = np.concatenate((items, extra))
                 scores = np.concatenate((scores, tail.values[extra]))
-            ranked[user] = [(ids[p], s) for p, s in top_k(scores, n, ids=ids, positions=items)]
+            ranked.append((top_k(scores, n, ids=ids, positions=items), entries))
         return ranked
 
     def recommend(
@@ -430,24 +484,69 @@ class NeighborModel:
                 if filter_purchased:
                     out.update(profile.purchased)
             banned.append(out)
-        ranked = self.rank_many(
-            [profile for _, profile in requests],
-            n,
-            recency_decay=config.recency_decay,
-            popularity_weight=config.popularity_weight,
-            banned=banned,
-        )
+        ranked = self._ranked([profile for _, profile in requests], n,
+                              config.recency_decay, config.popularity_weight, banned)
+        ids = self.items.ids
         results = []
-        for (user_id, profile), pairs in zip(requests, ranked, strict=True):
-            item_ids, scores = zip(*pairs, strict=True) if pairs else ((), ())
+        for (user_id, profile), (listed, entries) in zip(requests, ranked, strict=True):
+            because = _because([p for p, _ in listed], entries)
+            bought = profile.purchased if profile is not None else {}
             results.append(Recommendations(
                 user_id=user_id,
-                item_ids=item_ids,
-                scores=scores,
+                item_ids=tuple(ids[p] for p, _ in listed),
+                scores=tuple(score for _, score in listed),
                 cold_start=profile is None or not profile.recent,
                 model_version=self.version,
+                sources=tuple("trending" if b is None else "neighbours" for b in because),
+                reasons=tuple(TRENDING_REASON if b is None
+                              else neighbour_reason(ids[b], ids[b] in bought)
+                              for b in because),
             ))
         return results
+
+    def trending_prefix(self, length: int) -> np.ndarray:
+        """The first ``length`` items (or more) by trending prior, best first, ties
+        by id; positions.
+
+        >>> NeighborModel.from_neighbor_lists(1, {}, {"b": 0.5, "a": 1.0}, k=1
+        ...                                   ).trending_prefix(1).tolist()
+        [0]
+        """
+        tail = self._tail(1.0)
+        return _NO_ITEMS if tail is None else tail.prefix(length)[:length]
+
+    def neighbour_scores(self, profile: UserProfile | None, recency_decay: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and scores of every item the user's recent items name as a
+        neighbour, without the trending prior (the floats :meth:`rank` adds).
+
+        >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {}, k=1)
+        >>> [a.tolist() for a in model.neighbour_scores(UserProfile(recent=["a"]), 1.0)]
+        [[1], [0.5]]
+        """
+        if profile is None or not profile.recent or self.n_items == 0:
+            return _NO_ITEMS, np.zeros(0)
+        items, scores, _ = next(self._scores([profile], recency_decay, None))
+        if items is None:
+            items = np.flatnonzero(scores > 0)
+            scores = scores[items]
+        return items, scores
+
+    def because(self, profile: UserProfile | None, positions: Sequence[int],
+                recency_decay: float) -> list[int | None]:
+        """Per item position, the recent item (a position) that names it with the
+        largest weighted similarity (None: none does); see :func:`_because`.
+
+        >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("c", 0.2)], "b": [("c", 0.5)]},
+        ...                                           {}, k=1)
+        >>> [model.items.ids[p] for p in model.because(UserProfile(recent=["a", "b"]),
+        ...                                             [model.items.positions["c"]], 0.8)]
+        ['b']
+        """
+        if profile is None or not profile.recent or self.n_items == 0:
+            return [None] * len(positions)
+        _, _, entries = next(self._scores([profile], recency_decay, None))
+        return _because(positions, entries)
 
     # -- ranking internals ---------------------------------------------------------
 
@@ -456,9 +555,10 @@ class NeighborModel:
         profiles: Sequence[UserProfile | None],
         recency_decay: float,
         tail: _TrendingTail | None,
-    ) -> Iterator[tuple[np.ndarray | None, np.ndarray]]:
-        """Per profile, (items, scores): its candidates and their scores, or
-        (None, scores of every item) for a user with many neighbour entries.
+    ) -> Iterator[tuple[np.ndarray | None, np.ndarray, _Entries]]:
+        """Per profile, (items, scores, entries): its candidates and their scores,
+        or (None, scores of every item) for a user with many neighbour entries;
+        and the neighbour entries they were summed from (for :func:`_because`).
 
         A candidate is a neighbour of a recent item, listed once, in no set
         order. Its score is its weighted similarities added one by one from 0.0
@@ -479,22 +579,23 @@ class NeighborModel:
             for user in range(stop - start):
                 first, last = bounds[user], bounds[user + 1]
                 items, values = neighbor_idx[first:last], contribution[first:last]
+                entries = _Entries(items, values, hist[rows[user]:rows[user + 1]], width)
                 if (last - first) * _DENSE_SHARE >= size and first < last:
                     # -1 padding goes to bin 0, dropped.
                     dense = np.bincount(items + 1, weights=values, minlength=size + 1)[1:]
                     if tail is not None:
                         dense += tail.values
-                    yield None, dense
+                    yield None, dense, entries
                     continue
                 if first == last:
-                    yield _NO_ITEMS, np.zeros(0)
+                    yield _NO_ITEMS, np.zeros(0), entries
                     continue
                 if entry.size < last - first:
                     entry = np.arange(last - first, dtype=np.int64)
                 items, sums = _sums_sparse(items, values, mark, entry)
                 if tail is not None:
                     sums += tail.values[items]
-                yield items, sums
+                yield items, sums, entries
 
     def _chunks(self, profiles: Sequence[UserProfile | None]) -> Iterator[tuple[int, int]]:
         """Runs of users whose neighbour entries together stay near ``_CHUNK_ENTRIES``."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STATE_VERSION = 1
+DAY_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,13 @@ class UserProfile:
     rating_sum: float = 0.0
     recent: list[str] = field(default_factory=list)
     purchased: dict[str, float] = field(default_factory=dict)
+    #: times each purchased item was bought (missing: once), evicted with it
+    purchase_counts: dict[str, int] = field(default_factory=dict)
     events: int = 0
     last_ts: float = 0.0
+    first_ts: float = 0.0
+    #: distinct days with an event (counted as events come in time order)
+    active_days: int = 0
 
     @property
     def mean(self) -> float:
@@ -98,6 +104,10 @@ class UserProfile:
         ``max_ratings`` rated items (None: no bound) the least recently rated
         goes.
         """
+        if not self.events:
+            self.first_ts, self.active_days = ts, 1
+        elif ts // DAY_SECONDS > self.last_ts // DAY_SECONDS:
+            self.active_days += 1
         self.events += 1
         if ts > self.last_ts:
             self.last_ts = ts
@@ -133,9 +143,20 @@ class UserProfile:
         purchased = self.purchased
         last = purchased.pop(item_id, None)
         purchased[item_id] = ts if last is None else max(last, ts)
+        if last is not None:
+            self.purchase_counts[item_id] = self.purchase_counts.get(item_id, 1) + 1
         if max_purchased is not None and len(purchased) > max_purchased:
-            del purchased[next(iter(purchased))]
+            oldest = next(iter(purchased))
+            del purchased[oldest]
+            self.purchase_counts.pop(oldest, None)
         return last is None
+
+    def visit_gap_days(self, default: float) -> float:
+        """The customer's mean time between active days, in days (``default``
+        before a second one)."""
+        if self.active_days < 2:
+            return default
+        return max((self.last_ts - self.first_ts) / DAY_SECONDS / (self.active_days - 1), 0.5)
 
     def _touch(self, item_id: str, history: int, *, known: bool) -> None:
         recent = self.recent
@@ -156,8 +177,11 @@ class UserProfile:
             "rating_sum": float(self.rating_sum),
             "recent": list(self.recent),
             "purchased": dict(self.purchased),
+            "purchase_counts": dict(self.purchase_counts),
             "events": self.events,
             "last_ts": float(self.last_ts),
+            "first_ts": float(self.first_ts),
+            "active_days": self.active_days,
         }
 
     @classmethod
@@ -168,8 +192,12 @@ class UserProfile:
             rating_sum=float(state["rating_sum"]),
             recent=[str(i) for i in state["recent"]],
             purchased=_purchased(state["purchased"]),
+            purchase_counts={str(k): int(v)
+                             for k, v in state.get("purchase_counts", {}).items()},
             events=int(state["events"]),
             last_ts=float(state["last_ts"]),
+            first_ts=float(state.get("first_ts", 0.0)),
+            active_days=int(state.get("active_days", 0)),
         )
 
 

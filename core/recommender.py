@@ -24,13 +24,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import RecommenderConfig
+import numpy as np
+
+from core.config import DAY, RecommenderConfig
 from core.cooccurrence import CooccurrenceTable
 from core.events import PURCHASE, Event
+from core.learned import LearnedRanking
+from core.mix import FEATURES, RANKINGS, Candidates, ItemFacts, Snapshot, candidates
 from core.ranking import NeighborModel, Recommendations, id_ranks
 from core.ratings import STATE_VERSION, UserProfile, _check_version
+from core.repurchase import RepurchaseStats
 from core.similarity import SIMILARITIES
 from core.trending import trend_bump, trending_scale
+
+#: Every this many events on known items, the scorers are judged on what the
+#: customer did next (a list's candidates at every event cost the replay its time).
+JUDGE_EVERY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,15 @@ class Recommender:
         self.events_since_refresh = 0
         self.model = NeighborModel.empty(self.config.neighbors)
         self._refresh_every = self.config.refresh_every
+        # buy-again and the learned ranker (see core.mix)
+        self.repurchase = RepurchaseStats()
+        self.first_seen: dict[str, float] = {}
+        self.ranker = LearnedRanking.new(len(FEATURES), self.config)
+        self.snapshot = Snapshot.empty(self.config.neighbors)
+        # per customer, the list their visit began with and what it took; events
+        # whose item the snapshot knows
+        self._visits: dict[str, tuple[Candidates, np.ndarray]] = {}
+        self._rated = 0
 
     # -- learning -----------------------------------------------------------------
 
@@ -91,6 +109,14 @@ class Recommender:
             profile = self.users[event.user_id] = UserProfile()
         if event.ts > self.now:
             self.now = event.ts
+        if self.config.learn_ranker:
+            self.learn_outcome(event.user_id, profile, event)
+        if event.is_purchase:
+            last = profile.purchased.get(event.item_id)
+            self.repurchase.bought(event.item_id, repeat_gap_days=None if last is None
+                                   else (event.ts - last) / DAY)
+        if event.ts < self.first_seen.get(event.item_id, float("inf")):
+            self.first_seen[event.item_id] = event.ts
         changed, gain = learn_event(profile, event, self.config)
         if gain is not None:
             self.cooccurrence.observe(gain.item_id, gain.history)
@@ -99,6 +125,40 @@ class Recommender:
         if self._refresh_every and self.events_since_refresh >= self._refresh_every:
             self.refresh()
         return changed
+
+    def learn_outcome(self, user_id: str, profile: UserProfile, event: Event) -> None:
+        """The ranker learns from what each visit took against the list shown when
+        it began: at a customer's first event of a day, the list that customer
+        had (every source's candidates, the profile as it stood) is kept; each
+        rated event that day marks its item taken; the next visit's first event
+        makes it one learning step (a visit that took no candidate teaches
+        nothing) and keeps the next list. Every :data:`JUDGE_EVERY` events the
+        scorers are judged on the item taken against the list as it stands
+        (lists follow every event: sessions of films are judged event by event,
+        which visits would misjudge)."""
+        if self.config.rating_by_type.get(event.type) is None and event.value is None:
+            return
+        pending = self._visits.get(user_id)
+        if pending is not None and event.ts // DAY > profile.last_ts // DAY:
+            found, taken = pending
+            if taken.any():
+                self.ranker.learn(found.features, taken, self.config)
+            pending = None
+        if pending is None:
+            if not profile.recent:
+                return
+            found = candidates(self.snapshot, profile, self.config)
+            pending = self._visits[user_id] = (found, np.zeros(found.positions.size))
+        target = self.snapshot.model.items.positions.get(event.item_id)
+        if target is None:
+            return
+        pending[1][pending[0].positions == target] = 1.0
+        self._rated += 1
+        if self._rated % JUDGE_EVERY == 0:
+            now = candidates(self.snapshot, profile, self.config)
+            taken = now.positions == target
+            if taken.any():
+                self.ranker.judge(now.features, taken, self.config)
 
     def observe_many(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -134,8 +194,17 @@ class Recommender:
             trending=trending_scale(self._trend_value, self._trend_time, self.config.tau),
             version=self.model.version + 1,
         )
+        counts = self.cooccurrence.counts()
+        self.snapshot = self._snapshot(ItemFacts.from_stats(
+            items.ids, dict(zip(items.ids, counts.tolist(), strict=False)), self.first_seen,
+            self.repurchase))
         self.events_since_refresh = 0
         return self.model
+
+    def _snapshot(self, facts: ItemFacts) -> Snapshot:
+        """What lists are ranked from: the neighbour model, ``facts`` as of its
+        refresh, and the ranker as it keeps learning."""
+        return Snapshot(self.model, facts, self.ranker if self.config.learn_ranker else None)
 
     @property
     def model_version(self) -> int:
@@ -158,15 +227,15 @@ class Recommender:
         ``filter_already_liked_items``, and anything in ``exclude``. A user
         without history (or unknown) gets trending items, flagged ``cold_start``.
         """
-        return self.model.recommend(
-            user_id,
-            self.users.get(user_id),
-            n,
-            self.config,
-            filter_already_liked_items=filter_already_liked_items,
-            filter_purchased=filter_purchased,
-            exclude=exclude,
-        )
+        profile = self.users.get(user_id)
+        banned = set(exclude)
+        if profile is not None:
+            if filter_already_liked_items:
+                banned.update(profile.ratings)
+            if filter_purchased:
+                banned.update(profile.purchased)
+        return RANKINGS[self.config.ranking](self.snapshot, user_id, profile, n, self.config,
+                                             banned)
 
     def neighbors_of(self, item_id: str, k: int | None = None) -> list[tuple[str, float]]:
         """An item's most similar items as of the last refresh."""
@@ -184,6 +253,14 @@ class Recommender:
             "now": float(self.now),
             "events_since_refresh": self.events_since_refresh,
             "model": self.model.to_state(),
+            "facts": self.snapshot.facts.to_state(),
+            "repurchase": self.repurchase.to_state(),
+            "first_seen": dict(self.first_seen),
+            "ranker": self.ranker.to_state(),
+            "visits": {user: [found.positions.tolist(), found.features.tolist(), found.sources,
+                              taken.tolist()]
+                       for user, (found, taken) in self._visits.items()},
+            "rated": self._rated,
         }
 
     @classmethod
@@ -199,4 +276,15 @@ class Recommender:
         model.now = float(state["now"])
         model.events_since_refresh = int(state["events_since_refresh"])
         model.model = NeighborModel.from_state(state["model"], model.cooccurrence.items)
+        model.repurchase = RepurchaseStats.from_state(state["repurchase"])
+        model.first_seen = {str(i): float(ts) for i, ts in state["first_seen"].items()}
+        model.ranker = LearnedRanking.from_state(state["ranker"])
+        model._visits = {
+            str(user): (Candidates(np.asarray(positions, dtype=np.int64),
+                                   np.asarray(features, dtype=np.float64).reshape(
+                                       len(positions), len(FEATURES)), list(sources)),
+                        np.asarray(taken, dtype=np.float64))
+            for user, (positions, features, sources, taken) in state["visits"].items()}
+        model._rated = int(state["rated"])
+        model.snapshot = model._snapshot(ItemFacts.from_state(state["facts"]))
         return model

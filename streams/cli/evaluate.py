@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from core.config import LIST_LENGTH, RecommenderConfig
+from core.config import LIST_LENGTH, RANKING_NAMES, RecommenderConfig
 from core.evaluation import (
     EASE_LAMBDA_GRID,
     Progress,
@@ -32,6 +32,7 @@ from core.evaluation import (
 from core.events import Event
 from core.next_basket import evaluate_next_basket
 from core.prequential import SourceMetrics, evaluate_prequential
+from core.repurchase import REPEAT_MODES
 from core.similarity import SIMILARITIES, SimilarityParams
 from core.usercf import UserKNNConfig
 from streams.cli.evaluate_text import render
@@ -124,6 +125,12 @@ def _add_recommender_flags(parser: argparse.ArgumentParser, defaults: ProtocolDe
                              f"otherwise {SimilarityParams.ease_lambda:g})")
     parser.add_argument("--shrinkage", type=float, default=SimilarityParams.shrinkage,
                         help="cosine/jaccard shrinkage (default 0)")
+    parser.add_argument("--ranking", choices=RANKING_NAMES, default=RecommenderConfig.ranking,
+                        help="mix: every source, the learned ranker; neighbours: similar "
+                             f"items, then trending (default {RecommenderConfig.ranking})")
+    parser.add_argument("--repeat", choices=REPEAT_MODES, default=RecommenderConfig.repeat,
+                        help="whether bought items may come back: learned per item, always "
+                             f"or never (default {RecommenderConfig.repeat})")
 
 
 def recommender_config(args: argparse.Namespace, **overrides: Any) -> RecommenderConfig:
@@ -139,6 +146,8 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
             pair_window=args.pair_window,
             recency_decay=args.recency_decay,
             popularity_weight=args.popularity_weight,
+            ranking=args.ranking,
+            repeat=args.repeat,
             similarity_params=SimilarityParams(
                 shrinkage=args.shrinkage,
                 ease_lambda=SimilarityParams.ease_lambda if args.ease_lambda is None

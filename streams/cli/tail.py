@@ -43,6 +43,8 @@ from streams.runtime.settings import normalize_bootstrap
 LIVE_WINDOW_S = 86_400.0
 SHOWN_ITEMS = 3
 PREVIEW_CHARS = 60
+#: Characters of an item's reason shown.
+REASON_CHARS = 50
 GENERIC_VALUE_CHARS = 120
 
 
@@ -137,10 +139,13 @@ def _model(raw: object) -> str:
 
 
 def format_items(entries: object, shown: int = SHOWN_ITEMS) -> str:
-    """``i3 (0.91), i7 (0.80), …`` from ``[{item_id, score}]`` (or plain ids).
+    """``i3 (0.91), i7 (0.80), …`` from ``[{item_id, score}]`` (or plain ids), each
+    item's reason after its score when it has one.
 
     >>> format_items([{"item_id": "i3", "score": 0.912}, "i7", {"item_id": "i9"}], shown=2)
     'i3 (0.91), i7, …'
+    >>> format_items([{"item_id": "i3", "score": 0.5, "reason": "trending"}])
+    'i3 (0.50: trending)'
     """
     if not isinstance(entries, list):
         raise TypeError("items is not a list")
@@ -148,8 +153,9 @@ def format_items(entries: object, shown: int = SHOWN_ITEMS) -> str:
     for entry in entries[:shown]:
         if isinstance(entry, dict):
             item = _clean(str(entry["item_id"]), 40)
-            score = entry.get("score")
-            parts.append(item if score is None else f"{item} ({_number(score):.2f})")
+            score, reason = entry.get("score"), entry.get("reason")
+            why = "" if reason is None else f": {_clean(str(reason), REASON_CHARS)}"
+            parts.append(item if score is None else f"{item} ({_number(score):.2f}{why})")
         else:
             parts.append(_clean(str(entry), 40))
     if len(entries) > shown:

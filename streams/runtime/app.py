@@ -96,7 +96,8 @@ class RecoStream:
         self.metrics = WorkerMetrics(self.counters, lambda: self.clock.lag)
         self.pacing = WriterPacing(lambda: app.should_stop)
         self.ranking = RankingQueue(
-            self.ranker, self.outbox, topology.names, s.k, self.config, self.counters,
+            self.ranker, self.outbox, topology.names, s.k, s.exposure_lists, self.config,
+            self.counters,
             self.metrics, stopping=lambda: app.should_stop,
             crash_soon=lambda exc: app.add_future(crash(exc)))
         self.users = Users(topology.users, s.cache_keys, self.outbox, self.pacing,

@@ -35,9 +35,9 @@ NUMBER_JSON = 25
 ENTRY_JSON = ID_JSON + 1 + NUMBER_JSON + 1
 #: ``"id",`` in a list.
 ITEM_JSON = ID_JSON + 1
-#: ``{"item_id":"id","score":number},`` in a published list (with room for a
-#: short explanation beside each item).
-LISTED_ITEM_JSON = ID_JSON + NUMBER_JSON + 128
+#: ``{"item_id":"id","score":number,"source":"...","reason":"..."},`` in a
+#: published list: the reason names at most one other item.
+LISTED_ITEM_JSON = 2 * ID_JSON + NUMBER_JSON + 128
 #: An applied offset: ``"fwd:purchases/1023":9223372036854775807,``.
 SOURCE_JSON = 48
 #: Field names, versions and small fields of any record.

@@ -3,7 +3,8 @@
 :class:`Counters` stay the one record of what happened (``/health`` shows them
 too); a collector turns them into Prometheus families at scrape time, beside
 histograms of batch size, batch latency, ranking latency and refresh duration,
-and a consumer lag gauge. prometheus-client does the text format.
+a consumer lag gauge, and the exposure (coverage, Gini) of the last published
+lists, which the ranking child measures. prometheus-client does the text format.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -134,6 +135,25 @@ class WorkerMetrics:
             "recostream_refresh_seconds", "Time to refresh one partition's neighbours",
             registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+
+        self.exposure_lists = Gauge(
+            "recostream_exposure_lists", "Published lists the exposure figures are taken over",
+            registry=self.registry)
+        self.catalogue_coverage = Gauge(
+            "recostream_catalogue_coverage",
+            "Share of the items the snapshot knows shown in the last published lists",
+            registry=self.registry)
+        self.exposure_gini = Gauge(
+            "recostream_exposure_gini",
+            "Gini of list slots over the items the snapshot knows, last published lists "
+            "(0: every item shown alike, towards 1: a few items take every slot)",
+            registry=self.registry)
+
+    def expose(self, lists: int, coverage: float, gini: float) -> None:
+        """The exposure figures of the last ``lists`` published lists."""
+        self.exposure_lists.set(lists)
+        self.catalogue_coverage.set(coverage)
+        self.exposure_gini.set(gini)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

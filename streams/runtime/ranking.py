@@ -22,6 +22,7 @@ from core.engagement import Trigger
 from core.ranking import NeighborModel, Recommendations
 from streams.runtime.children.process import ChildProcess
 from streams.runtime.children.ranking_jobs import (
+    Exposure,
     ListRequest,
     TriggerRequest,
     hold_ranking_model,
@@ -55,13 +56,14 @@ class RankingQueue:
     """
 
     def __init__(self, ranker: ChildProcess, outbox: Outbox, topics: Mapping[str, str],
-                 k: int, config: RecommenderConfig, counters: Counters,
+                 k: int, exposure_lists: int, config: RecommenderConfig, counters: Counters,
                  metrics: WorkerMetrics, stopping: Callable[[], bool],
                  crash_soon: Callable[[BaseException], object]) -> None:
         self.ranker = ranker
         self.outbox = outbox
         self.topics = dict(topics)
         self.k = k
+        self.exposure_lists = exposure_lists
         self.config = config
         self.counters = counters
         self.metrics = metrics
@@ -125,7 +127,7 @@ class RankingQueue:
         self.waiting_lists, self.waiting_triggers = {}, []
         started = time.perf_counter()
         ranking = self.ranker.submit(ranked_records, b"[" + b",".join(lists.values()) + b"]",
-                                     triggers, self.k, self.config)
+                                     triggers, self.k, self.config, self.exposure_lists)
         previous = self.under_way[-1] if self.under_way else None
         publish = self._publish_when_ranked(
             ranking, list(lists), [trigger for *_, trigger in triggers],
@@ -135,14 +137,17 @@ class RankingQueue:
         task.add_done_callback(self._ranking_done)
 
     async def _publish_when_ranked(
-        self, ranking: Awaitable[tuple[list[bytes], list[list[tuple[str, bytes]]]]],
+        self, ranking: Awaitable[tuple[list[bytes], list[list[tuple[str, bytes]]],
+                                       Exposure | None]],
         list_users: list[str], triggers: list[Trigger], trigger_users: list[str],
         previous: asyncio.Future[None] | None, started: float,
     ) -> None:
-        records, triggered = await ranking
+        records, triggered, exposure = await ranking
         if previous is not None:
             await previous  # a user's records leave in the order they were queued
         self.metrics.ranking_seconds.observe(time.perf_counter() - started)
+        if exposure is not None:
+            self.metrics.expose(exposure.lists, exposure.coverage, exposure.gini)
         topic = self.topics["recommendations"]
         for user_id, record in zip(list_users, records, strict=True):
             self.outbox.add(topic, record, key=user_id.encode())

@@ -73,10 +73,13 @@ def trigger_records(user_id: str, trigger: Trigger, items: list[str]
 
 
 def recommendation_record(recs: Recommendations, trigger: str, ts: float | None) -> dict[str, Any]:
-    """The ``recommendations`` message (and HTTP answer) for one user."""
+    """The ``recommendations`` message (and HTTP answer) for one user: each item
+    with the source that put it there and the reason, in words."""
     return {
         "user_id": recs.user_id,
-        "items": [{"item_id": i, "score": round(s, 6)} for i, s in recs.as_pairs()],
+        "items": [{"item_id": i, "score": round(s, 6), "source": source, "reason": reason}
+                  for (i, s), source, reason in zip(recs.as_pairs(), recs.sources, recs.reasons,
+                                                    strict=True)],
         "ts": ts,
         "model_version": recs.model_version,
         "trigger": trigger,

@@ -106,6 +106,7 @@ class Settings:
     advertised_host: str = ""
     http_token: str = field(default="", repr=False)
     k: int = LIST_LENGTH
+    exposure_lists: int = 10_000
     similarity: str = RecommenderConfig.similarity
     shrinkage: float = SimilarityParams.shrinkage
     neighbors: int = RecommenderConfig.neighbors
@@ -204,6 +205,10 @@ class Settings:
                 max_purchased=self.max_user_purchases,
                 weights=self.weights,
                 similarity_params=SimilarityParams(shrinkage=self.shrinkage),
+                # The stream keeps no repurchase facts nor ranker yet: it ranks
+                # by neighbours, and the replay it is checked against does too.
+                ranking="neighbours",
+                learn_ranker=False,
             )
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
@@ -282,6 +287,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "partitions": (_at_least_one, "must be at least 1"),
     "web_port": (lambda v: 0 <= v <= 65535, "must be a port number"),
     "k": (_at_least_one, "must be at least 1"),
+    "exposure_lists": (lambda value: value >= 10, "must be at least 10"),
     "similarity": (lambda v: v in ROW_LOCAL_SIMILARITIES,
                    "the stream refreshes each partition's rows alone, so it takes "
                    f"{' or '.join(sorted(ROW_LOCAL_SIMILARITIES))} (ease is an offline "
@@ -342,6 +348,8 @@ ENVIRONMENT: tuple[Setting, ...] = (
     Setting("RECOSTREAM_HTTP_TOKEN", "http_token", str,
             "bearer token every HTTP route but /health and /metrics requires (none: open)"),
     Setting("RECOSTREAM_K", "k", int, "items per published recommendation list"),
+    Setting("RECOSTREAM_EXPOSURE_LISTS", "exposure_lists", int,
+            "last published lists the exposure figures of /metrics are taken over"),
     Setting("RECOSTREAM_SIMILARITY", "similarity", str, "neighbour similarity: cosine or jaccard"),
     Setting("RECOSTREAM_SHRINKAGE", "shrinkage", float,
             "damps the similarity of rare pairs: s * c / (c + shrinkage), c their count"),

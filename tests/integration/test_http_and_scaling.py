@@ -220,6 +220,9 @@ def test_every_endpoint_on_a_running_worker(
         assert item_ids(answer) == list(expected.item_ids), user
         assert [i["score"] for i in answer["items"]] == pytest.approx(
             expected.scores, abs=1e-5), user
+        # every item says why it is there, as the replay says
+        assert [(i["source"], i["reason"]) for i in answer["items"]] == list(
+            zip(expected.sources, expected.reasons, strict=True)), user
         longer = worker.get(f"/users/{user}/recommendations")  # k defaults to settings.k
         assert item_ids(longer)[:5] == item_ids(answer) and len(longer["items"]) == settings.k
     for bad in ("0", "abc", "-1", "101", "1001", "2.5", ""):

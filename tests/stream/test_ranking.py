@@ -12,7 +12,7 @@ import pytest
 
 from core.events import Event
 from streams.runtime.children.model_jobs import build_model
-from streams.runtime.children.ranking_jobs import hold_ranking_model
+from streams.runtime.children.ranking_jobs import Exposure, hold_ranking_model
 from streams.runtime.ranking import RecommendationsLost
 from streams.runtime.records import recommendation_record
 from tests.stream.harness import TS, Harness, MakeHarness, click, run_async, user_state
@@ -46,12 +46,15 @@ async def test_published_lists_equal_what_the_snapshot_ranks(make_harness: MakeH
     lists = [m.json() for m in h.sent_to("recommendations")]
     assert {m["model_version"] for m in lists} == {7}
     assert all(m["items"] for m in lists)  # not vacuous: every list ranked something
+    reasons = [i["reason"] for m in lists for i in m["items"]]
+    assert any(r.startswith("similar to i") for r in reasons) and "trending" in reasons
     assert "i2" not in [i["item_id"] for i in lists[1]["items"]]  # bought: left out
     assert stream.counters.recommendations_out == len(events)
 
 
-#: What the ranking child returns for a batch: its lists, its triggers' records.
-Ranked = tuple[list[bytes], list[list[tuple[str, bytes]]]]
+#: What the ranking child returns for a batch: its lists, its triggers' records, and
+#: the exposure figures when taken.
+Ranked = tuple[list[bytes], list[list[tuple[str, bytes]]], Exposure | None]
 
 
 class HeldRanker:
@@ -90,11 +93,11 @@ async def test_lists_leave_in_batch_order_whichever_ranking_ends_first(
         await put_and_wait(h, agent, click("u1", "i1"))
         await put_and_wait(h, agent, click("u1", "i2", TS + 1))
         assert len(ranker.rankings) == 2
-        ranker.rankings[1].set_result(([b'"second"'], []))
+        ranker.rankings[1].set_result(([b'"second"'], [], None))
         for _ in range(20):
             await asyncio.sleep(0)
         assert h.sent_to("recommendations") == []  # waits for the first batch's
-        ranker.rankings[0].set_result(([b'"first"'], []))
+        ranker.rankings[0].set_result(([b'"first"'], [], None))
         await h.wait_until(lambda: len(h.sent_to("recommendations")) == 2, "both lists")
     assert [m.json() for m in h.sent_to("recommendations")] == ["first", "second"]
 
@@ -113,7 +116,7 @@ async def test_a_commit_waits_for_the_lists_of_the_batches_before_it(
             await asyncio.sleep(0)
         # the state that records the event waits for the event's list
         assert not commit.done() and h.stream.topology.users.get("u1") is None
-        ranker.rankings[0].set_result(([b'"list"'], []))
+        ranker.rankings[0].set_result(([b'"list"'], [], None))
         await commit
     assert [m.json() for m in h.sent_to("recommendations")] == ["list"]
     assert h.stream.topology.users.get("u1") is not None
@@ -152,7 +155,7 @@ async def test_lists_behind_two_rankings_wait_and_a_users_later_list_replaces_it
         await put_and_wait(h, agent, click("u1", "i3", TS + 4))
         assert [[request[0] for request in lists] for lists in ranker.lists] == [["u1"], ["u2"]]
         commit = asyncio.ensure_future(h.stream.users.write_changed())
-        ranker.rankings[0].set_result(([b'"u1 first"'], []))
+        ranker.rankings[0].set_result(([b'"u1 first"'], [], None))
         await h.wait_until(lambda: len(ranker.rankings) == 3, "the waiting lists submitted")
         waited = ranker.lists[2]
         # u1's list of its third event replaced that of its second: it was ranked
@@ -161,8 +164,8 @@ async def test_lists_behind_two_rankings_wait_and_a_users_later_list_replaces_it
         assert waited[1][1] == list(user_state(h, "u1").profile.recent)
         assert {"i1", "i2", "i3"} <= set(waited[1][1])
         assert not commit.done()  # the states wait for every list queued before
-        ranker.rankings[2].set_result(([b'"u3"', b'"u1 last"'], []))
-        ranker.rankings[1].set_result(([b'"u2"'], []))
+        ranker.rankings[2].set_result(([b'"u3"', b'"u1 last"'], [], None))
+        ranker.rankings[1].set_result(([b'"u2"'], [], None))
         await commit
     assert [m.json() for m in h.sent_to("recommendations")] == [
         "u1 first", "u2", "u3", "u1 last"]
@@ -182,7 +185,7 @@ async def test_a_worker_behind_sends_its_lists_to_the_ranking_child_at_most_ever
     monkeypatch.setattr(stream.clock, "refresh_lag", lambda: dict(unread))
     async with stream.agents.process_events.test_context() as agent:
         await put_and_wait(h, agent, click("u1", "i1"))
-        ranker.rankings[0].set_result(([b'"u1"'], []))
+        ranker.rankings[0].set_result(([b'"u1"'], [], None))
         unread[("clicks", 0)] = 50_000  # a backlog from here on
         await put_and_wait(h, agent, click("u1", "i2", TS + 1))
         await put_and_wait(h, agent, click("u2", "i1", TS + 2))
@@ -191,10 +194,10 @@ async def test_a_worker_behind_sends_its_lists_to_the_ranking_child_at_most_ever
         assert len(ranker.rankings) == 1 and not stream.ranking.under_way
         await h.wait_until(lambda: len(ranker.rankings) == 2, "the held lists")
         assert [request[0] for request in ranker.lists[1]] == ["u2", "u1"]
-        ranker.rankings[1].set_result(([b'"u2"', b'"u1 again"'], []))
+        ranker.rankings[1].set_result(([b'"u2"', b'"u1 again"'], [], None))
         unread[("clicks", 0)] = 0  # caught up: lists go at once again
         await put_and_wait(h, agent, click("u3", "i1", TS + 4))
         assert len(ranker.rankings) == 3
-        ranker.rankings[2].set_result(([b'"u3"'], []))
+        ranker.rankings[2].set_result(([b'"u3"'], [], None))
         await h.stream.ranking.published()
     assert [m.json() for m in h.sent_to("recommendations")] == ["u1", "u2", "u1 again", "u3"]

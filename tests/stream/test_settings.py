@@ -27,6 +27,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "RECOSTREAM_ADVERTISED_HOST": ("worker1.shop.internal", "worker1.shop.internal"),
     "RECOSTREAM_HTTP_TOKEN": ("t0ken", "t0ken"),
     "RECOSTREAM_K": ("25", 25),
+    "RECOSTREAM_EXPOSURE_LISTS": ("500", 500),
     "RECOSTREAM_SIMILARITY": ("jaccard", "jaccard"),
     "RECOSTREAM_SHRINKAGE": ("25", 25.0),
     "RECOSTREAM_NEIGHBORS": ("40", 40),
@@ -197,7 +198,10 @@ def test_recommender_config_carries_the_model_settings() -> None:
 
 def test_the_caps_default_to_the_core_defaults_stated_once() -> None:
     settings, config, engagement = Settings(), RecommenderConfig(), EngagementConfig()
-    assert settings.recommender_config() == replace(config, refresh_every=0)
+    # the stream refreshes by time and ranks by neighbours (it keeps no facts
+    # for buy-again nor a ranker yet); everything else is core's default
+    assert settings.recommender_config() == replace(config, refresh_every=0,
+                                                    ranking="neighbours", learn_ranker=False)
     assert (settings.max_user_ratings, settings.max_user_purchases) == (
         config.max_ratings, config.max_purchased)
     assert (settings.max_cart_items, settings.max_purchase_days) == (
@@ -259,6 +263,7 @@ def test_unknown_security_protocol_is_refused() -> None:
 @pytest.mark.parametrize(("variable", "raw"), [
     ("RECOSTREAM_PARTITIONS", "0"),
     ("RECOSTREAM_K", "0"),
+    ("RECOSTREAM_EXPOSURE_LISTS", "9"),
     ("RECOSTREAM_BATCH_SIZE", "-1"),
     ("RECOSTREAM_NEIGHBORS", "0"),
     ("RECOSTREAM_RECENCY_DECAY", "1.5"),

@@ -200,7 +200,9 @@ def test_banned_must_match_profiles() -> None:
 
 
 def test_recommend_many_equals_recommend_for_a_trained_recommender() -> None:
-    model = Recommender(RecommenderConfig(refresh_every=0, history=6, neighbors=4))
+    # the ranking the stream publishes with: the snapshot's neighbours alone
+    model = Recommender(RecommenderConfig(refresh_every=0, history=6, neighbors=4,
+                                          ranking="neighbours"))
     rng = np.random.default_rng(11)
     items = [f"m{n}" for n in range(40)]
     kinds = ["view", "click", "purchase"]

@@ -158,6 +158,9 @@ def _sums_sparse(
     return items[kept], sums[kept]
 
 
+#: Recent items an explanation may name: the weights of older ones are small,
+#: and looking further cost the ranking child as much as ranking.
+REASON_RECENT = 10
 #: The reason of an item listed for its trending score alone.
 TRENDING_REASON = "trending"
 
@@ -183,16 +186,68 @@ class _Entries:
     width: int
 
 
-def _because(positions: Sequence[int], entries: _Entries | None) -> list[int | None]:
-    """Per listed position, the recent item (position) whose entry for it weighs
-    most, the more recent on ties; None where no entry names it."""
-    found: dict[int, int] = {}
-    if entries is not None and positions and entries.items.size:
-        hit = np.flatnonzero(np.isin(entries.items, np.asarray(positions, dtype=np.int64)))
-        # by weight, largest first; ties keep entry order (most recent first)
-        for entry in hit[np.argsort(-entries.values[hit], kind="stable")].tolist():
-            found.setdefault(int(entries.items[entry]), int(entries.recent[entry // entries.width]))
-    return [found.get(p) for p in positions]
+def _because_many(listed: Sequence[Sequence[int]], entries: Sequence[_Entries | None],
+                  pairs: _PairIndex) -> list[list[int | None]]:
+    """Per user, per listed position, the one of the user's last
+    :data:`REASON_RECENT` items (a position) that names it as a neighbour with
+    the largest weighted similarity, the more recent on ties; None where none
+    does. Every (recent item, listed item) pair of every user is looked up at
+    once in ``pairs`` (numpy calls per user cost as much as the ranking)."""
+    found: list[list[int | None]] = [[None] * len(positions) for positions in listed]
+    held = [(u, e) for u, e in enumerate(entries)
+            if e is not None and e.recent.size and listed[u]]
+    if not held or not pairs.keys.size:
+        return found
+    width = held[0][1].width
+    n_recent = np.fromiter((min(e.recent.size, REASON_RECENT) for _, e in held), np.int64,
+                           len(held))
+    n_listed = np.fromiter((len(listed[u]) for u, _ in held), np.int64, len(held))
+    recent = np.concatenate([e.recent[:REASON_RECENT] for _, e in held])
+    values = np.concatenate([e.values[:REASON_RECENT * width] for _, e in held])
+    shown = np.fromiter((p for u, _ in held for p in listed[u]), np.int64, int(n_listed.sum()))
+    # pair q of user h: recent item i = within // n_listed, listed item j = within % n_listed
+    count = n_recent * n_listed
+    owner = np.repeat(np.arange(len(held)), count)
+    within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    i = within // n_listed[owner]
+    j = within % n_listed[owner]
+    recent_at = np.repeat(np.cumsum(n_recent) - n_recent, count) + i
+    shown_at = np.repeat(np.cumsum(n_listed) - n_listed, count) + j
+    keys = recent[recent_at] * pairs.span + shown[shown_at]
+    at = np.minimum(np.searchsorted(pairs.keys, keys), pairs.keys.size - 1)
+    hit = np.flatnonzero(pairs.keys[at] == keys)
+    if not hit.size:
+        return found
+    value_at = (np.repeat(np.cumsum(n_recent * width) - n_recent * width, count)[hit]
+                + i[hit] * width + pairs.slots[at[hit]])
+    # per listed item: the largest weighted similarity, then the most recent
+    best = np.lexsort((i[hit], -values[value_at], shown_at[hit]))
+    first = best[np.flatnonzero(np.diff(shown_at[hit][best], prepend=-1))]
+    users = [u for u, _ in held]
+    for h, slot, position in zip(owner[hit][first].tolist(), j[hit][first].tolist(),
+                                 recent[recent_at[hit][first]].tolist(), strict=True):
+        found[users[h]][slot] = position
+    return found
+
+
+@dataclass(frozen=True)
+class _PairIndex:
+    """Every (item, neighbour) pair of a snapshot as a sorted key
+    ``item * span + neighbour``, with the neighbour's slot in the item's row."""
+
+    keys: np.ndarray
+    slots: np.ndarray
+    span: int
+
+    @classmethod
+    def of(cls, indices: np.ndarray) -> _PairIndex:
+        n, width = indices.shape
+        span = n + 1
+        flat = indices.ravel().astype(np.int64)
+        kept = np.flatnonzero(flat >= 0)
+        keys = (kept // max(width, 1)) * span + flat[kept]
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], (kept % max(width, 1))[order], span)
 
 
 @dataclass(frozen=True)
@@ -232,6 +287,8 @@ class NeighborModel:
     _tails: dict[float, _TrendingTail] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _pairs: list[_PairIndex] = field(default_factory=list, init=False, repr=False,
+                                     compare=False)
 
     @property
     def n_items(self) -> int:
@@ -487,9 +544,11 @@ class NeighborModel:
         ranked = self._ranked([profile for _, profile in requests], n,
                               config.recency_decay, config.popularity_weight, banned)
         ids = self.items.ids
+        reasons = _because_many([[p for p, _ in listed] for listed, _ in ranked],
+                                [entries for _, entries in ranked], self._pair_index())
         results = []
-        for (user_id, profile), (listed, entries) in zip(requests, ranked, strict=True):
-            because = _because([p for p, _ in listed], entries)
+        for (user_id, profile), (listed, _), because in zip(requests, ranked, reasons,
+                                                            strict=True):
             bought = profile.purchased if profile is not None else {}
             results.append(Recommendations(
                 user_id=user_id,
@@ -535,7 +594,7 @@ class NeighborModel:
     def because(self, profile: UserProfile | None, positions: Sequence[int],
                 recency_decay: float) -> list[int | None]:
         """Per item position, the recent item (a position) that names it with the
-        largest weighted similarity (None: none does); see :func:`_because`.
+        largest weighted similarity (None: none does); see :func:`_because_many`.
 
         >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("c", 0.2)], "b": [("c", 0.5)]},
         ...                                           {}, k=1)
@@ -546,7 +605,7 @@ class NeighborModel:
         if profile is None or not profile.recent or self.n_items == 0:
             return [None] * len(positions)
         _, _, entries = next(self._scores([profile], recency_decay, None))
-        return _because(positions, entries)
+        return _because_many([positions], [entries], self._pair_index())[0]
 
     # -- ranking internals ---------------------------------------------------------
 
@@ -558,7 +617,7 @@ class NeighborModel:
     ) -> Iterator[tuple[np.ndarray | None, np.ndarray, _Entries]]:
         """Per profile, (items, scores, entries): its candidates and their scores,
         or (None, scores of every item) for a user with many neighbour entries;
-        and the neighbour entries they were summed from (for :func:`_because`).
+        and the neighbour entries they were summed from (for :func:`_because_many`).
 
         A candidate is a neighbour of a recent item, listed once, in no set
         order. Its score is its weighted similarities added one by one from 0.0
@@ -653,6 +712,12 @@ class NeighborModel:
                 values.append(weight)
             powers = self._powers[decay] = np.asarray(values)
         return powers
+
+    def _pair_index(self) -> _PairIndex:
+        """The snapshot's neighbour pairs, sorted once on first use."""
+        if not self._pairs:
+            self._pairs.append(_PairIndex.of(self.neighbors.indices[: self.n_items]))
+        return self._pairs[0]
 
     def _tail(self, popularity_weight: float) -> _TrendingTail | None:
         """Items by prior for this weight, or None when scores carry no prior."""

@@ -29,7 +29,13 @@ import numpy as np
 
 from core.config import RecommenderConfig
 from core.learned import LearnedRanking, blend
-from core.ranking import TRENDING_REASON, NeighborModel, Recommendations, neighbour_reason
+from core.ranking import (
+    TRENDING_REASON,
+    NeighborModel,
+    NeighbourEntries,
+    Recommendations,
+    neighbour_reason,
+)
 from core.ratings import DAY_SECONDS, UserProfile
 from core.repurchase import DEFAULT_GAP_DAYS, RepurchaseStats, propensity
 
@@ -119,6 +125,8 @@ class Candidates:
     positions: np.ndarray
     features: np.ndarray
     sources: list[str]
+    #: the neighbour entries behind the neighbour scores (for the explanations)
+    entries: NeighbourEntries | None = None
 
 
 def candidates(snapshot: Snapshot, profile: UserProfile | None, config: RecommenderConfig,
@@ -130,9 +138,15 @@ def candidates(snapshot: Snapshot, profile: UserProfile | None, config: Recommen
     out = {p for p in map(positions_of.get, banned) if p is not None and p < size}
     per_source = config.per_source
     chosen: dict[int, str] = {}
-    neighbour_at, neighbour_score = model.neighbour_scores(profile, config.recency_decay)
+    neighbour_at, neighbour_score, entries = model.neighbour_scores(profile,
+                                                                    config.recency_decay)
     if neighbour_at.size:
-        order = np.lexsort((neighbour_at, -neighbour_score))
+        wanted = per_source + len(out)
+        best = np.arange(neighbour_at.size)
+        if best.size > wanted:  # everything at or above the wanted-th score
+            kth = np.partition(neighbour_score, best.size - wanted)[best.size - wanted]
+            best = np.flatnonzero(neighbour_score >= kth)
+        order = best[np.lexsort((neighbour_at[best], -neighbour_score[best]))]
         for p in neighbour_at[order].tolist():
             if p not in out:
                 chosen.setdefault(p, "neighbours")
@@ -156,14 +170,14 @@ def candidates(snapshot: Snapshot, profile: UserProfile | None, config: Recommen
             propensities[p] = propensity(rate, float(facts.gap_days[p]),
                                          times=profile.purchase_counts.get(item_id, 1),
                                          days_since=(next_visit - last) / DAY_SECONDS)
-        best = sorted(propensities, key=lambda p: (-propensities[p], p))[:per_source]
-        for p in best:
+        again = sorted(propensities, key=lambda p: (-propensities[p], p))[:per_source]
+        for p in again:
             if propensities[p] > 0.0:
                 chosen[p] = "buy_again"  # its own reason wins over the others'
     positions = np.fromiter(chosen, np.int64, len(chosen))
     return Candidates(positions, _features(snapshot, profile, positions, neighbour_at,
                                            neighbour_score, propensities, now),
-                      list(chosen.values()))
+                      list(chosen.values()), entries)
 
 
 def _features(snapshot: Snapshot, profile: UserProfile | None, positions: np.ndarray,
@@ -174,10 +188,11 @@ def _features(snapshot: Snapshot, profile: UserProfile | None, positions: np.nda
     x = np.zeros((n, len(FEATURES)))
     if n == 0:
         return x
-    lookup = dict(zip(neighbour_at.tolist(), neighbour_score.tolist(), strict=True))
     ids = model.items.ids
-    x[:, 0] = np.log1p(np.fromiter((lookup.get(p, 0.0) for p in positions.tolist()),
-                                   np.float64, n))
+    if neighbour_at.size:
+        similarity = np.zeros(model.n_items)
+        similarity[neighbour_at] = neighbour_score
+        x[:, 0] = np.log1p(similarity[positions])
     trending = model.trending
     x[:, 1] = np.where(positions < trending.size,
                        trending[np.minimum(positions, max(trending.size - 1, 0))]
@@ -209,8 +224,9 @@ def rank(snapshot: Snapshot, user_id: str, profile: UserProfile | None, n: int,
     scores = (blend(found.features, config) if learned is None
               else learned.score(found.features, config))
     ids = snapshot.model.items.ids
-    order = sorted(range(found.positions.size),
-                   key=lambda i: (-scores[i], ids[int(found.positions[i])]))[:n]
+    order = [i for *_, i in sorted(zip((-scores).tolist(),
+                                       [ids[p] for p in found.positions.tolist()],
+                                       range(found.positions.size), strict=True))[:n]]
     listed = [int(found.positions[i]) for i in order]
     sources = tuple(found.sources[i] for i in order)
     return Recommendations(
@@ -220,7 +236,7 @@ def rank(snapshot: Snapshot, user_id: str, profile: UserProfile | None, n: int,
         cold_start=profile is None or not profile.recent,
         model_version=snapshot.model.version,
         sources=sources,
-        reasons=explain(snapshot, profile, listed, sources, config),
+        reasons=explain(snapshot, profile, listed, sources, found.entries),
     )
 
 
@@ -241,17 +257,17 @@ RANKINGS: dict[str, Callable[[Snapshot, str, UserProfile | None, int, Recommende
 
 
 def explain(snapshot: Snapshot, profile: UserProfile | None, positions: Sequence[int],
-            sources: Sequence[str], config: RecommenderConfig) -> tuple[str, ...]:
+            sources: Sequence[str], entries: NeighbourEntries | None) -> tuple[str, ...]:
     """Why each listed item (position, and the source that put it there) is in a
-    list, in words a customer could read.
+    list, in words a customer could read (``entries``: the user's neighbour
+    entries, as :func:`candidates` found them).
 
-    >>> explain(Snapshot.empty(1), None, [0], ["trending"], RecommenderConfig())
+    >>> explain(Snapshot.empty(1), None, [0], ["trending"], None)
     ('trending',)
     """
     model, gaps = snapshot.model, snapshot.facts.gap_days
     similar = [p for p, source in zip(positions, sources, strict=True) if source == "neighbours"]
-    because = dict(zip(similar, model.because(profile, similar, config.recency_decay),
-                       strict=True))
+    because = dict(zip(similar, model.because(entries, similar), strict=True))
     bought = profile.purchased if profile is not None else {}
     reasons = []
     for position, source in zip(positions, sources, strict=True):

@@ -175,10 +175,11 @@ def neighbour_reason(because: str, bought: bool) -> str:
 
 
 @dataclass(frozen=True)
-class _Entries:
-    """One user's neighbour entries, before they are summed per item: entry ``e``
-    says that recent item ``recent[e // width]`` names item ``items[e]`` with
-    weighted similarity ``values[e]`` (most recent item first)."""
+class NeighbourEntries:
+    """One user's neighbour entries (what explanations are found in), before
+    they are summed per item: entry ``e`` says that recent item
+    ``recent[e // width]`` names item ``items[e]`` with weighted similarity
+    ``values[e]`` (most recent item first)."""
 
     items: np.ndarray
     values: np.ndarray
@@ -186,7 +187,7 @@ class _Entries:
     width: int
 
 
-def _because_many(listed: Sequence[Sequence[int]], entries: Sequence[_Entries | None],
+def _because_many(listed: Sequence[Sequence[int]], entries: Sequence[NeighbourEntries | None],
                   pairs: _PairIndex) -> list[list[int | None]]:
     """Per user, per listed position, the one of the user's last
     :data:`REASON_RECENT` items (a position) that names it as a neighbour with
@@ -423,14 +424,14 @@ class NeighborModel:
         recency_decay: float,
         popularity_weight: float,
         banned: Sequence[Iterable[str]] | None,
-    ) -> list[tuple[list[tuple[int, float]], _Entries | None]]:
+    ) -> list[tuple[list[tuple[int, float]], NeighbourEntries | None]]:
         """:meth:`rank_many` by position, with each user's neighbour entries."""
         if banned is not None and len(banned) != len(profiles):
             raise ValueError("banned must hold one collection per profile")
         size = self.n_items
         if n <= 0 or size == 0:
             return [([], None) for _ in profiles]
-        ranked: list[tuple[list[tuple[int, float]], _Entries | None]] = []
+        ranked: list[tuple[list[tuple[int, float]], NeighbourEntries | None]] = []
         ids = self.items.ids
         get = self.items.positions.get
         tail = self._tail(popularity_weight)
@@ -575,36 +576,35 @@ class NeighborModel:
         return _NO_ITEMS if tail is None else tail.prefix(length)[:length]
 
     def neighbour_scores(self, profile: UserProfile | None, recency_decay: float
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         ) -> tuple[np.ndarray, np.ndarray, NeighbourEntries | None]:
         """Positions and scores of every item the user's recent items name as a
-        neighbour, without the trending prior (the floats :meth:`rank` adds).
+        neighbour, without the trending prior (the floats :meth:`rank` adds), and
+        the entries they were summed from (for :meth:`because`).
 
         >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {}, k=1)
-        >>> [a.tolist() for a in model.neighbour_scores(UserProfile(recent=["a"]), 1.0)]
+        >>> [a.tolist() for a in model.neighbour_scores(UserProfile(recent=["a"]), 1.0)[:2]]
         [[1], [0.5]]
         """
         if profile is None or not profile.recent or self.n_items == 0:
-            return _NO_ITEMS, np.zeros(0)
-        items, scores, _ = next(self._scores([profile], recency_decay, None))
+            return _NO_ITEMS, np.zeros(0), None
+        items, scores, entries = next(self._scores([profile], recency_decay, None))
         if items is None:
             items = np.flatnonzero(scores > 0)
             scores = scores[items]
-        return items, scores
+        return items, scores, entries
 
-    def because(self, profile: UserProfile | None, positions: Sequence[int],
-                recency_decay: float) -> list[int | None]:
+    def because(self, entries: NeighbourEntries | None, positions: Sequence[int]
+                ) -> list[int | None]:
         """Per item position, the recent item (a position) that names it with the
-        largest weighted similarity (None: none does); see :func:`_because_many`.
+        largest weighted similarity (None: none does), from a user's
+        :meth:`neighbour_scores` entries; see :func:`_because_many`.
 
         >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("c", 0.2)], "b": [("c", 0.5)]},
         ...                                           {}, k=1)
-        >>> [model.items.ids[p] for p in model.because(UserProfile(recent=["a", "b"]),
-        ...                                             [model.items.positions["c"]], 0.8)]
+        >>> *_, entries = model.neighbour_scores(UserProfile(recent=["a", "b"]), 0.8)
+        >>> [model.items.ids[p] for p in model.because(entries, [model.items.positions["c"]])]
         ['b']
         """
-        if profile is None or not profile.recent or self.n_items == 0:
-            return [None] * len(positions)
-        _, _, entries = next(self._scores([profile], recency_decay, None))
         return _because_many([positions], [entries], self._pair_index())[0]
 
     # -- ranking internals ---------------------------------------------------------
@@ -614,7 +614,7 @@ class NeighborModel:
         profiles: Sequence[UserProfile | None],
         recency_decay: float,
         tail: _TrendingTail | None,
-    ) -> Iterator[tuple[np.ndarray | None, np.ndarray, _Entries]]:
+    ) -> Iterator[tuple[np.ndarray | None, np.ndarray, NeighbourEntries]]:
         """Per profile, (items, scores, entries): its candidates and their scores,
         or (None, scores of every item) for a user with many neighbour entries;
         and the neighbour entries they were summed from (for :func:`_because_many`).
@@ -638,7 +638,7 @@ class NeighborModel:
             for user in range(stop - start):
                 first, last = bounds[user], bounds[user + 1]
                 items, values = neighbor_idx[first:last], contribution[first:last]
-                entries = _Entries(items, values, hist[rows[user]:rows[user + 1]], width)
+                entries = NeighbourEntries(items, values, hist[rows[user]:rows[user + 1]], width)
                 if (last - first) * _DENSE_SHARE >= size and first < last:
                     # -1 padding goes to bin 0, dropped.
                     dense = np.bincount(items + 1, weights=values, minlength=size + 1)[1:]

@@ -49,6 +49,7 @@ from streams.runtime.ranking import RankingQueue
 from streams.runtime.refresh import Refresh
 from streams.runtime.rows import RowsClient
 from streams.runtime.settings import Settings
+from streams.runtime.snapshot_files import SnapshotFiles
 from streams.runtime.topology import Topology
 from streams.runtime.users import Users
 
@@ -111,7 +112,7 @@ class RecoStream:
                              self.counters, self.metrics)
         self.refresh = Refresh(topology, self.rows, self.model_process, self.ranking,
                                self.outbox, self.config, s.refresh_seconds, s.partitions,
-                               self.counters, self.metrics)
+                               self.counters, self.metrics, SnapshotFiles(s.data_dir))
         self.ranking.rank_with(self.refresh.model)
         self.churn = ChurnScan(self.users, self.ranking, self.clock, self.partitions,
                                topology.churn, self.model_process, self.outbox,

@@ -37,6 +37,9 @@ from streams.runtime.users import Users
 #: the time it takes them for at most (a batch waits meanwhile).
 SCAN_SLICE_USERS = 500
 SCAN_SLICE_SECONDS = 0.02
+#: Keys of the users table whose partition is worked out per turn of the loop
+#: when a partition's roster is listed (a hash each).
+LIST_SLICE_KEYS = 5000
 
 
 def churn_rows_per_record(max_record_bytes: int) -> int:
@@ -101,17 +104,16 @@ class ChurnScan:
         """
         now = self.clock.watermark(partition)
         model = self.model()
-        stored = list(self.users.table.keys())
-        unwritten = set(self.users.cache.dirty()).difference(stored)  # new since the commit
-        partition_of = self.partitions.of_user
-        user_ids = [user_id for user_id in [*stored, *sorted(unwritten)]
-                    if partition_of(user_id) == partition]
+        if not self.users.roster.listed(partition):
+            await self._list_partition(partition)
+        user_ids = self.users.roster.users(partition)
         rows: list[list[float]] = []
         first = 0
         while first < len(user_ids):
             async with self.users.lock:
                 try:
-                    first = await self._scan_users(user_ids, first, now, model, rows)
+                    first = await self._scan_users(partition, user_ids, first, now, model,
+                                                   rows)
                 except Exception as exc:
                     await self.users.lose_cached(exc)
                     raise
@@ -124,6 +126,20 @@ class ChurnScan:
             fitted = await self.model_process.run(fit_churn_model, all_rows, self.engagement)
             self.churn.set("model", fitted.to_state())
             await self.outbox.send()
+
+    async def _list_partition(self, partition: int) -> None:
+        """The roster of a partition not listed since the worker got it: its users
+        as the table holds them (once after a rebalance; the partition of each key
+        worked out :data:`LIST_SLICE_KEYS` at a time, batches let in between)."""
+        epoch = self.users.roster.epoch
+        stored = list(self.users.table.keys())
+        partition_of = self.partitions.of_user
+        found: list[str] = []
+        for start in range(0, len(stored), LIST_SLICE_KEYS):
+            found.extend(user_id for user_id in stored[start:start + LIST_SLICE_KEYS]
+                         if partition_of(user_id) == partition)
+            await asyncio.sleep(0)
+        self.users.roster.list_partition(partition, found, epoch)
 
     def write_rows(self, partition: int, rows: Sequence[list[float]]) -> None:
         """A partition's summary rows to the ``churn`` table, in pieces that each fit
@@ -138,13 +154,14 @@ class ChurnScan:
         for key, piece in pieces.items():
             self.churn.set_if_changed(key, piece)
 
-    async def _scan_users(self, user_ids: Sequence[str], first: int, now: float,
-                          model: ChurnModel, rows: list[list[float]]) -> int:
+    async def _scan_users(self, partition: int, user_ids: Sequence[str], first: int,
+                          now: float, model: ChurnModel, rows: list[list[float]]) -> int:
         """Fire what is due at ``now`` for the users of a partition from ``first``
         on (read now: a batch may have changed them since the scan began), and add
         their summary rows to ``rows``, for :data:`SCAN_SLICE_SECONDS` or
         :data:`SCAN_SLICE_USERS` users at most; where the next slice starts."""
         scanned: list[tuple[str, UserState]] = []
+        idle: list[str] = []
         deadline = time.perf_counter() + SCAN_SLICE_SECONDS
         stop = min(len(user_ids), first + SCAN_SLICE_USERS)
         for position in range(first, stop):
@@ -153,15 +170,16 @@ class ChurnScan:
                 break
             user_id = user_ids[position]
             state = self.users.stored(user_id)
-            if state is None:
+            if state is None or (state.engagement.customer.is_empty
+                                 and not state.engagement.cart):
+                idle.append(user_id)  # added again when it changes
                 continue
             engagement = state.engagement
-            if engagement.customer.is_empty and not engagement.cart:
-                continue
             scanned.append((user_id, state))
             row = engagement.summary_row(now)
             if row is not None:
                 rows.append(row)
+        self.users.roster.drop(partition, idle)
         due: list[tuple[str, UserState, Trigger]] = []
         changed: list[tuple[str, UserState]] = []
         for (user_id, state), fired in zip(scanned, due_many(

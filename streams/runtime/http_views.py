@@ -75,7 +75,7 @@ class Lookups:
             "status": "ok",
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "model_version": self.refresh.model_round,
-            "model_items": self.refresh.model.n_items,
+            "model_items": self.refresh.model_items,
             "replicas": {"records": reader.records, "caught_up": reader.caught_up.is_set()},
             "counters": self.counters.as_json(),
         }

@@ -25,7 +25,9 @@ from streams.runtime.children.ranking_jobs import (
     Exposure,
     ListRequest,
     TriggerRequest,
+    held_version,
     hold_ranking_model,
+    hold_ranking_snapshot,
     ranked_records,
     recommend_one,
 )
@@ -84,6 +86,15 @@ class RankingQueue:
         """The ranking child ranks with this snapshot from now on (a child that
         replaces it too)."""
         self.ranker.hold(hold_ranking_model, model)
+
+    def rank_with_snapshot(self, path: str) -> None:
+        """:meth:`rank_with` the snapshot pickled in the file at ``path``."""
+        self.ranker.hold(hold_ranking_snapshot, path)
+
+    async def snapshot_held(self) -> None:
+        """Back once the ranking child ran the holds queued before (it loaded the
+        last snapshot, or failed to and logged why)."""
+        await self.ranker.run(held_version)
 
     def publish(self, lists: Sequence[ListRequest],
                 triggers: Sequence[tuple[str, UserState, Trigger]]) -> None:

@@ -8,6 +8,12 @@ partition recomputes its items' neighbours in the model process (which keeps a
 copy of the partition's rows: sent in full once, then only those changed) and
 writes the lists that changed. A worker rebuilds its snapshot when the last of
 its partitions is done with a round, and when other workers wrote lists.
+
+The model process keeps its own copy of the replicated neighbour lists and item
+stats (:mod:`streams.runtime.children.model_replica`), brought up to date before
+each refresh and rebuild with the keys changed since the last time; it writes
+the snapshot to a file that the ranking child loads. So neither costs the event
+loop more than what changed, however large the catalogue.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import pickle
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 from faust.types import EventT
@@ -24,13 +33,21 @@ from faust.types import EventT
 from core.config import RecommenderConfig
 from core.ranking import NeighborModel
 from streams.runtime.children.held_rows import RowsNotHeld
-from streams.runtime.children.model_jobs import EncodedList, build_model, neighbors_of_partition
+from streams.runtime.children.model_jobs import EncodedList, neighbors_of_partition
+from streams.runtime.children.model_replica import (
+    ReplicaNotHeld,
+    build_snapshot,
+    update_replica,
+)
 from streams.runtime.children.process import ChildProcess
 from streams.runtime.metrics import Counters, WorkerMetrics
 from streams.runtime.outbox import Outbox
 from streams.runtime.ranking import RankingQueue
 from streams.runtime.rows import RowsClient
+from streams.runtime.snapshot_files import SnapshotFiles
 from streams.runtime.topology import Topology
+
+R = TypeVar("R")
 
 #: A refresh tick older than this many refresh intervals is skipped: the
 #: partition's next tick is behind it (refreshing every tick in turn, a worker
@@ -41,6 +58,12 @@ LISTS_PER_SLICE = 250
 #: A worker whose own refresh round rebuilt its snapshot within this many refresh
 #: intervals leaves other workers' lists to its next round's rebuild.
 OWN_ROUND_COVERS = 1.5
+#: Keys of each replicated table handed to the model process per call (each call
+#: pickled apart, batches let in between).
+REPLICA_KEYS_PER_CALL = 2000
+#: Tries of a call that needs the model process's copy of the tables (a model
+#: process that died and was replaced meanwhile holds none: it gets them all).
+REPLICA_ATTEMPTS = 3
 
 
 class Refresh:
@@ -49,7 +72,7 @@ class Refresh:
     def __init__(self, topology: Topology, rows: RowsClient, model_process: ChildProcess,
                  ranking: RankingQueue, outbox: Outbox, config: RecommenderConfig,
                  refresh_seconds: float, partitions: int, counters: Counters,
-                 metrics: WorkerMetrics) -> None:
+                 metrics: WorkerMetrics, snapshots: SnapshotFiles) -> None:
         self.topology = topology
         self.rows = rows
         self.model_process = model_process
@@ -60,12 +83,22 @@ class Refresh:
         self.partitions = partitions
         self.counters = counters
         self.metrics = metrics
-        #: the ranking snapshot as last built, and its version
-        self.model = NeighborModel.empty(config.neighbors)
+        self.snapshots = snapshots
+        # the ranking snapshot as last built (None: in its file, not loaded here)
+        self._model: NeighborModel | None = NeighborModel.empty(config.neighbors)
+        self._model_path: Path | None = None
+        #: items the last snapshot knows, and its version
+        self.model_items = 0
         self.model_round = 0
+        # the token of the model process's copy of the replicated tables (None:
+        # hand over every key next time)
+        self._replica_token: int | None = None
         #: refresh round last completed per tick partition seen by this worker
         self.partition_rounds: dict[int, int] = {}
         self._rebuilding = asyncio.Lock()
+        # one user of the model process's copy of the replicated tables at a time:
+        # hand-overs interleaved could apply an older value after a newer one
+        self._replica_lock = asyncio.Lock()
         # Rows of C the model process holds: per partition, the token of the full
         # send they began with (none: send all next time).
         self._sent_under: dict[int, int] = {}
@@ -77,6 +110,20 @@ class Refresh:
         self._next_tick_partition = 0
         self._tick_round = 0
         self._round_started = 0.0
+
+    @property
+    def model(self) -> NeighborModel:
+        """The ranking snapshot as last built, read from its file when first asked
+        (diagnostics and tests: the worker itself never needs it on the loop)."""
+        if self._model is None:
+            assert self._model_path is not None
+            with self._model_path.open("rb") as file:
+                self._model = pickle.load(file)
+        return self._model
+
+    @model.setter
+    def model(self, model: NeighborModel) -> None:
+        self._model, self._model_path, self.model_items = model, None, model.n_items
 
     @property
     def tick_seconds(self) -> float:
@@ -122,15 +169,24 @@ class Refresh:
             self.counters.stale_ticks += 1
             return None
         started = time.perf_counter()
-        counts = {item_id: float(stats[0]) for item_id, stats
-                  in self.topology.item_stats.view().items()}
-        lists = await self.partition_neighbors(partition, counts, refresh_round)
         item_neighbors = self.topology.names["item-neighbors"]
-        for n, (item_id, value, record) in enumerate(lists, 1):
-            if n % LISTS_PER_SLICE == 0:
-                await asyncio.sleep(0)  # a partition's lists in one go: a long stall
-            if self.topology.neighbors.set_encoded_if_changed(item_id, value):
-                self.outbox.add(item_neighbors, record, key=item_id.encode())
+        # held until the lists are written: a hand-over in between would send the
+        # model process the values they replace
+        async with self._replica_lock:
+            lists = await self.partition_neighbors(partition, refresh_round)
+            try:
+                for n, (item_id, value, record) in enumerate(lists, 1):
+                    if n % LISTS_PER_SLICE == 0:
+                        await asyncio.sleep(0)  # a partition's lists in one go: a long stall
+                    # recorded by the model process already: not a change to hand it
+                    if self.topology.neighbors.set_encoded_if_changed(item_id, value,
+                                                                      track=False):
+                        self.outbox.add(item_neighbors, record, key=item_id.encode())
+            except BaseException:
+                # the copy records lists not written here: it would not return them
+                # again, so a fresh copy (which returns every list once) replaces it
+                self._replica_token = None
+                raise
         await self.outbox.send()
         self.counters.refreshes += 1
         self.counters.last_refresh_seconds = time.perf_counter() - started
@@ -150,32 +206,91 @@ class Refresh:
             if owned:
                 self.own_round_rebuilt = time.monotonic()
 
-    async def partition_neighbors(self, partition: int, counts: Mapping[str, float],
-                                  model_version: int) -> list[EncodedList]:
-        """Neighbour lists of a partition's items, encoded (see
+    async def partition_neighbors(self, partition: int, model_version: int
+                                  ) -> list[EncodedList]:
+        """Neighbour lists of a partition's items that changed since they were last
+        computed, encoded (see
         :func:`streams.runtime.children.model_jobs.neighbors_of_partition`), by the
         model process, which keeps a copy of the partition's rows: sent in full
         once, then those changed since (by the rows process, pickled: the loop
-        passes the bytes on)."""
+        passes the bytes on); and the counts of its copy of the item stats."""
         config = self.config
-        args = (self.topology.owned_tick_partitions(), counts, config.neighbors,
+        args = (self.topology.owned_tick_partitions(), None, config.neighbors,
                 config.similarity, config.similarity_params, model_version)
 
-        async def lists_after_send(token: int, full: bool) -> list[EncodedList]:
+        async def lists_after_send(token: int, full: bool, replica: int) -> list[EncodedList]:
             rows = await self.rows.for_refresh(partition, full)
             lists: list[EncodedList] = await self.model_process.run(
-                neighbors_of_partition, partition, token, rows, full, *args)
+                neighbors_of_partition, partition, token, rows, full, *args, replica)
             self._sent_under[partition] = token
             return lists
 
-        # back once the model process has the rows sent (none: send them all)
-        token = self._sent_under.pop(partition, None)
-        if token is not None:
+        for _ in range(REPLICA_ATTEMPTS):
+            replica = await self.sync_replica()
+            # back once the model process has the rows sent (none: send them all)
+            token = self._sent_under.pop(partition, None)
             try:
-                return await lists_after_send(token, full=False)
-            except RowsNotHeld:  # a new model process: it gets them all
-                pass
-        return await lists_after_send(next(self._tokens), full=True)
+                if token is not None:
+                    try:
+                        return await lists_after_send(token, False, replica)
+                    except RowsNotHeld:  # a new model process: it gets them all
+                        pass
+                return await lists_after_send(next(self._tokens), True, replica)
+            except ReplicaNotHeld:
+                self._replica_token = None
+        raise ReplicaNotHeld(f"the model process lost its copy {REPLICA_ATTEMPTS} times")
+
+    async def sync_replica(self) -> int:
+        """The model process's copy of the neighbour lists and item stats brought up
+        to date: the keys changed since the last hand-over (every key for a model
+        process that holds none); its token. The caller holds the replica lock."""
+        assert self._replica_lock.locked()
+        neighbors, stats = self.topology.neighbors, self.topology.item_stats
+        for _ in range(REPLICA_ATTEMPTS):
+            token, full = self._replica_token, self._replica_token is None
+            lists: Mapping[str, bytes | None]
+            stat_values: Mapping[str, bytes | None]
+            if token is None:
+                token = next(self._tokens)
+                lists, stat_values = neighbors.take_all(), stats.take_all()
+            else:
+                lists, stat_values = neighbors.take_changed(), stats.take_changed()
+            self._replica_token = None  # until it is handed over whole
+            try:
+                await self._hand_over(token, full, dict(lists), dict(stat_values))
+            except ReplicaNotHeld:
+                continue
+            self._replica_token = token
+            return token
+        raise ReplicaNotHeld(f"the model process lost its copy {REPLICA_ATTEMPTS} times")
+
+    async def _hand_over(self, token: int, full: bool, lists: dict[str, Any],
+                         stats: dict[str, Any]) -> None:
+        """Keys to the model process, :data:`REPLICA_KEYS_PER_CALL` of each table per
+        call, batches let in between (each call is pickled when made)."""
+        list_items, stat_items = list(lists.items()), list(stats.items())
+        calls: list[Awaitable[None]] = []
+        for start in range(0, max(len(list_items), len(stat_items), 1), REPLICA_KEYS_PER_CALL):
+            end = start + REPLICA_KEYS_PER_CALL
+            calls.append(self.model_process.submit(
+                update_replica, token, full and start == 0, dict(list_items[start:end]),
+                dict(stat_items[start:end])))
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _with_replica(self, function: Callable[..., R], *args: Any) -> R:
+        """``function(*args, token)`` in the model process once its copy of the
+        replicated tables is up to date (``token``: that copy's)."""
+        for _ in range(REPLICA_ATTEMPTS):
+            token = await self.sync_replica()
+            try:
+                return await self.model_process.run(function, *args, token)
+            except ReplicaNotHeld:
+                self._replica_token = None
+        raise ReplicaNotHeld(f"the model process lost its copy {REPLICA_ATTEMPTS} times")
 
     def forget_sent_rows(self) -> None:
         """After a rebalance the partitions' rows may be others' now: the next
@@ -197,16 +312,20 @@ class Refresh:
         await self.rebuild(self.model_round)
 
     async def rebuild(self, refresh_round: int) -> None:
-        """Rebuild the ranking snapshot from the replicated tables (in the model
-        process; the lists and stats are pickled at the call)."""
+        """Rebuild the ranking snapshot from the replicated tables: in the model
+        process, from its copy of them, into a file the ranking child loads (the
+        loop handles the path only)."""
         async with self._rebuilding:
             self._others_lists_built = self.topology.neighbors.others_writes
-            # as stored (JSON): decoded in the model process
-            lists = self.topology.neighbors.view_encoded()
-            stats = self.topology.item_stats.view_encoded()
             # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
-            self.model = await self.model_process.run(
-                build_model, version, lists, stats, self.config.neighbors, self.config.tau)
-            self.ranking.rank_with(self.model)
+            path = self.snapshots.next_path(version)
+            async with self._replica_lock:
+                items = await self._with_replica(build_snapshot, version,
+                                                 self.config.neighbors, self.config.tau,
+                                                 str(path))
+            self.ranking.rank_with_snapshot(str(path))
+            self._model, self._model_path, self.model_items = None, path, items
             self.model_round = version
+            await self.ranking.snapshot_held()
+            self.snapshots.loaded(path)  # older files go once the ranking child has it

@@ -20,15 +20,20 @@ writes are laid over what the reader has (:meth:`ReplicatedTable.view`).
 Values are kept as the JSON they travel as, decoded when read. Decoded, the
 neighbour lists alone were half a million small lists, replaced every refresh
 round, which the garbage collector traversed again and again (GC pauses in one
-latency run: 6.4 s in all, 2.6 s once kept as JSON); and the snapshot is built
-from the JSON in the model process (:meth:`ReplicatedTable.view_encoded`).
+latency run: 6.4 s in all, 2.6 s once kept as JSON).
+
+The model process keeps a copy of the neighbour lists and item stats (it builds
+the snapshot and refreshes from them): a table made with ``track_changes`` names
+the keys whose value in :meth:`ReplicatedTable.view` may have moved since the last
+:meth:`ReplicatedTable.take_changed`, so that the worker hands over what changed,
+not every key at every refresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -68,6 +73,7 @@ class ReplicatedTable:
         send: Send,
         partition_of: Callable[[str], int],
         owned: Callable[[], Collection[int]],
+        track_changes: bool = False,
     ) -> None:
         self.name = name
         self._send = send
@@ -80,6 +86,11 @@ class ReplicatedTable:
         #: records read that are not this worker's last write of their key: what
         #: other workers wrote (and, rarely, an older write of ours read back late)
         self.others_writes = 0
+        # keys whose merged value may have moved since take_changed (None: untracked),
+        # and the partitions owned then (a rebalance moves the merged value of keys
+        # written here)
+        self._changed: dict[str, None] | None = {} if track_changes else None
+        self._owned_when_taken: frozenset[int] = frozenset()
 
     def set(self, key: str, value: Any) -> None:
         """Write a key: visible here at once, and to every worker through the topic."""
@@ -90,27 +101,74 @@ class ReplicatedTable:
         whether it was written."""
         return self.set_encoded_if_changed(key, orjson.dumps(value))
 
-    def set_encoded_if_changed(self, key: str, encoded: bytes) -> bool:
-        """:meth:`set_if_changed` with the value encoded already (JSON)."""
+    def set_encoded_if_changed(self, key: str, encoded: bytes, track: bool = True) -> bool:
+        """:meth:`set_if_changed` with the value encoded already (JSON); ``track``
+        False: the holder of the copy has the value already (not a change to take)."""
         if self._own.get(key) == encoded:
             return False
-        self._write(key, encoded)
+        self._write(key, encoded, track)
         return True
 
-    def _write(self, key: str, encoded: bytes) -> None:
+    def _write(self, key: str, encoded: bytes, track: bool = True) -> None:
         self._own[key] = self._read[key] = encoded
+        if track and self._changed is not None:
+            self._changed[key] = None
         self._send(key.encode(), encoded)
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """Fold in one record read from the topic (None: the key was deleted)."""
-        name = key.decode()
-        if value is None:
-            self._read.pop(name, None)
-            self.others_writes += 1
-        else:
-            self._read[name] = value
-            if value != self._own.get(name):
+        self.apply_many(((key, value),))
+
+    def apply_many(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Fold in records read from the topic, in order (see :meth:`apply`)."""
+        changed, owned = self._changed, None
+        for key, value in records:
+            name = key.decode()
+            own = self._own.get(name)
+            if value is None:
+                self._read.pop(name, None)
                 self.others_writes += 1
+            elif value == own:  # our last write, read back: kept once in memory
+                self._read[name] = own
+                if changed is None:
+                    continue
+                if owned is None:
+                    owned = self._owned()
+                if self._partition_of(name) in owned:
+                    continue  # the merged value is that write already
+            else:
+                self._read[name] = value
+                self.others_writes += 1
+            if changed is not None:
+                changed[name] = None
+
+    def take_changed(self) -> dict[str, bytes | None]:
+        """The merged value (as :meth:`view_encoded`, None: gone) of every key that
+        may have changed since the last call: written, read, or its partition
+        gained or lost since (O(changed); O(own writes) after a rebalance)."""
+        if self._changed is None:
+            raise RuntimeError(f"table {self.name} does not track changes")
+        owned = frozenset(self._owned())
+        moved = owned.symmetric_difference(self._owned_when_taken)
+        if moved:
+            partition_of = self._partition_of
+            self._changed.update((k, None) for k in self._own if partition_of(k) in moved)
+        self._owned_when_taken = owned
+        keys, self._changed = self._changed, {}
+        own, read, partition_of = self._own, self._read, self._partition_of
+        taken: dict[str, bytes | None] = {}
+        for key in keys:
+            value = own.get(key)
+            taken[key] = value if value is not None and partition_of(key) in owned \
+                else read.get(key)
+        return taken
+
+    def take_all(self) -> dict[str, bytes]:
+        """:meth:`view_encoded`, and nothing changed since (for a new copy: O(all))."""
+        if self._changed is not None:
+            self._changed.clear()
+        self._owned_when_taken = frozenset(self._owned())
+        return self.view_encoded()
 
     def get(self, key: str) -> Any:
         encoded = self._own.get(key)
@@ -174,10 +232,9 @@ class ReplicaReader:
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
                 for tp, records in batches.items():
-                    table = self.tables[tp.topic]
-                    for record in records:
-                        if record.key is not None:
-                            table.apply(record.key, record.value)
+                    self.tables[tp.topic].apply_many(
+                        (record.key, record.value) for record in records
+                        if record.key is not None)
                     self.records += len(records)
                     if pending and records and records[-1].offset + 1 >= ends[tp]:
                         pending.discard(tp)

@@ -73,7 +73,8 @@ class Topology:
         # partition 0).
         self.replica_topics: dict[str, faust.TopicT] = {}  # by table name
 
-        def replicated(name: str, partition_of: Any, owned: Any) -> ReplicatedTable:
+        def replicated(name: str, partition_of: Any, owned: Any,
+                       track_changes: bool = False) -> ReplicatedTable:
             topic = app.topic(f"{s.app_id}-{name}", partitions=s.partitions, internal=True,
                               compacting=True, **raw)
             self.replica_topics[name] = topic
@@ -82,11 +83,12 @@ class Topology:
             def send(key: bytes, value: bytes | None) -> None:
                 outbox.add(topic_name, value, key=key)
 
-            return ReplicatedTable(name, send, partition_of, owned)
+            return ReplicatedTable(name, send, partition_of, owned, track_changes)
 
         owned_items = self.owned_item_partitions
-        self.item_stats = replicated("item-stats", partitions.of_item, owned_items)
-        self.neighbors = replicated("neighbors", partitions.of_item, owned_items)
+        # the model process keeps a copy of these two (see streams.runtime.refresh)
+        self.item_stats = replicated("item-stats", partitions.of_item, owned_items, True)
+        self.neighbors = replicated("neighbors", partitions.of_item, owned_items, True)
         self.churn = replicated("churn", churn_key_partition,
                                 lambda: partitions.owned(self.ticks_topic))
         self._partitions = partitions

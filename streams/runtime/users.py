@@ -19,6 +19,7 @@ from faust.types import EventT, TableT
 from streams.runtime.cache import DecodedCache
 from streams.runtime.outbox import Outbox
 from streams.runtime.pacing import WriterPacing
+from streams.runtime.roster import Roster
 from streams.runtime.state import UserState, table_json
 from streams.runtime.table_writes import TableWriter, acting_as
 
@@ -51,6 +52,8 @@ class Users:
         self.crash = crash
         self.writer = TableWriter(outbox)
         self._writing = asyncio.Lock()  # one writer of changed users at a time
+        #: per partition, the users the churn scan looks at
+        self.roster = Roster()
         #: the events agent's stream, under whose events states are written
         self.stream: faust.Stream[bytes] | None = None
 
@@ -76,6 +79,9 @@ class Users:
         if event is None:
             raise RuntimeError(f"user {user_id!r} changed outside of an event")
         self.cache.mark_dirty(user_id, state, event)
+        engagement = state.engagement
+        if engagement.cart or not engagement.customer.is_empty:
+            self.roster.add(event.message.partition, user_id)
 
     async def write_changed(self, paced: bool = False) -> None:
         """Every user changed before this call is written to the ``users`` table
@@ -117,6 +123,7 @@ class Users:
     def forget(self) -> None:
         """Forget the cached states (after a rebalance: others may own them next)."""
         self.cache.clear()
+        self.roster.forget()
 
     async def lose_cached(self, exc: Exception) -> None:
         """A batch or scan failed halfway: the cached states may hold part of its

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.runtime.replicated import ReplicatedTable
+
+KEYS = ["a0", "a1", "b0", "b1"]
 
 
 def make_table(owned: set[int]) -> tuple[ReplicatedTable, list[tuple[bytes, bytes | None]]]:
@@ -59,3 +65,87 @@ def test_records_read_back_are_told_from_other_workers_writes() -> None:
     table.apply(b"k0", orjson.dumps([["b", 0.25]]))  # k0 written by another since
     table.apply(b"k1", None)
     assert table.others_writes == 3
+
+
+# -- the keys changed since the model process's copy was brought up to date ----------
+
+
+class CountedPartitions:
+    """``partition_of`` that counts its calls: what a hand-over costs."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, key: str) -> int:
+        self.calls += 1
+        return int(key[-1]) % 2
+
+
+def test_take_changed_costs_the_keys_changed_not_the_keys_held() -> None:
+    # Handing the model process every key at every refresh and rebuild was an
+    # O(all items) pass on the event loop: at a shop's scale, seconds per round.
+    owned = {0, 1}
+    partition_of = CountedPartitions()
+    table = ReplicatedTable("t", lambda k, v: None, partition_of, lambda: owned,
+                            track_changes=True)
+    held = 50_000
+    table.apply_many((f"o{n}".encode(), b"[1]") for n in range(held))  # other workers'
+    for n in range(held):
+        table.set(f"w{n}", [n])
+    assert len(table.take_all()) == 2 * held
+    partition_of.calls = 0
+    table.set("w7", [0])
+    table.set_encoded_if_changed("w8", b"[0]", track=False)  # the copy has it already
+    table.apply_many([(b"o3", b"[2]"), (b"w9", b"[9]"),  # ours, read back: no change
+                      (b"o5", None)])
+    assert table.take_changed() == {"w7": b"[0]", "o3": b"[2]", "o5": None}
+    assert partition_of.calls <= 10
+    partition_of.calls = 0
+    assert table.take_changed() == {}
+    assert partition_of.calls == 0
+
+
+def test_a_rebalance_hands_over_the_own_writes_of_the_partitions_that_moved() -> None:
+    owned = {0, 1}
+    table = ReplicatedTable("t", lambda k, v: None, lambda k: int(k[-1]) % 2,
+                            lambda: owned, track_changes=True)
+    table.set("a0", 1)
+    table.set("a1", 1)
+    table.apply(b"a1", b"2")  # another worker's older write of a1, read late
+    table.apply(b"b1", b"3")
+    table.take_all()
+    owned.discard(1)  # partition 1 went: what was read is the truth for a1
+    assert table.take_changed() == {"a1": b"2"}
+    owned.add(1)  # and came back: our write again
+    assert table.take_changed() == {"a1": b"1"}
+
+
+@given(st.lists(st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(KEYS), st.integers(0, 3)),
+    st.tuples(st.just("read"), st.sampled_from(KEYS), st.integers(-1, 3)),
+    st.tuples(st.just("own"), st.integers(0, 1), st.integers(0, 0)),
+    st.tuples(st.just("take"), st.integers(0, 0), st.integers(0, 0)),
+), max_size=60))
+def test_a_copy_fed_with_the_changes_equals_the_view(
+    operations: list[tuple[str, Any, int]],
+) -> None:
+    """A copy built from take_all and kept up to date with take_changed is the
+    table's view at every hand-over, whatever is written, read and rebalanced."""
+    owned = {0, 1}
+    table = ReplicatedTable("t", lambda k, v: None, lambda k: int(k[-1]) % 2,
+                            lambda: owned, track_changes=True)
+    copy: dict[str, bytes] = table.take_all()
+    for operation, key, value in operations:
+        if operation == "set":
+            table.set(key, value)
+        elif operation == "read":
+            table.apply(key.encode(), None if value < 0 else orjson.dumps(value))
+        elif operation == "own":
+            owned.symmetric_difference_update({key})
+        else:
+            for changed, encoded in table.take_changed().items():
+                if encoded is None:
+                    copy.pop(changed, None)
+                else:
+                    copy[changed] = encoded
+            assert copy == table.view_encoded()

@@ -6,15 +6,15 @@ event loop and below its priority.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import cast
 
 import orjson
 
 from core.ranking import NeighborModel
 from core.similarity import SimilarityParams, neighbors_for_rows
-from core.trending import trending_scale
 from streams.runtime.children.held_rows import RowsNotHeld
+from streams.runtime.children.model_replica import held_replica, snapshot_of
 from streams.runtime.records import item_neighbors_record
 
 #: The model process's niceness: its work is background work, and at full
@@ -38,15 +38,9 @@ def build_model(
     >>> model.version, sorted(model.items.positions)
     (3, ['a', 'b'])
     """
-    lists = {item_id: pairs for item_id, value in encoded_lists.items()
-             if (pairs := orjson.loads(value))}
     stats = {item_id: values for item_id, value in encoded_stats.items()
              if (values := orjson.loads(value))}
-    ids = sorted(stats)
-    scaled = trending_scale([stats[i][1] for i in ids], [stats[i][2] for i in ids], tau)
-    trending = dict(zip(ids, scaled.tolist(), strict=True))
-    pairs = cast(Mapping[str, Sequence[tuple[str, float]]], lists)  # unpacked alike
-    return NeighborModel.from_neighbor_lists(version, pairs, trending, k)
+    return snapshot_of(version, encoded_lists, stats, k, tau)
 
 
 #: Rows of C the child holds per partition: the token of the full send they began
@@ -65,11 +59,12 @@ def neighbors_of_partition(
     rows: Mapping[str, Mapping[str, float]] | bytes,
     full: bool,
     owned: Collection[int],
-    counts: Mapping[str, float],
+    counts: Mapping[str, float] | None,
     k: int,
     similarity: str,
     params: SimilarityParams,
     model_version: int,
+    replica_token: int | None = None,
 ) -> list[EncodedList]:
     """Neighbour lists of every row of ``partition`` the child holds once ``rows``
     are in: all of the partition's rows (``full``, which ``token`` names from then
@@ -102,7 +97,20 @@ def neighbors_of_partition(
     >>> _ = neighbors_of_partition(1, 9, {}, True, {1}, *args)
     >>> sorted(_held_rows)  # partition 0 is another worker's now
     [1]
+
+    With ``replica_token`` (``counts`` None), the counts are those of the process's
+    copy of the item stats, and only lists that differ from the last computed for
+    their item come back (see :meth:`.model_replica.ModelReplica.record_own`);
+    :class:`.model_replica.ReplicaNotHeld` (before anything is changed) when the
+    process holds no copy under that token.
     """
+    if not full and (_held_rows.get(partition) or (None,))[0] != token:
+        raise RowsNotHeld(f"partition {partition} under token {token}")
+    replica = None if replica_token is None else held_replica(replica_token)
+    if counts is None:
+        if replica is None:
+            raise ValueError("neither counts nor a replica to take them from")
+        counts = replica.counts
     if isinstance(rows, bytes):
         rows = cast(Mapping[str, Mapping[str, float]], pickle.loads(rows))
     if full:
@@ -110,13 +118,13 @@ def neighbors_of_partition(
             del _held_rows[other]
         _held_rows[partition] = (token, dict(rows))
     else:
-        held = _held_rows.get(partition)
-        if held is None or held[0] != token:
-            raise RowsNotHeld(f"partition {partition} under token {token}")
-        held[1].update(rows)
+        _held_rows[partition][1].update(rows)
     lists = neighbors_for_rows(_held_rows[partition][1], counts, k, similarity, params)
-    return [(item_id, orjson.dumps(pairs),  # pairs as JSON arrays
-             orjson.dumps(item_neighbors_record(item_id, pairs, model_version)))
-            for item_id, pairs in lists.items()]
+    encoded = {item_id: orjson.dumps(pairs) for item_id, pairs in lists.items()}  # JSON arrays
+    if replica is not None:
+        encoded = replica.record_own(encoded)
+    return [(item_id, value,
+             orjson.dumps(item_neighbors_record(item_id, lists[item_id], model_version)))
+            for item_id, value in encoded.items()]
 
 

@@ -5,6 +5,7 @@ loop's time at full speed while the second core stood mostly idle).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,23 @@ def hold_ranking_model(model: NeighborModel) -> None:
     """Rank with ``model`` from now on (in the ranking child)."""
     global _ranking_model
     _ranking_model = model
+
+
+def hold_ranking_snapshot(path: str) -> int:
+    """Rank with the snapshot the model process wrote to ``path`` (pickled) from now
+    on; its version. The loop passes the path, never the snapshot."""
+    with open(path, "rb") as file:
+        model = pickle.load(file)
+    if not isinstance(model, NeighborModel):
+        raise TypeError(f"{path} holds no snapshot")
+    hold_ranking_model(model)
+    return model.version
+
+
+def held_version() -> int:
+    """The version of the snapshot held (-1: none): a call that returns after the
+    holds queued before it ran."""
+    return -1 if _ranking_model is None else _ranking_model.version
 
 
 def held_model() -> NeighborModel | None:

@@ -29,14 +29,15 @@ import numpy as np
 
 from core.config import RecommenderConfig
 from core.learned import LearnedRanking, blend
-from core.ranking import (
+from core.ranking import NeighborModel, Recommendations
+from core.ratings import DAY_SECONDS, UserProfile
+from core.reasons import (
+    POPULAR_REASON,
     TRENDING_REASON,
-    NeighborModel,
     NeighbourEntries,
-    Recommendations,
+    buy_again_reason,
     neighbour_reason,
 )
-from core.ratings import DAY_SECONDS, UserProfile
 from core.repurchase import DEFAULT_GAP_DAYS, RepurchaseStats, propensity
 
 #: What the ranker sees of each candidate, in this order (each about 0..1).
@@ -51,8 +52,6 @@ FEATURES = (
     "user_activity",  # log(1 + the user's events) / 8
     "item_age",  # log(1 + days since the item was first seen) / 6
 )
-#: The reason of an item listed for how many users took it.
-POPULAR_REASON = "popular with other customers"
 SOURCES = ("neighbours", "trending", "popular", "buy_again")
 
 
@@ -273,8 +272,8 @@ def explain(snapshot: Snapshot, profile: UserProfile | None, positions: Sequence
     for position, source in zip(positions, sources, strict=True):
         recent = because.get(position)
         if source == "buy_again":
-            gap = float(gaps[position]) if position < gaps.size else 0.0
-            reasons.append(f"you buy this about every {max(round(gap), 1)} days")
+            reasons.append(buy_again_reason(float(gaps[position]) if position < gaps.size
+                                            else 0.0))
         elif recent is not None:
             item_id = model.items.ids[recent]
             reasons.append(neighbour_reason(item_id, item_id in bought))

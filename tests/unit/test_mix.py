@@ -15,8 +15,9 @@ from core.config import RANKING_NAMES, RecommenderConfig
 from core.events import Event
 from core.learned import LearnedRanking, part_of
 from core.mix import FEATURES, RANKINGS, SOURCES
-from core.ranking import TRENDING_REASON, NeighborModel
+from core.ranking import NeighborModel
 from core.ratings import UserProfile
+from core.reasons import TRENDING_REASON
 from core.recommender import Recommender
 
 DAY = 86_400.0

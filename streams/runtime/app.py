@@ -141,6 +141,7 @@ class RecoStream:
             async for batch in stream.take_events(s.batch_size, within=s.batch_seconds):
                 await self.rows.apply(batch)  # a failure stops the worker
                 await self.outbox.send()  # the item stats it changed
+                await self.refresh.first_items()
 
         @app.agent(topology.ticks_topic, name="refresh_neighbors")
         async def refresh_neighbors(ticks: StreamT[Any]) -> None:

@@ -311,6 +311,13 @@ class Refresh:
             return
         await self.rebuild(self.model_round)
 
+    async def first_items(self) -> None:
+        """A worker whose snapshot knows no item yet rebuilds it as soon as rows
+        came in (the trending items of their stats), not at the end of its first
+        round: until then every list it published was empty."""
+        if self.model_items == 0 and not self._rebuilding.locked():
+            await self.rebuild(self.model_round)
+
     async def rebuild(self, refresh_round: int) -> None:
         """Rebuild the ranking snapshot from the replicated tables: in the model
         process, from its copy of them, into a file the ranking child loads (the

@@ -6,12 +6,14 @@ import base64
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from core.events import Event
 from core.recommender import Recommender
+from streams.devtools.worker_process import row_updates_caught_up
 from streams.runtime.settings import Settings
 from tests.integration.stream_harness import (
     PARTITIONS,
@@ -71,6 +73,35 @@ def test_recommendations_equal_offline_replay(kafka_bootstrap: str, stream_setti
     first = orjson.loads(published[0][1])
     assert set(first) >= {"user_id", "items", "ts", "model_version", "trigger"}
     assert published[0][0] == first["user_id"].encode()
+
+
+def test_lists_hold_items_from_the_first_rows_not_the_first_round(
+    kafka_bootstrap: str, stream_settings: Settings,
+    start_worker: Callable[[Settings], WorkerProcess], ml_slice: list[Event],
+) -> None:
+    # no refresh round within the test: the first snapshot comes from the rows
+    worker = start_worker(replace(stream_settings, refresh_seconds=600.0))
+    first, second = ml_slice[:100], ml_slice[100:300]
+
+    def drained(applied: int) -> Callable[[dict[str, Any]], bool]:
+        return lambda h: bool(h["counters"]["applied"] >= applied
+                              and row_updates_caught_up([h["counters"]]))
+
+    produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, first))
+    worker.wait_for(drained(len(first)), "the first events and their rows", 60)
+    health = worker.wait_for(lambda h: h["model_items"] > 0, "a snapshot with items", 30)
+    assert health["model_version"] == 0  # no round yet
+    before = health["counters"]["recommendations_out"]
+    produce(kafka_bootstrap, event_messages(stream_settings.topic_prefix, second))
+    after = worker.wait_for(drained(len(first) + len(second)), "the next events", 60)["counters"]
+    published = consume_all(kafka_bootstrap, stream_settings.topic("recommendations"),
+                            expect=after["recommendations_out"])
+    # partitions interleave in what was read: the second part's lists by their time
+    boundary = max(e.ts for e in first)
+    later = [record for _, value in published
+             if (record := orjson.loads(value))["ts"] > boundary]
+    assert len(later) <= after["recommendations_out"] - before
+    assert later and all(record["items"] for record in later)
 
 
 def test_malformed_messages_are_dead_lettered_and_the_worker_goes_on(

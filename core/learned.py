@@ -7,15 +7,17 @@ Three scorers take the candidates' features (:data:`core.mix.FEATURES`):
 - ``ranker``: the brief's one-hidden-layer perceptron (:mod:`core.mlp`);
 - ``popular``: how many users took the item.
 
-Every visit's outcome (the list it began with, the items it took) first scores
-each scorer, test-then-learn: the share of the taken items it would have put in
-the top ``k``, averaged over visits with a half-life; once over all candidates,
-once over those new to the customer (what a list without seen items holds).
-Then the perceptron learns from it. A list is ranked by the scorer with the best
-average for its part (the blend until the perceptron has learned from
-``ranker_warmup`` taken items). Which mix of
-sources serves is thereby the shop's data's call: on films rated once each the
-blend keeps its place, on groceries bought again the perceptron takes over.
+What a customer did next judges each scorer, test-then-learn (the caller picks
+the events, see :meth:`Recommender.learn_outcome <core.recommender.Recommender.learn_outcome>`):
+1 when it would have put the item taken in the top ``k`` of the list the
+customer had, averaged with a half-life; once over all candidates, once over
+those new to the customer (what a list without seen items holds). A list is
+ranked by the scorer judged best for its part (the blend until the perceptron
+has learned from ``ranker_warmup`` taken items). The perceptron itself learns
+from whole visits (:meth:`LearnedRanking.learn`). Which mix of sources serves is
+thereby the shop's data's call: on films the blend keeps its place; on
+groceries bought again the perceptron takes over, and popularity for lists of
+new items alone.
 
 >>> from core.config import RecommenderConfig
 >>> learned = LearnedRanking.new(n_features=9, config=RecommenderConfig(ranker_warmup=0))

@@ -1,6 +1,6 @@
 """A user's list from every source at once: candidates, their features, a score.
 
-Three sources put candidates forward, each its best ``per_source``:
+Four sources put candidates forward, each its best ``per_source``:
 
 - ``neighbours``: items similar to the user's recent items (the snapshot's
   neighbour lists, recency-weighted);
@@ -10,9 +10,9 @@ Three sources put candidates forward, each its best ``per_source``:
   (see :mod:`core.repurchase`; never, always or as learned).
 
 Every candidate gets the features of :data:`FEATURES`, whichever source put it
-forward; the scorer that served the customers' visits best orders them
-(:mod:`core.learned`: a fixed blend, or the learned perceptron). Every listed item says which
-source put it there and why (the explanation).
+forward; the scorer judged best on what customers did next orders them
+(:mod:`core.learned`: a fixed blend, the learned perceptron or popularity).
+Every listed item says which source put it there and why (:mod:`core.reasons`).
 
 Time is an argument: features are taken at the user's latest event (``now``),
 which is when a stream publishes the list, and when an offline replay lists

@@ -32,6 +32,7 @@ TriggerRequest = tuple[str, Sequence[str], Collection[str], Trigger]
 #: The snapshot the ranking child ranks with (see hold_ranking_model).
 _ranking_model: NeighborModel | None = None
 
+
 @dataclass(frozen=True)
 class Exposure:
     """How the last published lists spread over the catalogue the snapshot knows."""

@@ -66,7 +66,9 @@ class ItemFacts:
     gap_days: np.ndarray
 
     def popular_prefix(self, length: int) -> np.ndarray:
-        """The ``length`` items most taken (positions), most first, ties by position."""
+        """The ``length`` items most taken (positions), most first; items tied at
+        the cut are taken in no set order (the same each time), then ordered by
+        position."""
         length = min(length, self.counts.size)
         if length <= 0:
             return np.zeros(0, dtype=np.int64)

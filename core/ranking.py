@@ -174,9 +174,9 @@ class Recommendations:
     scores: tuple[float, ...]
     cold_start: bool
     model_version: int
-    #: per item, the source that put it there and why (empty: not told)
-    sources: tuple[str, ...] = ()
-    reasons: tuple[str, ...] = ()
+    #: per item, the source that put it there and why
+    sources: tuple[str, ...]
+    reasons: tuple[str, ...]
 
     def as_pairs(self) -> list[tuple[str, float]]:
         return list(zip(self.item_ids, self.scores, strict=True))

@@ -159,6 +159,12 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
         raise CliError(str(exc)) from None
 
 
+def _add_refresh_flag(parser: argparse.ArgumentParser) -> None:
+    """``--refresh-every``, for the protocols that learn in time order."""
+    parser.add_argument("--refresh-every", type=int, default=RecommenderConfig.refresh_every,
+                        help="events between neighbour refreshes, as in the stream")
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("evaluate", help="run an offline evaluation protocol")
     protocols = parser.add_subparsers(dest="protocol", required=True)
@@ -178,8 +184,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _add_source_flags(prequential)
     _add_recommender_flags(prequential, STREAM_DEFAULTS)
-    prequential.add_argument("--refresh-every", type=int, default=RecommenderConfig.refresh_every,
-                             help="events between neighbour refreshes, as in the stream")
+    _add_refresh_flag(prequential)
     prequential.add_argument("--plot", metavar="FILE.png",
                              help="draw the rolling hit rate over time, one line per source")
     prequential.add_argument("--window", type=int, default=None,
@@ -192,8 +197,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _add_source_flags(next_basket)
     _add_recommender_flags(next_basket, STREAM_DEFAULTS)
-    next_basket.add_argument("--refresh-every", type=int, default=RecommenderConfig.refresh_every,
-                             help="events between neighbour refreshes, as in the stream")
+    _add_refresh_flag(next_basket)
     next_basket.set_defaults(func=_run(_next_basket))
 
     rating = protocols.add_parser(

@@ -13,11 +13,12 @@ from provenance import revision
 from streams.runtime.settings import Settings
 
 # Every configuration, in the order they run; "default" only at --scale shop.
-PARTS = ("bare", "noop", "noop-ours", "naive", "worker", "default", "rocksdb", "two",
-         "latency")
+PARTS = ("bare", "noop", "noop-ours", "naive", "worker", "neighbours", "default", "rocksdb",
+         "two", "latency")
 LABELS = {"bare": "bare aiokafka getmany + orjson", "noop": "Faust no-op agent",
           "noop-ours": "no-op, recostream's consumer",
           "naive": "Faust naive (per-event send)", "worker": "recostream worker, memory",
+          "neighbours": "worker, neighbour ranking",
           "default": "worker, default workload", "rocksdb": "recostream worker, rocksdb",
           "two": "two workers, memory"}
 # Targets of issue 7, as (name, ratio key, comparison, bound).
@@ -63,6 +64,7 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         "faust_noop_our_consumer_eps": eps("noop-ours"),
         "naive_eps": eps("naive"),
         "worker_eps": eps("worker"),
+        "worker_neighbours_eps": eps("neighbours"),
         "worker_rocksdb_eps": eps("rocksdb"),
         "two_workers_eps": eps("two"),
         "offered_rate": round(half.offered_rate, 1) if half else None,
@@ -106,6 +108,10 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         "two_over_one": ratio(result["two_workers_eps"], result["worker_eps"]),
         "rocksdb_over_noop": ratio(result["worker_rocksdb_eps"], result["faust_noop_eps"]),
         "worker_over_bare": ratio(result["worker_eps"], result["bare_eps"]),
+        # what ranking with every source (buy-again included) costs against
+        # ranking by the neighbour snapshot alone
+        "worker_over_neighbours_ranking": ratio(result["worker_eps"],
+                                                result["worker_neighbours_eps"]),
     }
     if shop:
         p99s = result["p99_by_minute_ms"]

@@ -16,6 +16,8 @@ each with its own consumer group:
   (:mod:`reference_agents`); the naive agent is capped at ``--naive-seconds``;
 - ``worker``: ``recostream worker`` (memory store), rate from its /health counters,
   timed from its first snapshot (:mod:`worker_runs`);
+- ``neighbours``: the same ranking by the neighbour snapshot alone
+  (``RECOSTREAM_RANKING=neighbours``): what the mix of every source costs;
 - ``rocksdb``: the same with the rocksdb store;
 - ``two``: two workers in one group, counters summed;
 - ``latency``: a fresh worker on fresh topics, warmed up, fed by a paced load
@@ -194,6 +196,9 @@ def run_all(bench: Bench) -> dict[str, Any]:
     if "worker" not in args.skip:
         runs["worker"] = run_worker(bench, "worker", "worker memory", "memory://", 1, events,
                                     per_minute=shop)
+    if "neighbours" not in args.skip:
+        runs["neighbours"] = run_worker(bench, "neighbours", "worker, neighbour ranking",
+                                        "memory://", 1, events, ranking="neighbours")
     if "default" not in args.skip:
         runs["default"] = run_worker(bench, "default", "worker, default workload", "memory://",
                                      1, default_events, prefix=default_prefix,

@@ -117,6 +117,17 @@ class RecommenderConfig:
         """
         return min(self.pair_window, self.history)
 
+    @property
+    def lists_bought_items(self) -> bool:
+        """Whether a published list may hold what the customer bought: with the mix,
+        unless repeats are ``never`` (buy-again is one of its sources); the
+        neighbour ranking lists only what is new to them.
+
+        >>> [RecommenderConfig(repeat=repeat).lists_bought_items for repeat in ("learned", "never")]
+        [True, False]
+        """
+        return self.ranking == "mix" and self.repeat != "never"
+
     @functools.cached_property
     def tau(self) -> float:
         """Time constant (seconds) of the trending counts' exponential decay."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from core.reasons import (
     buy_again_reason,
     neighbour_reason,
 )
-from core.repurchase import DEFAULT_GAP_DAYS, RepurchaseStats, propensity
+from core.repurchase import DEFAULT_GAP_DAYS, RepurchaseStats, propensities
 
 #: What the ranker sees of each candidate, in this order (each about 0..1).
 FEATURES = (
@@ -64,17 +64,38 @@ class ItemFacts:
     first_seen: np.ndarray
     repeat_rate: np.ndarray
     gap_days: np.ndarray
+    # popular_prefix by length, made on first use (the arrays are not mutated)
+    _popular: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False,
+                                            compare=False)
 
-    def popular_prefix(self, length: int) -> np.ndarray:
-        """The ``length`` items most taken (positions), most first; items tied at
-        the cut are taken in no set order (the same each time), then ordered by
-        position."""
-        length = min(length, self.counts.size)
+    def popular_prefix(self, length: int, ids: Sequence[str]) -> np.ndarray:
+        """The ``length`` items most taken (positions), most first, ties by id
+        (``ids``: by position, the same at every call), so that any order of
+        positions lists alike.
+
+        >>> facts = ItemFacts.from_stats(["c", "b", "a"], {"a": 1.0, "b": 2.0, "c": 1.0}, {},
+        ...                              RepurchaseStats())
+        >>> facts.popular_prefix(2, ["c", "b", "a"]).tolist()
+        [1, 2]
+        """
+        asked = length
+        known = self._popular.get(asked)
+        if known is not None:
+            return known
+        counts = self.counts
+        taken = np.flatnonzero(counts > 0)  # an item nobody took is not popular
+        length = min(length, taken.size)
         if length <= 0:
             return np.zeros(0, dtype=np.int64)
-        top = np.argpartition(-self.counts, length - 1)[:length] if length < self.counts.size \
-            else np.arange(self.counts.size)
-        return top[np.lexsort((top, -self.counts[top]))]
+        top = taken
+        if length < taken.size:  # everything at or above the length-th count
+            kth = np.partition(counts[taken], taken.size - length)[taken.size - length]
+            top = taken[counts[taken] >= kth]
+        ranked = sorted(zip((-counts[top]).tolist(), [ids[p] for p in top.tolist()],
+                            top.tolist(), strict=True))
+        prefix = self._popular[asked] = np.fromiter((p for *_, p in ranked[:length]),
+                                                     np.int64, length)
+        return prefix
 
     @classmethod
     def empty(cls, n: int = 0) -> ItemFacts:
@@ -118,6 +139,10 @@ class Snapshot:
         return cls(NeighborModel.empty(k), ItemFacts.empty())
 
 
+#: A user's neighbour candidates: positions, scores and the entries behind them.
+Neighbours = tuple[np.ndarray, np.ndarray, NeighbourEntries | None]
+
+
 @dataclass(frozen=True)
 class Candidates:
     """One user's candidates: positions, features (one row each) and the source
@@ -131,24 +156,30 @@ class Candidates:
 
 
 def candidates(snapshot: Snapshot, profile: UserProfile | None, config: RecommenderConfig,
-               banned: Collection[str] = ()) -> Candidates:
-    """The user's candidates from every source (see the module docstring)."""
+               banned: Collection[str] = (), neighbours: Neighbours | None = None
+               ) -> Candidates:
+    """The user's candidates from every source (see the module docstring);
+    ``neighbours``: their :meth:`NeighborModel.neighbour_scores`, when found
+    already."""
     model, facts = snapshot.model, snapshot.facts
     size = model.n_items
     positions_of = model.items.positions
     out = {p for p in map(positions_of.get, banned) if p is not None and p < size}
     per_source = config.per_source
     chosen: dict[int, str] = {}
-    neighbour_at, neighbour_score, entries = model.neighbour_scores(profile,
-                                                                    config.recency_decay)
+    neighbour_at, neighbour_score, entries = (
+        neighbours or model.neighbour_scores([profile], config.recency_decay)[0])
     if neighbour_at.size:
         wanted = per_source + len(out)
         best = np.arange(neighbour_at.size)
         if best.size > wanted:  # everything at or above the wanted-th score
             kth = np.partition(neighbour_score, best.size - wanted)[best.size - wanted]
             best = np.flatnonzero(neighbour_score >= kth)
-        order = best[np.lexsort((neighbour_at[best], -neighbour_score[best]))]
-        for p in neighbour_at[order].tolist():
+        ids = model.items.ids
+        ranked = sorted(zip((-neighbour_score[best]).tolist(),
+                            [ids[p] for p in neighbour_at[best].tolist()],
+                            neighbour_at[best].tolist(), strict=True))
+        for *_, p in ranked:
             if p not in out:
                 chosen.setdefault(p, "neighbours")
                 if len(chosen) >= per_source:
@@ -156,28 +187,32 @@ def candidates(snapshot: Snapshot, profile: UserProfile | None, config: Recommen
     for p in model.trending_prefix(per_source + len(out)).tolist():
         if p not in out and p not in chosen:
             chosen[p] = "trending"
-    for p in facts.popular_prefix(per_source + len(out)).tolist():
+    for p in facts.popular_prefix(per_source + len(out), model.items.ids).tolist():
         if p not in out and p not in chosen:
             chosen[p] = "popular"
     now = profile.last_ts if profile is not None else 0.0
-    propensities: dict[int, float] = {}
+    again_scores: dict[int, float] = {}
     if profile is not None and profile.purchased and config.repeat != "never":
         next_visit = now + profile.visit_gap_days(DEFAULT_GAP_DAYS) * DAY_SECONDS
-        for item_id, last in profile.purchased.items():
-            p = positions_of.get(item_id)
-            if p is None or p >= size or p in out:
-                continue
-            rate = 1.0 if config.repeat == "always" else float(facts.repeat_rate[p])
-            propensities[p] = propensity(rate, float(facts.gap_days[p]),
-                                         times=profile.purchase_counts.get(item_id, 1),
-                                         days_since=(next_visit - last) / DAY_SECONDS)
-        again = sorted(propensities, key=lambda p: (-propensities[p], p))[:per_source]
+        bought = [(p, last, item_id) for item_id, last in profile.purchased.items()
+                  if (p := positions_of.get(item_id)) is not None and p < size
+                  and p not in out]
+        at = np.fromiter((p for p, _, _ in bought), np.int64, len(bought))
+        counts = profile.purchase_counts
+        values = propensities(
+            1.0 if config.repeat == "always" else facts.repeat_rate[at], facts.gap_days[at],
+            times=np.fromiter((counts.get(i, 1) for *_, i in bought), np.float64, len(bought)),
+            days_since=(next_visit - np.fromiter((last for _, last, _ in bought), np.float64,
+                                                 len(bought))) / DAY_SECONDS)
+        again_scores = dict(zip(at.tolist(), values.tolist(), strict=True))
+        ids = model.items.ids
+        again = sorted(again_scores, key=lambda p: (-again_scores[p], ids[p]))[:per_source]
         for p in again:
-            if propensities[p] > 0.0:
+            if again_scores[p] > 0.0:
                 chosen[p] = "buy_again"  # its own reason wins over the others'
     positions = np.fromiter(chosen, np.int64, len(chosen))
     return Candidates(positions, _features(snapshot, profile, positions, neighbour_at,
-                                           neighbour_score, propensities, now),
+                                           neighbour_score, again_scores, now),
                       list(chosen.values()), entries)
 
 
@@ -220,67 +255,122 @@ def rank(snapshot: Snapshot, user_id: str, profile: UserProfile | None, n: int,
          config: RecommenderConfig, banned: Collection[str] = ()) -> Recommendations:
     """The user's top ``n`` over every source, best first (ties by item id), each
     item with its source and the reason it is there."""
-    found = candidates(snapshot, profile, config, banned)
-    learned = snapshot.ranker
-    scores = (blend(found.features, config) if learned is None
-              else learned.score(found.features, config))
-    ids = snapshot.model.items.ids
-    order = [i for *_, i in sorted(zip((-scores).tolist(),
-                                       [ids[p] for p in found.positions.tolist()],
-                                       range(found.positions.size), strict=True))[:n]]
-    listed = [int(found.positions[i]) for i in order]
-    sources = tuple(found.sources[i] for i in order)
-    return Recommendations(
+    return rank_mix(snapshot, [(user_id, profile, banned)], n, config)[0]
+
+
+#: A list asked for: the user, their profile (None: unknown) and items to leave out.
+RankRequest = tuple[str, UserProfile | None, Collection[str]]
+
+
+def rank_neighbours(snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
+                    config: RecommenderConfig) -> list[Recommendations]:
+    """The neighbour snapshot's lists alone (similar items, then trending), all
+    at once (``RECOSTREAM_RANKING=neighbours``); a user's requests in one call
+    leave out the same items."""
+    return snapshot.model.recommend_many(
+        [(user_id, profile) for user_id, profile, _ in requests], n, config,
+        filter_purchased=False, exclude={user_id: banned for user_id, _, banned in requests})
+
+
+def rank_mix(snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
+             config: RecommenderConfig) -> list[Recommendations]:
+    """:func:`rank` for each request; the neighbour scores and the explanations
+    of all of them at once (per user, their numpy calls cost as much as the
+    ranking)."""
+    model, learned = snapshot.model, snapshot.ranker
+    ids = model.items.ids
+    profiles = [profile for _, profile, _ in requests]
+    ranked: list[tuple[list[int], list[str], list[float]]] = []
+    entries = []
+    for (_, profile, banned), neighbours in zip(
+            requests, model.neighbour_scores(profiles, config.recency_decay), strict=True):
+        found = candidates(snapshot, profile, config, banned, neighbours)
+        scores = (blend(found.features, config) if learned is None
+                  else learned.score(found.features, config))
+        order = [i for *_, i in sorted(zip((-scores).tolist(),
+                                           [ids[p] for p in found.positions.tolist()],
+                                           range(found.positions.size), strict=True))[:n]]
+        ranked.append(([int(found.positions[i]) for i in order],
+                       [found.sources[i] for i in order], [float(scores[i]) for i in order]))
+        entries.append(found.entries)
+    reasons = explain(snapshot, profiles, [listed for listed, _, _ in ranked],
+                      [sources for _, sources, _ in ranked], entries)
+    return [Recommendations(
         user_id=user_id,
         item_ids=tuple(ids[p] for p in listed),
-        scores=tuple(float(scores[i]) for i in order),
+        scores=tuple(scores),
         cold_start=profile is None or not profile.recent,
-        model_version=snapshot.model.version,
-        sources=sources,
-        reasons=explain(snapshot, profile, listed, sources, found.entries),
-    )
+        model_version=model.version,
+        sources=tuple(sources),
+        reasons=why,
+    ) for (user_id, profile, _), (listed, sources, scores), why in zip(
+        requests, ranked, reasons, strict=True)]
 
 
-def rank_neighbours(snapshot: Snapshot, user_id: str, profile: UserProfile | None, n: int,
-                    config: RecommenderConfig, banned: Collection[str] = ()) -> Recommendations:
-    """The neighbour snapshot's list alone (similar items, then trending): what
-    the stream publishes until it keeps the facts buy-again needs."""
-    return snapshot.model.recommend(user_id, profile, n, config, filter_purchased=False,
-                                    exclude=banned)
-
-
-#: How a list is ranked, by the name :attr:`RecommenderConfig.ranking` gives.
-RANKINGS: dict[str, Callable[[Snapshot, str, UserProfile | None, int, RecommenderConfig,
-                              Collection[str]], Recommendations]] = {
-    "mix": rank,
+#: How lists are ranked, by the name :attr:`RecommenderConfig.ranking` gives: the
+#: lists of many requests at once, each as it would be alone.
+RANKINGS: dict[str, Callable[[Snapshot, Sequence[RankRequest], int, RecommenderConfig],
+                             list[Recommendations]]] = {
+    "mix": rank_mix,
     "neighbours": rank_neighbours,
 }
 
 
-def explain(snapshot: Snapshot, profile: UserProfile | None, positions: Sequence[int],
-            sources: Sequence[str], entries: NeighbourEntries | None) -> tuple[str, ...]:
-    """Why each listed item (position, and the source that put it there) is in a
-    list, in words a customer could read (``entries``: the user's neighbour
-    entries, as :func:`candidates` found them).
+def published_lists(snapshot: Snapshot, requests: Sequence[tuple[str, UserProfile | None]],
+                    n: int, config: RecommenderConfig) -> list[Recommendations]:
+    """The lists a stream publishes, one per (user id, profile), in order: bought
+    items left out unless :attr:`RecommenderConfig.lists_bought_items`.
 
-    >>> explain(Snapshot.empty(1), None, [0], ["trending"], None)
-    ('trending',)
+    >>> from core.ranking import NeighborModel
+    >>> snapshot = Snapshot(NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {}, k=1),
+    ...                     ItemFacts.empty(2))
+    >>> profile = UserProfile(recent=["a"], purchased={"b": 0.0})
+    >>> [published_lists(snapshot, [("u", profile)], 2, RecommenderConfig(ranking=ranking))[0]
+    ...  .item_ids for ranking in ("mix", "neighbours")]
+    [('b',), ()]
+    """
+    return RANKINGS[config.ranking](
+        snapshot, [(user_id, profile, banned_items(profile, config))
+                   for user_id, profile in requests], n, config)
+
+
+def banned_items(profile: UserProfile | None, config: RecommenderConfig) -> Collection[str]:
+    """What a published list leaves out: the customer's purchases, unless
+    :attr:`RecommenderConfig.lists_bought_items`."""
+    return () if profile is None or config.lists_bought_items else profile.purchased
+
+
+def explain(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
+            positions: Sequence[Sequence[int]], sources: Sequence[Sequence[str]],
+            entries: Sequence[NeighbourEntries | None]) -> list[tuple[str, ...]]:
+    """Per user, why each listed item (position, and the source that put it
+    there) is in their list, in words a customer could read (``entries``: the
+    user's neighbour entries, as :func:`candidates` found them).
+
+    >>> explain(Snapshot.empty(1), [None], [[0]], [["trending"]], [None])
+    [('trending',)]
     """
     model, gaps = snapshot.model, snapshot.facts.gap_days
-    similar = [p for p, source in zip(positions, sources, strict=True) if source == "neighbours"]
-    because = dict(zip(similar, model.because(entries, similar), strict=True))
-    bought = profile.purchased if profile is not None else {}
+    similar = [[p for p, source in zip(listed, kinds, strict=True) if source == "neighbours"]
+               for listed, kinds in zip(positions, sources, strict=True)]
+    found = model.because(entries, similar)
     reasons = []
-    for position, source in zip(positions, sources, strict=True):
-        recent = because.get(position)
-        if source == "buy_again":
-            reasons.append(buy_again_reason(float(gaps[position]) if position < gaps.size
+    for profile, listed, kinds, near, named in zip(profiles, positions, sources, similar, found,
+                                                   strict=True):
+        because = dict(zip(near, named, strict=True))
+        bought = profile.purchased if profile is not None else {}
+        why = []
+        for position, source in zip(listed, kinds, strict=True):
+            recent = because.get(position)
+            if source == "buy_again":
+                why.append(buy_again_reason(float(gaps[position]) if position < gaps.size
                                             else 0.0))
-        elif recent is not None:
-            item_id = model.items.ids[recent]
-            reasons.append(neighbour_reason(item_id, item_id in bought))
-        elif source == "popular":
-            reasons.append(POPULAR_REASON)
-        else:
-            reasons.append(TRENDING_REASON)
-    return tuple(reasons)
+            elif recent is not None:
+                item_id = model.items.ids[recent]
+                why.append(neighbour_reason(item_id, item_id in bought))
+            elif source == "popular":
+                why.append(POPULAR_REASON)
+            else:
+                why.append(TRENDING_REASON)
+        reasons.append(tuple(why))
+    return reasons

@@ -489,37 +489,45 @@ class NeighborModel:
         tail = self._tail(1.0)
         return _NO_ITEMS if tail is None else tail.prefix(length)[:length]
 
-    def neighbour_scores(self, profile: UserProfile | None, recency_decay: float
-                         ) -> tuple[np.ndarray, np.ndarray, NeighbourEntries | None]:
-        """Positions and scores of every item the user's recent items name as a
-        neighbour, without the trending prior (the floats :meth:`rank` adds), and
-        the entries they were summed from (for :meth:`because`).
+    def neighbour_scores(self, profiles: Sequence[UserProfile | None], recency_decay: float
+                         ) -> list[tuple[np.ndarray, np.ndarray, NeighbourEntries | None]]:
+        """Per profile: positions and scores of every item its recent items name as
+        a neighbour, without the trending prior (the floats :meth:`rank` adds), and
+        the entries they were summed from (for :meth:`because`); all at once.
 
         >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {}, k=1)
-        >>> [a.tolist() for a in model.neighbour_scores(UserProfile(recent=["a"]), 1.0)[:2]]
-        [[1], [0.5]]
+        >>> [[a.tolist() for a in found[:2]] for found in model.neighbour_scores(
+        ...     [UserProfile(recent=["a"]), None], 1.0)]
+        [[[1], [0.5]], [[], []]]
         """
-        if profile is None or not profile.recent or self.n_items == 0:
-            return _NO_ITEMS, np.zeros(0), None
-        items, scores, entries = next(self._scores([profile], recency_decay, None))
-        if items is None:
-            items = np.flatnonzero(scores > 0)
-            scores = scores[items]
-        return items, scores, entries
+        found: list[tuple[np.ndarray, np.ndarray, NeighbourEntries | None]] = [
+            (_NO_ITEMS, np.zeros(0), None) for _ in profiles]
+        live = [u for u, profile in enumerate(profiles) if profile is not None and profile.recent]
+        if not live or self.n_items == 0:
+            return found
+        for u, (items, scores, entries) in zip(
+                live, self._scores([profiles[u] for u in live], recency_decay, None),
+                strict=True):
+            if items is None:
+                items = np.flatnonzero(scores > 0)
+                scores = scores[items]
+            found[u] = (items, scores, entries)
+        return found
 
-    def because(self, entries: NeighbourEntries | None, positions: Sequence[int]
-                ) -> list[int | None]:
-        """Per item position, the recent item (a position) that names it with the
-        largest weighted similarity (None: none does), from a user's
-        :meth:`neighbour_scores` entries; see :func:`_because_many`.
+    def because(self, entries: Sequence[NeighbourEntries | None],
+                positions: Sequence[Sequence[int]]) -> list[list[int | None]]:
+        """Per user (their :meth:`neighbour_scores` entries) and per item position
+        of theirs, the recent item (a position) that names it with the largest
+        weighted similarity (None: none does); see :func:`because_many`.
 
         >>> model = NeighborModel.from_neighbor_lists(1, {"a": [("c", 0.2)], "b": [("c", 0.5)]},
         ...                                           {}, k=1)
-        >>> *_, entries = model.neighbour_scores(UserProfile(recent=["a", "b"]), 0.8)
-        >>> [model.items.ids[p] for p in model.because(entries, [model.items.positions["c"]])]
-        ['b']
+        >>> [(*_, entries)] = model.neighbour_scores([UserProfile(recent=["a", "b"])], 0.8)
+        >>> [[model.items.ids[p] for p in found]
+        ...  for found in model.because([entries], [[model.items.positions["c"]]])]
+        [['b']]
         """
-        return because_many([positions], [entries], self._pair_index())[0]
+        return because_many(positions, entries, self._pair_index())
 
     # -- ranking internals ---------------------------------------------------------
 

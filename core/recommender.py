@@ -33,7 +33,7 @@ from core.learned import LearnedRanking
 from core.mix import FEATURES, RANKINGS, Candidates, ItemFacts, Snapshot, candidates
 from core.ranking import NeighborModel, Recommendations, id_ranks
 from core.ratings import STATE_VERSION, UserProfile, _check_version
-from core.repurchase import RepurchaseStats
+from core.repurchase import Purchase, RepurchaseStats, log_gap_units
 from core.similarity import SIMILARITIES
 from core.trending import trend_bump, trending_scale
 
@@ -54,8 +54,9 @@ class Gain:
 
 def learn_event(
     profile: UserProfile, event: Event, config: RecommenderConfig
-) -> tuple[bool, Gain | None]:
-    """Fold one event into a user's profile: (changed, gain or None).
+) -> tuple[bool, Gain | None, Purchase | None]:
+    """Fold one event into a user's profile: (changed, gain or None, purchase or
+    None).
 
     The one place where an event becomes a rating, a history entry, a purchase
     and a co-occurrence gain; the offline model and the stream both call it.
@@ -65,12 +66,17 @@ def learn_event(
     before = recent[-1] if recent else None
     gained = profile.observe(event.item_id, rating, event.ts, config.history,
                              config.max_ratings)
-    bought = event.type == PURCHASE and profile.buy(event.item_id, event.ts,
-                                                    config.max_purchased)
-    changed = gained or bought or (bool(recent) and recent[-1] != before)
+    purchase = None
+    if event.type == PURCHASE:
+        last = profile.purchased.get(event.item_id)
+        purchase = Purchase(event.item_id, None if last is None
+                            else log_gap_units((event.ts - last) / DAY), event.ts)
+        profile.buy(event.item_id, event.ts, config.max_purchased)
+    changed = gained or (purchase is not None and purchase.log_gap is None) or (
+        bool(recent) and recent[-1] != before)
     if not gained:
-        return changed, None
-    return changed, Gain(event.item_id, recent[-config.paired_items - 1 : -1], event.ts)
+        return changed, None, purchase
+    return changed, Gain(event.item_id, recent[-config.paired_items - 1 : -1], event.ts), purchase
 
 
 class Recommender:
@@ -111,13 +117,13 @@ class Recommender:
             self.now = event.ts
         if self.config.learn_ranker:
             self.learn_outcome(event.user_id, profile, event)
-        if event.is_purchase:
-            last = profile.purchased.get(event.item_id)
-            self.repurchase.bought(event.item_id, repeat_gap_days=None if last is None
-                                   else (event.ts - last) / DAY)
-        if event.ts < self.first_seen.get(event.item_id, float("inf")):
+        changed, gain, purchase = learn_event(profile, event, self.config)
+        if purchase is not None:
+            self.repurchase.add(event.item_id, purchase.log_gap)
+        if (gain is not None or purchase is not None) and (
+                event.ts < self.first_seen.get(event.item_id, float("inf"))):
+            # an item is first seen when first gained or bought: what its row learns
             self.first_seen[event.item_id] = event.ts
-        changed, gain = learn_event(profile, event, self.config)
         if gain is not None:
             self.cooccurrence.observe(gain.item_id, gain.history)
             self._bump_trending(gain.item_id, gain.ts)
@@ -223,8 +229,9 @@ class Recommender:
     ) -> Recommendations:
         """Top-``n`` items for a user, best first, from the last refreshed model.
 
-        Bought items are left out by default, every rated item with
-        ``filter_already_liked_items``, and anything in ``exclude``. A user
+        Bought items are left out by default (a stream's lists leave them out
+        unless :attr:`RecommenderConfig.lists_bought_items`), every rated item
+        with ``filter_already_liked_items``, and anything in ``exclude``. A user
         without history (or unknown) gets trending items, flagged ``cold_start``.
         """
         profile = self.users.get(user_id)
@@ -234,8 +241,8 @@ class Recommender:
                 banned.update(profile.ratings)
             if filter_purchased:
                 banned.update(profile.purchased)
-        return RANKINGS[self.config.ranking](self.snapshot, user_id, profile, n, self.config,
-                                             banned)
+        return RANKINGS[self.config.ranking](self.snapshot, [(user_id, profile, banned)], n,
+                                             self.config)[0]
 
     def neighbors_of(self, item_id: str, k: int | None = None) -> list[tuple[str, float]]:
         """An item's most similar items as of the last refresh."""

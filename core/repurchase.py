@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 #: Pseudo-buyers and pseudo-repeats an item's own figures are shrunk with.
 RATE_PRIOR = 5.0
 GAP_PRIOR = 3.0
@@ -42,7 +44,32 @@ GAP_PRIOR = 3.0
 DEFAULT_GAP_DAYS = 7.0
 #: Whether items may come back: learned from the data, or forced.
 REPEAT_MODES = ("learned", "always", "never")
-STATE_VERSION = 1
+#: Log-gaps are summed in whole millionths: integer sums are the same in any
+#: order, so a stream that sums each item's gaps as they reach its row (and the
+#: catalogue's over its items) agrees with a replay that sums them in event order.
+LOG_GAP_UNITS = 1_000_000
+STATE_VERSION = 2
+
+
+def log_gap_units(repeat_gap_days: float) -> int:
+    """A repeat's gap as it is summed: its log, in :data:`LOG_GAP_UNITS` (same-day
+    repeats count half a day).
+
+    >>> log_gap_units(1.0), log_gap_units(0.0), log_gap_units(7.0)
+    (0, -693147, 1945910)
+    """
+    return round(math.log(max(repeat_gap_days, 0.5)) * LOG_GAP_UNITS)
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """A purchase as the item's figures learn it: the customer's first of the item
+    (``log_gap`` None), or a repeat ``log_gap`` (:func:`log_gap_units`) after
+    their last purchase of it."""
+
+    item_id: str
+    log_gap: int | None
+    ts: float
 
 
 @dataclass
@@ -51,7 +78,15 @@ class ItemRepurchases:
 
     buyers: int = 0
     repeats: int = 0
-    log_gaps: float = 0.0
+    log_gaps: int = 0  # in LOG_GAP_UNITS
+
+    def bought(self, log_gap: int | None) -> None:
+        """A customer's first purchase of the item (None), or a repeat."""
+        if log_gap is None:
+            self.buyers += 1
+        else:
+            self.repeats += 1
+            self.log_gaps += log_gap
 
 
 class RepurchaseStats:
@@ -61,23 +96,42 @@ class RepurchaseStats:
         self.items: dict[str, ItemRepurchases] = {}
         self.buyers = 0
         self.repeats = 0
-        self.log_gaps = 0.0
+        self.log_gaps = 0  # in LOG_GAP_UNITS
 
     def bought(self, item_id: str, *, repeat_gap_days: float | None) -> None:
         """A purchase: a customer's first of the item (``None``), or a repeat that
         many days after their last purchase of it."""
+        self.add(item_id, None if repeat_gap_days is None else log_gap_units(repeat_gap_days))
+
+    def add(self, item_id: str, log_gap: int | None) -> None:
+        """A purchase as :class:`Purchase` carries it."""
         stats = self.items.get(item_id)
         if stats is None:
             stats = self.items[item_id] = ItemRepurchases()
-        if repeat_gap_days is None:
-            stats.buyers += 1
+        stats.bought(log_gap)
+        if log_gap is None:
             self.buyers += 1
-            return
-        log_gap = math.log(max(repeat_gap_days, 0.5))  # same-day repeats count half a day
-        stats.repeats += 1
-        stats.log_gaps += log_gap
-        self.repeats += 1
-        self.log_gaps += log_gap
+        else:
+            self.repeats += 1
+            self.log_gaps += log_gap
+
+    @classmethod
+    def of_items(cls, items: Mapping[str, ItemRepurchases]) -> RepurchaseStats:
+        """The figures of these items, the catalogue's their sums (as a stream
+        gathers them from its rows).
+
+        >>> stats = RepurchaseStats.of_items({"milk": ItemRepurchases(2, 3, 5_000_000)})
+        >>> stats.buyers, stats.repeats, round(stats.gap_days("milk"), 2)
+        (2, 3, 5.29)
+        """
+        stats = cls()
+        for item_id, figures in items.items():
+            if figures.buyers or figures.repeats:
+                stats.items[item_id] = figures
+                stats.buyers += figures.buyers
+                stats.repeats += figures.repeats
+                stats.log_gaps += figures.log_gaps
+        return stats
 
     def global_rate(self) -> float:
         return self.repeats / (self.buyers + self.repeats) if self.buyers else 0.0
@@ -90,27 +144,22 @@ class RepurchaseStats:
 
     def gap_days(self, item_id: str) -> float:
         """The item's typical gap between a customer's purchases of it, shrunk."""
-        prior = self.log_gaps / self.repeats if self.repeats else math.log(DEFAULT_GAP_DAYS)
+        prior = (self.log_gaps / LOG_GAP_UNITS / self.repeats if self.repeats
+                 else math.log(DEFAULT_GAP_DAYS))
         stats = self.items.get(item_id, ItemRepurchases())
-        return math.exp((stats.log_gaps + GAP_PRIOR * prior) / (stats.repeats + GAP_PRIOR))
+        return math.exp((stats.log_gaps / LOG_GAP_UNITS + GAP_PRIOR * prior)
+                        / (stats.repeats + GAP_PRIOR))
 
     def to_state(self) -> dict[str, Any]:
-        # the totals as summed so far: summed again in another order, the floats differ
         return {"version": STATE_VERSION,
-                "items": {i: [s.buyers, s.repeats, s.log_gaps] for i, s in self.items.items()},
-                "totals": [self.buyers, self.repeats, self.log_gaps]}
+                "items": {i: [s.buyers, s.repeats, s.log_gaps] for i, s in self.items.items()}}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RepurchaseStats:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"RepurchaseStats state version {state.get('version')!r}")
-        stats = cls()
-        for item_id, (buyers, repeats, log_gaps) in state["items"].items():
-            stats.items[str(item_id)] = ItemRepurchases(int(buyers), int(repeats),
-                                                       float(log_gaps))
-        buyers, repeats, log_gaps = state["totals"]
-        stats.buyers, stats.repeats, stats.log_gaps = int(buyers), int(repeats), float(log_gaps)
-        return stats
+        return cls.of_items({str(item_id): ItemRepurchases(int(b), int(r), int(g))
+                             for item_id, (b, r, g) in state["items"].items()})
 
 
 def propensity(rate: float, gap_days: float, *, times: int, days_since: float) -> float:
@@ -121,7 +170,13 @@ def propensity(rate: float, gap_days: float, *, times: int, days_since: float) -
     >>> propensity(1.0, 7.0, times=1, days_since=7.0), propensity(1.0, 7.0, times=1, days_since=0.0)
     (0.75, 0.0)
     """
-    due = max(days_since, 0.0) / max(gap_days, 1e-6)
-    timing = due * math.exp(1.0 - due)
+    return float(propensities(np.asarray([rate]), np.asarray([gap_days]),
+                              times=np.asarray([times]), days_since=np.asarray([days_since]))[0])
+
+
+def propensities(rate: np.ndarray | float, gap_days: np.ndarray, *, times: np.ndarray,
+                 days_since: np.ndarray) -> np.ndarray:
+    """:func:`propensity` of many items at once (arrays alike in shape)."""
+    due = np.maximum(days_since, 0.0) / np.maximum(gap_days, 1e-6)
     habit = 0.5 + 0.5 * times / (times + 1.0)
-    return rate * habit * timing
+    return np.asarray(rate * habit * (due * np.exp(1.0 - due)))

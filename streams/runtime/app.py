@@ -113,7 +113,7 @@ class RecoStream:
         self.refresh = Refresh(topology, self.rows, self.model_process, self.ranking,
                                self.outbox, self.config, s.refresh_seconds, s.partitions,
                                self.counters, self.metrics, SnapshotFiles(s.data_dir))
-        self.ranking.rank_with(self.refresh.model)
+        self.ranking.rank_with(self.refresh.snapshot)
         self.churn = ChurnScan(self.users, self.ranking, self.clock, self.partitions,
                                topology.churn, self.model_process, self.outbox,
                                self.engagement, s.churn_seconds, s.max_record_bytes)

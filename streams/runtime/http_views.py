@@ -23,6 +23,7 @@ from streams.runtime.metrics import CONTENT_TYPE, Counters, WorkerMetrics
 from streams.runtime.ranking import RankingQueue
 from streams.runtime.records import recommendation_record
 from streams.runtime.refresh import Refresh
+from streams.runtime.state import ITEM_STATS
 from streams.runtime.topology import Topology
 from streams.runtime.users import Users
 
@@ -96,6 +97,9 @@ class Lookups:
             "item_id": item_id,
             "neighbors": [{"item_id": j, "score": score} for j, score in pairs[:k]],
             "users": stats[0],
+            # stats written before purchases were kept have none of their figures
+            "buyers": stats[3] if len(stats) == len(ITEM_STATS) else 0,
+            "repeat_purchases": stats[4] if len(stats) == len(ITEM_STATS) else 0,
             "model_version": self.refresh.model_round,
         }, {}
 

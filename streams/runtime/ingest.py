@@ -23,6 +23,7 @@ from core.config import RecommenderConfig
 from core.engagement import EngagementConfig, Trigger
 from core.events import Event, InvalidEvent, parse_event
 from core.recommender import learn_event
+from streams.runtime.children.ranking_jobs import profile_fields
 from streams.runtime.clock import EventClock
 from streams.runtime.dead_letters import DeadLetters
 from streams.runtime.metrics import Counters, WorkerMetrics
@@ -187,24 +188,24 @@ class Ingest:
                 if state.is_duplicate(source, offset, decoded.event_id):
                     self.counters.deduplicated += 1
                     continue
-                changed, gain = learn_event(state.profile, decoded, self.config)
+                changed, gain, purchase = learn_event(state.profile, decoded, self.config)
                 triggers.extend((user_id, state, fired) for fired in
                                 state.engagement.observe(decoded, self.engagement))
                 self.clock.advance(decoded.topic(), message.partition, decoded.ts)
                 state.mark(source, offset, decoded.event_id, self.settings.dedup_ids)
                 self.counters.applied += 1
-                if gain is not None:
+                if gain is not None or purchase is not None:
                     # rows skip by the partition they were read from, whose
                     # offsets are in order (forwarded ones are not, there)
                     for partition, row_gain in split_gain(
-                            gain.item_id, gain.history, read_from, message.offset,
-                            gain.ts, self.partitions.of_item).items():
+                            decoded.item_id, None if gain is None else gain.history,
+                            read_from, message.offset, decoded.ts, self.partitions.of_item,
+                            purchase).items():
                         gains[partition].append(row_gain)
                 if changed:
                     cause = (decoded.type, decoded.ts)
             if cause is not None:
-                lists.append((user_id, state.profile.recent, list(state.profile.purchased),
-                               *cause))
+                lists.append((user_id, profile_fields(state.profile), *cause))
         return gains, lists, triggers
 
     def _send_row_updates(self, gains: Mapping[int, list[RowGain]]) -> None:

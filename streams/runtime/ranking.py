@@ -19,15 +19,17 @@ import orjson
 
 from core.config import RecommenderConfig
 from core.engagement import Trigger
-from core.ranking import NeighborModel, Recommendations
+from core.mix import Snapshot
+from core.ranking import Recommendations
 from streams.runtime.children.process import ChildProcess
 from streams.runtime.children.ranking_jobs import (
     Exposure,
     ListRequest,
     TriggerRequest,
     held_version,
-    hold_ranking_model,
     hold_ranking_snapshot,
+    hold_snapshot,
+    profile_fields,
     ranked_records,
     recommend_one,
 )
@@ -82,10 +84,10 @@ class RankingQueue:
         self._hold: asyncio.TimerHandle | None = None  # submits what waits, when behind
         self._lost: RecommendationsLost | None = None
 
-    def rank_with(self, model: NeighborModel) -> None:
+    def rank_with(self, snapshot: Snapshot) -> None:
         """The ranking child ranks with this snapshot from now on (a child that
         replaces it too)."""
-        self.ranker.hold(hold_ranking_model, model)
+        self.ranker.hold(hold_snapshot, snapshot)
 
     def rank_with_snapshot(self, path: str) -> None:
         """:meth:`rank_with` the snapshot pickled in the file at ``path``."""
@@ -113,9 +115,8 @@ class RankingQueue:
             user_id = request[0]
             self.waiting_lists.pop(user_id, None)  # to the end: ranked after the others
             self.waiting_lists[user_id] = orjson.dumps(request)
-        self.waiting_triggers.extend(
-            (user_id, list(state.profile.recent), set(state.profile.purchased), trigger)
-            for user_id, state, trigger in triggers)
+        self.waiting_triggers.extend((user_id, profile_fields(state.profile), trigger)
+                                     for user_id, state, trigger in triggers)
         self._submit_waiting()
 
     def _submit_waiting(self, hold: bool = True) -> None:
@@ -204,7 +205,6 @@ class RankingQueue:
                         ) -> Recommendations:
         """A user's list now, ranked in the ranking child with the snapshot it
         holds (as the published lists are)."""
-        profile = state.profile if state is not None else None
         return await self.ranker.run(
-            recommend_one, user_id, None if profile is None else list(profile.recent),
-            () if profile is None else list(profile.purchased), n, self.config)
+            recommend_one, user_id, None if state is None else profile_fields(state.profile),
+            n, self.config)

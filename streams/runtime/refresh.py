@@ -31,7 +31,7 @@ import orjson
 from faust.types import EventT
 
 from core.config import RecommenderConfig
-from core.ranking import NeighborModel
+from core.mix import Snapshot
 from streams.runtime.children.held_rows import RowsNotHeld
 from streams.runtime.children.model_jobs import EncodedList, neighbors_of_partition
 from streams.runtime.children.model_replica import (
@@ -85,7 +85,7 @@ class Refresh:
         self.metrics = metrics
         self.snapshots = snapshots
         # the ranking snapshot as last built (None: in its file, not loaded here)
-        self._model: NeighborModel | None = NeighborModel.empty(config.neighbors)
+        self._snapshot: Snapshot | None = Snapshot.empty(config.neighbors)
         self._model_path: Path | None = None
         #: items the last snapshot knows, and its version
         self.model_items = 0
@@ -112,18 +112,19 @@ class Refresh:
         self._round_started = 0.0
 
     @property
-    def model(self) -> NeighborModel:
+    def snapshot(self) -> Snapshot:
         """The ranking snapshot as last built, read from its file when first asked
         (diagnostics and tests: the worker itself never needs it on the loop)."""
-        if self._model is None:
+        if self._snapshot is None:
             assert self._model_path is not None
             with self._model_path.open("rb") as file:
-                self._model = pickle.load(file)
-        return self._model
+                self._snapshot = pickle.load(file)
+        return self._snapshot
 
-    @model.setter
-    def model(self, model: NeighborModel) -> None:
-        self._model, self._model_path, self.model_items = model, None, model.n_items
+    @snapshot.setter
+    def snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot, self._model_path = snapshot, None
+        self.model_items = snapshot.model.n_items
 
     @property
     def tick_seconds(self) -> float:
@@ -332,7 +333,7 @@ class Refresh:
                                                  self.config.neighbors, self.config.tau,
                                                  str(path))
             self.ranking.rank_with_snapshot(str(path))
-            self._model, self._model_path, self.model_items = None, path, items
+            self._snapshot, self._model_path, self.model_items = None, path, items
             self.model_round = version
             await self.ranking.snapshot_held()
             self.snapshots.loaded(path)  # older files go once the ranking child has it

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from core.config import LIST_LENGTH, RecommenderConfig
+from core.config import LIST_LENGTH, RANKING_NAMES, RecommenderConfig
 from core.engagement import EngagementConfig
 from core.events import MAX_ID_BYTES, MAX_MESSAGE_BYTES
 from core.ratings import RatingWeights
+from core.repurchase import REPEAT_MODES
 from core.similarity import ROW_LOCAL_SIMILARITIES, SimilarityParams
 from streams.errors import CliError
 from streams.paths import cache_dir
@@ -116,6 +117,8 @@ class Settings:
     popularity_weight: float = RecommenderConfig.popularity_weight
     popularity_half_life_days: float = RecommenderConfig.popularity_half_life_days
     max_row_width: int = RecommenderConfig.max_row_width
+    ranking: str = RecommenderConfig.ranking
+    repeat: str = RecommenderConfig.repeat
     weights: RatingWeights = field(default_factory=RatingWeights)
     refresh_seconds: float = 15.0
     commit_seconds: float = 10.0
@@ -205,9 +208,10 @@ class Settings:
                 max_purchased=self.max_user_purchases,
                 weights=self.weights,
                 similarity_params=SimilarityParams(shrinkage=self.shrinkage),
-                # The stream keeps no repurchase facts nor ranker yet: it ranks
-                # by neighbours, and the replay it is checked against does too.
-                ranking="neighbours",
+                ranking=self.ranking,
+                repeat=self.repeat,
+                # the stream ranks with the fixed blend until it learns a ranker
+                # of its own outcomes; the replay it is checked against does too
                 learn_ranker=False,
             )
         except ValueError as exc:
@@ -300,6 +304,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "popularity_weight": (lambda v: v >= 0, "must not be negative"),
     "popularity_half_life_days": (_positive, "must be positive"),
     "max_row_width": (_at_least_one, "must be at least 1"),
+    "ranking": (lambda v: v in RANKING_NAMES, f"must be one of {', '.join(RANKING_NAMES)}"),
+    "repeat": (lambda v: v in REPEAT_MODES, f"must be one of {', '.join(REPEAT_MODES)}"),
     "refresh_seconds": (_positive, "must be positive"),
     "commit_seconds": (_positive, "must be positive"),
     "batch_size": (_at_least_one, "must be at least 1"),
@@ -365,6 +371,12 @@ ENVIRONMENT: tuple[Setting, ...] = (
             "event-time half-life of trending counts"),
     Setting("RECOSTREAM_MAX_ROW_WIDTH", "max_row_width", int,
             "co-occurrence pairs kept per item (weakest pruned)"),
+    Setting("RECOSTREAM_RANKING", "ranking", str,
+            "how lists are ranked: mix (similar items, trending, popular and buy-again "
+            "together) or neighbours (similar items, then trending; nothing bought)"),
+    Setting("RECOSTREAM_REPEAT", "repeat", str,
+            "whether bought items come back in lists: learned (from each item's repeat "
+            "rate), always or never"),
     Setting("RECOSTREAM_WEIGHTS", "weights", _weights,
             "implicit ratings, e.g. view=1,click=2,add_to_cart=3,purchase=5"),
     Setting("RECOSTREAM_REFRESH_SECONDS", "refresh_seconds", float,

@@ -18,6 +18,7 @@ import orjson
 
 from core.engagement import Engagement
 from core.ratings import UserProfile
+from core.repurchase import ItemRepurchases, Purchase
 from core.trending import trend_bump
 
 STATE_VERSION = 1
@@ -146,8 +147,12 @@ class RowGain(NamedTuple):
     update per row, that was 51 JSON arrays per gain and a quarter of what the
     broker wrote; this form names the gain once per partition. ``history`` is
     the gained row's pairs when that row is in the partition, else None;
-    ``rows`` the history items of the partition. Sent as the JSON array of its
-    fields (``orjson.dumps(..., default=tuple)``).
+    ``rows`` the history items of the partition. A purchase of the item goes
+    with the gained row's partition (``bought``; ``log_gap`` None for the
+    customer's first purchase of it, see :class:`core.repurchase.Purchase`),
+    with ``history`` None when it gained nothing. Sent as the JSON array of its
+    fields (``orjson.dumps(..., default=tuple)``); arrays of the first six
+    fields, as workers sent them before purchases, still apply.
 
     >>> gain = RowGain("c", None, "clicks/0", 9, 0.0, ["a"])
     >>> gain.updates()
@@ -160,12 +165,14 @@ class RowGain(NamedTuple):
     offset: int
     ts: float
     rows: Sequence[str]
+    bought: bool = False
+    log_gap: int | None = None
 
     def updates(self) -> list[RowUpdateFields]:
         """The updates of the rows this gain names, the gained row first, as plain
         tuples of :class:`RowUpdate`'s fields (a named tuple costs twice as much to
         make, and the rows agent makes 50 per gain)."""
-        item_id, history, source, offset, ts, rows = self
+        item_id, history, source, offset, ts, rows, *_ = self
         gained = (item_id,)
         updates: list[RowUpdateFields] = [] if history is None else [
             (item_id, history, source, offset, ts, True)]
@@ -174,28 +181,35 @@ class RowGain(NamedTuple):
 
     def update_count(self) -> int:
         """How many rows this gain updates (:meth:`updates` without making them)."""
-        return len(self.rows) + (self.history is not None)
+        return len(self.rows) + (self.history is not None or self.bought)
 
 
 def split_gain(
-    item_id: str, history: Sequence[str], source: str, offset: int, ts: float,
-    partition_of: Callable[[str], int],
+    item_id: str, history: Sequence[str] | None, source: str, offset: int, ts: float,
+    partition_of: Callable[[str], int], purchase: Purchase | None = None,
 ) -> dict[int, RowGain]:
-    """A gain's row updates by the partition of their rows.
+    """An event's row updates by the partition of their rows: a gain's (``history``
+    not None) and a purchase's.
 
     >>> split_gain("c", ["a", "b"], "clicks/0", 9, 0.0, {"a": 0, "b": 1, "c": 1}.get)
     ... # doctest: +NORMALIZE_WHITESPACE
     {1: RowGain(item_id='c', history=['a', 'b'], source='clicks/0', offset=9, ts=0.0,
-                rows=['b']),
-     0: RowGain(item_id='c', history=None, source='clicks/0', offset=9, ts=0.0, rows=['a'])}
+                rows=['b'], bought=False, log_gap=None),
+     0: RowGain(item_id='c', history=None, source='clicks/0', offset=9, ts=0.0, rows=['a'],
+                bought=False, log_gap=None)}
+    >>> split_gain("c", None, "purchases/0", 4, 0.0, {"c": 1}.get, Purchase("c", 7, 0.0))
+    {1: RowGain(item_id='c', history=None, source='purchases/0', offset=4, ts=0.0, rows=[], \
+bought=True, log_gap=7)}
     """
-    rows_by_partition: dict[int, list[str]] = {partition_of(item_id): []}
-    for j in history:
+    own = partition_of(item_id)
+    rows_by_partition: dict[int, list[str]] = {own: []}
+    for j in history or ():
         if j != item_id:  # a row never pairs with itself
             rows_by_partition.setdefault(partition_of(j), []).append(j)
-    own = partition_of(item_id)
+    bought, log_gap = purchase is not None, None if purchase is None else purchase.log_gap
     return {partition: RowGain(item_id, history if partition == own else None,
-                               source, offset, ts, rows)
+                               source, offset, ts, rows, partition == own and bought,
+                               log_gap if partition == own else None)
             for partition, rows in rows_by_partition.items()}
 
 
@@ -228,15 +242,28 @@ def prune_above(max_width: int) -> int:
     return max_width + max_width // 4
 
 
+#: An item's stats as every worker keeps them (``item-stats`` values, JSON arrays
+#: in this order; values written before purchases were kept hold the first three).
+ITEM_STATS = ("count", "trend_value", "trend_time", "buyers", "repeats", "log_gaps",
+              "first_seen")
+
+
 @dataclass
 class CooccurrenceRow:
-    """An item's row of C, its user count and trending counter (``cooccurrence`` value)."""
+    """An item's row of C, its user count, trending counter, purchase figures and
+    when it was first gained or bought (``cooccurrence`` value)."""
 
     pairs: dict[str, float] = field(default_factory=dict)
     count: float = 0.0
     trend_value: float = 0.0
     trend_time: float = 0.0
     applied: AppliedOffsets = field(default_factory=AppliedOffsets)
+    repurchases: ItemRepurchases = field(default_factory=ItemRepurchases)
+    first_seen: float | None = None
+
+    def seen_at(self, ts: float) -> None:
+        if self.first_seen is None or ts < self.first_seen:
+            self.first_seen = ts
 
     def apply(self, update: RowUpdate, tau: float, max_width: int) -> bool:
         """Apply an update once; False when its offset was applied already."""
@@ -265,6 +292,7 @@ class CooccurrenceRow:
                 self.trend_value, self.trend_time = trend_bump(
                     self.trend_value, self.trend_time, ts, tau
                 )
+                self.seen_at(ts)
             if len(pairs) > limit:
                 pairs = self.prune(max_width)
         return new
@@ -291,17 +319,27 @@ class CooccurrenceRow:
         self.pairs = kept
         return kept
 
+    def bought(self, log_gap: int | None, ts: float) -> None:
+        """A purchase of the item (see :class:`core.repurchase.Purchase`)."""
+        self.repurchases.bought(log_gap)
+        self.seen_at(ts)
+
     def stats(self) -> list[float]:
-        """What every worker needs of this item: [count, trend value, trend time]."""
-        return [self.count, self.trend_value, self.trend_time]
+        """What every worker needs of this item: :data:`ITEM_STATS` in order."""
+        bought = self.repurchases
+        return [self.count, self.trend_value, self.trend_time, bought.buyers, bought.repeats,
+                bought.log_gaps, self.first_seen or 0.0]
 
     def to_json(self) -> dict[str, Any]:
+        bought = self.repurchases
         return {
             "v": STATE_VERSION,
             "pairs": dict(self.pairs),
             "count": self.count,
             "trend": [self.trend_value, self.trend_time],
             "applied": dict(self.applied.offsets),
+            "bought": [bought.buyers, bought.repeats, bought.log_gaps],
+            "first_seen": self.first_seen,
         }
 
     @classmethod
@@ -309,12 +347,16 @@ class CooccurrenceRow:
         if value is None:
             return cls()
         trend_value, trend_time = value["trend"]
+        buyers, repeats, log_gaps = value.get("bought", (0, 0, 0))  # rows before purchases
+        first_seen = value.get("first_seen")
         return cls(
             pairs={str(k): float(v) for k, v in value["pairs"].items()},
             count=float(value["count"]),
             trend_value=float(trend_value),
             trend_time=float(trend_time),
             applied=AppliedOffsets({str(k): int(v) for k, v in value["applied"].items()}),
+            repurchases=ItemRepurchases(int(buyers), int(repeats), int(log_gaps)),
+            first_seen=None if first_seen is None else float(first_seen),
         )
 
 
@@ -363,16 +405,22 @@ class RowBatch:
         rows, changed, max_width = self.rows, self.changed, self.max_width
         limit = prune_above(max_width)
         applied = skipped = 0
-        for item_id, history, source, offset, ts, partners in gains:
-            if history is not None:
+        for item_id, history, source, offset, ts, partners, *purchase in gains:
+            bought = bool(purchase) and purchase[0]
+            if history is not None or bought:
                 own = self.row(item_id)
-                if own.apply_all(((item_id, history, source, offset, ts, True),),
-                                 self.tau, max_width):
+                if own.applied.seen(source, offset):
+                    skipped += 1
+                else:
+                    if history is not None:
+                        own.apply_all(((item_id, history, source, offset, ts, True),),
+                                      self.tau, max_width)
+                    if bought:
+                        own.applied.mark(source, offset)
+                        own.bought(purchase[1], ts)
                     changed[item_id] = own
                     self.counted.add(item_id)
                     applied += 1
-                else:
-                    skipped += 1
             # what apply_all does for an update of one pair, inline: this loop
             # runs pair_window times per gain
             for j in partners:

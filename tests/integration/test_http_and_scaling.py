@@ -261,6 +261,9 @@ def test_every_endpoint_on_a_running_worker(
         assert [n["score"] for n in answer["neighbors"]] == pytest.approx(
             [s for _, s in expected_pairs], abs=1e-6)
         assert answer["users"] == sum(item in p.ratings for p in model.users.values())
+        bought = model.repurchase.items.get(item)
+        assert (answer["buyers"], answer["repeat_purchases"]) == (
+            (bought.buyers, bought.repeats) if bought is not None else (0, 0))
     assert sum(bool(model.neighbors_of(item)) for item in items) > len(items) // 2
     status, body = worker.get_status(f"/items/{UNKNOWN_ITEM}/neighbors?k=3")
     assert status == 404 and isinstance(body, dict) and body["error"], body

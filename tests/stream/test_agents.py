@@ -502,21 +502,34 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
         stored = stream.topology.neighbors.get(item)
         assert [(j, s) for j, s in stored] == replay.neighbors_of(item), item
     users = sorted({e.user_id for e in events})
-    full_lists = 0
+    full_lists = bought_again = 0
     await stream.commits.before_commit()  # the states the table holds from here on
     for user in [*users, "nobody"]:
         value = stream.topology.users.get(user)
         state = UserState.from_json(value) if value is not None else None
         got = await stream.ranking.recommend(user, state, 8)
-        want = replay.recommend(user, 8)
+        want = replay.recommend(user, 8,
+                                filter_purchased=not replay.config.lists_bought_items)
         assert got.item_ids == want.item_ids, user
         assert got.scores == pytest.approx(want.scores, rel=1e-9, abs=1e-12), user
+        assert (got.sources, got.reasons) == (want.sources, want.reasons), user
         assert got.cold_start == want.cold_start
         assert got.model_version == 6
         if state is not None:
             assert state.profile == replay.users[user]
         full_lists += len(got.item_ids) == 8 and not got.cold_start
+        bought_again += "buy_again" in got.sources
     assert full_lists >= len(users) - 2  # the comparison is not vacuous
+    assert bought_again >= 3  # nor is it for buy-again
+    # the item facts the stream gathered from its rows, partition by partition, are
+    # the replay's to the bit (repeat rates and gaps summed as integers)
+    facts, ids = stream.refresh.snapshot.facts, stream.refresh.snapshot.model.items.ids
+    want_facts = replay.snapshot.facts
+    want_at = replay.model.items.positions
+    for name in ("counts", "first_seen", "repeat_rate", "gap_days"):
+        got_values = dict(zip(ids, getattr(facts, name).tolist(), strict=True))
+        want_values = getattr(want_facts, name)
+        assert got_values == {i: float(want_values[want_at[i]]) for i in ids}, name
 
 
 @run_async
@@ -596,13 +609,13 @@ async def test_the_timer_rebuilds_the_snapshot_only_for_other_workers_lists(
     h = make_harness()
     stream = h.stream
     await stream.refresh.take_others_lists()  # a fresh worker takes what is there
-    built = stream.refresh.model
+    built = stream.refresh.snapshot
     await stream.refresh.take_others_lists()
-    assert stream.refresh.model is built  # nothing new: not rebuilt
+    assert stream.refresh.snapshot is built  # nothing new: not rebuilt
     stream.topology.neighbors.apply(b"x", orjson.dumps([["y", 0.5]]))  # another worker's list
     await stream.refresh.take_others_lists()
-    assert stream.refresh.model is not built
-    assert stream.refresh.model.items.positions.keys() >= {"x", "y"}
+    assert stream.refresh.snapshot is not built
+    assert stream.refresh.snapshot.model.items.positions.keys() >= {"x", "y"}
 
 
 @run_async
@@ -615,16 +628,17 @@ async def test_a_worker_whose_own_rounds_rebuild_leaves_others_lists_to_the_next
     h = make_harness()
     stream = h.stream
     await stream.refresh.take_others_lists()
-    built = stream.refresh.model
+    built = stream.refresh.snapshot
     stream.topology.owned_tick_partitions = lambda: {0}  # type: ignore[method-assign]
     stream.refresh.own_round_rebuilt = time.monotonic()  # a round of its own just rebuilt
     stream.topology.neighbors.apply(b"x", orjson.dumps([["y", 0.5]]))
     await stream.refresh.take_others_lists()
-    assert stream.refresh.model is built
+    assert stream.refresh.snapshot is built
     # its rounds stalled (1.5 intervals without one): the timer takes them after all
     stream.refresh.own_round_rebuilt -= 1.5 * stream.settings.refresh_seconds
     await stream.refresh.take_others_lists()
-    assert stream.refresh.model is not built and "x" in stream.refresh.model.items.positions
+    assert stream.refresh.snapshot is not built
+    assert "x" in stream.refresh.snapshot.model.items.positions
 
 
 # -- 6. events keyed by something else are forwarded ------------------------------------------

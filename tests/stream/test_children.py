@@ -15,9 +15,9 @@ import pytest
 
 from core.ratings import UserProfile
 from core.similarity import SimilarityParams, neighbors_for_rows
-from streams.runtime.children.model_jobs import MODEL_NICENESS, build_model
+from streams.runtime.children.model_jobs import MODEL_NICENESS, snapshot_from_json
 from streams.runtime.children.process import ChildProcess
-from streams.runtime.children.ranking_jobs import held_model, hold_ranking_model
+from streams.runtime.children.ranking_jobs import held_snapshot, hold_snapshot
 from tests.stream.harness import run_async
 
 
@@ -35,8 +35,8 @@ async def test_work_runs_in_another_process_with_the_same_results() -> None:
         stats = {"a": [3.0, 1.0, 0.0], "b": [2.0, 0.5, 0.0], "c": [1.0, 2.0, 0.0]}
         encoded = ({i: orjson.dumps(v) for i, v in stored.items()},
                    {i: orjson.dumps(v) for i, v in stats.items()})
-        model = await process.run(build_model, 4, *encoded, 2, 86_400.0)
-        local = build_model(4, *encoded, 2, 86_400.0)
+        model = (await process.run(snapshot_from_json, 4, *encoded, 2, 86_400.0)).model
+        local = snapshot_from_json(4, *encoded, 2, 86_400.0).model
         profile = UserProfile(recent=["a"])
         assert model.version == 4
         assert (model.rank(profile, 3, recency_decay=1.0, popularity_weight=0.1)
@@ -110,8 +110,8 @@ async def test_a_child_that_died_is_replaced(noticed: bool) -> None:
 
 def held_model_version() -> int | None:
     """In the ranking child: the version of the snapshot it holds."""
-    held = held_model()
-    return None if held is None else held.version
+    held = held_snapshot()
+    return None if held is None else held.model.version
 
 
 @run_async
@@ -119,8 +119,8 @@ async def test_a_replacement_child_holds_what_its_predecessor_held() -> None:
     process = ChildProcess(0, "reco-ranker")
     try:
         assert await process.run(held_model_version) is None
-        process.hold(hold_ranking_model, build_model(3, {}, {}, 2, 86_400.0))
-        process.hold(hold_ranking_model, build_model(4, {}, {}, 2, 86_400.0))  # the last
+        process.hold(hold_snapshot, snapshot_from_json(3, {}, {}, 2, 86_400.0))
+        process.hold(hold_snapshot, snapshot_from_json(4, {}, {}, 2, 86_400.0))  # the last
         first = await process.run(os.getpid)
         assert await process.run(held_model_version) == 4
         os.kill(first, signal.SIGKILL)

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from core.ratings import UserProfile
-from streams.runtime.children.model_jobs import build_model
+from streams.runtime.children.model_jobs import snapshot_from_json
 from streams.runtime.children.model_replica import ModelReplica, update_replica
-from streams.runtime.children.ranking_jobs import held_model
+from streams.runtime.children.ranking_jobs import held_snapshot
 from tests.stream.harness import MakeHarness, run_async
 
 #: Items another worker wrote lists and stats for before this worker started.
@@ -36,7 +36,8 @@ def test_the_copy_builds_the_snapshot_the_tables_build() -> None:
     lists.pop("i3")
     lists["i4"] = b"[]"
     stats.pop("i5")
-    built, expected = replica.snapshot(2, 5, 86_400.0), build_model(2, lists, stats, 5, 86_400.0)
+    built = replica.snapshot(2, 5, 86_400.0).model
+    expected = snapshot_from_json(2, lists, stats, 5, 86_400.0).model
     profile = UserProfile(recent=["i1", "i2", "i4"])
     assert built.items.positions == expected.items.positions
     assert (built.rank(profile, 10, recency_decay=1.0, popularity_weight=0.1)
@@ -76,14 +77,14 @@ async def test_rebuilds_hand_over_what_changed_and_a_new_model_process_gets_all(
     handed.append((False, 0))
     await refresh.take_others_lists()
     assert handed[-1] == (False, 2)  # the two keys changed, not the thousands held
-    assert "x" in refresh.model.items.positions
+    assert "x" in refresh.snapshot.model.items.positions
 
     stream.model_process.close()  # a new model process holds no copy
     neighbors.apply(b"y", orjson.dumps([["x", 0.7]]))
     handed.append((False, 0))
     await refresh.take_others_lists()
     assert handed[-2:] == [(False, 1), (True, 2 * ITEMS + 3)]  # refused, then all
-    assert {"x", "y"} <= refresh.model.items.positions.keys()
+    assert {"x", "y"} <= refresh.snapshot.model.items.positions.keys()
 
 
 @run_async
@@ -98,13 +99,13 @@ async def test_one_snapshot_file_is_kept_and_a_new_ranking_child_loads_it(
         await refresh.take_others_lists()
     files = list(refresh.snapshots.folder.iterdir())
     assert len(files) == 1 and not files[0].name.endswith(".part")
-    held = await stream.ranker.run(held_model)
-    assert held is not None and "x3" in held.items.positions
+    held = await stream.ranker.run(held_snapshot)
+    assert held is not None and "x3" in held.model.items.positions
 
     process = stream.ranker.process
     assert process is not None and process.pid is not None
     os.kill(process.pid, signal.SIGKILL)
     process.join(5.0)
-    held = await stream.ranker.run(held_model)  # a new child, which loaded the last file
+    held = await stream.ranker.run(held_snapshot)  # a new child, which loaded the last file
     assert stream.ranker.process is not process
-    assert held is not None and "x3" in held.items.positions
+    assert held is not None and "x3" in held.model.items.positions

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from core.events import Event
-from streams.runtime.children.model_jobs import build_model
-from streams.runtime.children.ranking_jobs import Exposure, hold_ranking_model
+from streams.runtime.children.model_jobs import snapshot_from_json
+from streams.runtime.children.ranking_jobs import Exposure, hold_snapshot
 from streams.runtime.ranking import RecommendationsLost
 from streams.runtime.records import recommendation_record
 from tests.stream.harness import TS, Harness, MakeHarness, click, run_async, user_state
@@ -29,10 +29,10 @@ STATS = {item: [float(n), 1.0 + n, TS] for n, item in enumerate(["i1", "i2", "i3
 async def test_published_lists_equal_what_the_snapshot_ranks(make_harness: MakeHarness) -> None:
     h = make_harness(k=3)
     stream = h.stream
-    stream.refresh.model = build_model(7, {i: orjson.dumps(v) for i, v in PAIRS.items()},
-                               {i: orjson.dumps(v) for i, v in STATS.items()}, 10,
-                               stream.config.tau)
-    stream.ranker.hold(hold_ranking_model, stream.refresh.model)
+    stream.refresh.snapshot = snapshot_from_json(
+        7, {i: orjson.dumps(v) for i, v in PAIRS.items()},
+        {i: orjson.dumps(v) for i, v in STATS.items()}, 10, stream.config.tau)
+    stream.ranker.hold(hold_snapshot, stream.refresh.snapshot)
     events = [Event("u1", "i1", TS, "view"), Event("u2", "i2", TS + 1, "purchase"),
               Event("u3", "i3", TS + 2, "view"), Event("u1", "i2", TS + 3, "add_to_cart")]
     async with stream.agents.process_events.test_context() as agent:
@@ -161,8 +161,8 @@ async def test_lists_behind_two_rankings_wait_and_a_users_later_list_replaces_it
         # u1's list of its third event replaced that of its second: it was ranked
         # with every event (and published once, after u3's)
         assert [request[0] for request in waited] == ["u3", "u1"]
-        assert waited[1][1] == list(user_state(h, "u1").profile.recent)
-        assert {"i1", "i2", "i3"} <= set(waited[1][1])
+        assert waited[1][1][0] == list(user_state(h, "u1").profile.recent)
+        assert {"i1", "i2", "i3"} <= set(waited[1][1][0])
         assert not commit.done()  # the states wait for every list queued before
         ranker.rankings[2].set_result(([b'"u3"', b'"u1 last"'], [], None))
         ranker.rankings[1].set_result(([b'"u2"'], [], None))

@@ -37,6 +37,8 @@ VALUES: dict[str, tuple[str, Any]] = {
     "RECOSTREAM_POPULARITY_WEIGHT": ("0.25", 0.25),
     "RECOSTREAM_POPULARITY_HALF_LIFE_DAYS": ("3.5", 3.5),
     "RECOSTREAM_MAX_ROW_WIDTH": ("500", 500),
+    "RECOSTREAM_RANKING": ("neighbours", "neighbours"),
+    "RECOSTREAM_REPEAT": ("never", "never"),
     "RECOSTREAM_WEIGHTS": (" view=0.5, purchase=9 ,", RatingWeights(view=0.5, purchase=9.0)),
     "RECOSTREAM_REFRESH_SECONDS": ("2.5", 2.5),
     "RECOSTREAM_COMMIT_SECONDS": ("4", 4.0),
@@ -188,6 +190,7 @@ def test_recommender_config_carries_the_model_settings() -> None:
     assert (config.recency_decay, config.popularity_weight,
             config.popularity_half_life_days, config.max_row_width) == (0.5, 0.25, 3.5, 500)
     assert config.refresh_every == 0  # the stream refreshes on a timer
+    assert (config.ranking, config.repeat) == ("neighbours", "never")
     assert config.weights == RatingWeights(view=0.5, purchase=9.0)
     assert (config.max_ratings, config.max_purchased) == (300, 100)
     assert config.similarity_params.shrinkage == 25.0  # a similarity's knobs reach the stream
@@ -198,10 +201,10 @@ def test_recommender_config_carries_the_model_settings() -> None:
 
 def test_the_caps_default_to_the_core_defaults_stated_once() -> None:
     settings, config, engagement = Settings(), RecommenderConfig(), EngagementConfig()
-    # the stream refreshes by time and ranks by neighbours (it keeps no facts
-    # for buy-again nor a ranker yet); everything else is core's default
+    # the stream refreshes by time and learns no ranker yet (the fixed blend
+    # orders its mix); everything else is core's default
     assert settings.recommender_config() == replace(config, refresh_every=0,
-                                                    ranking="neighbours", learn_ranker=False)
+                                                    learn_ranker=False)
     assert (settings.max_user_ratings, settings.max_user_purchases) == (
         config.max_ratings, config.max_purchased)
     assert (settings.max_cart_items, settings.max_purchase_days) == (
@@ -271,6 +274,8 @@ def test_unknown_security_protocol_is_refused() -> None:
     ("RECOSTREAM_CHURN_THRESHOLD", "1.5"),
     ("RECOSTREAM_CART_WINDOW_SECONDS", "0"),
     ("RECOSTREAM_MAX_ROW_WIDTH", "0"),
+    ("RECOSTREAM_RANKING", "learned"),
+    ("RECOSTREAM_REPEAT", "sometimes"),
     ("RECOSTREAM_BATCH_SECONDS", "-1"),
     ("RECOSTREAM_REFRESH_SECONDS", "0"),
     ("RECOSTREAM_COMMIT_SECONDS", "-2"),

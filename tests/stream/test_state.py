@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from core.engagement import EngagementConfig
 from core.events import Event
 from core.ratings import UserProfile
+from core.repurchase import ItemRepurchases, Purchase, log_gap_units
 from core.trending import trend_bump
 from streams.runtime.cache import DecodedCache
 from streams.runtime.state import (
@@ -124,14 +125,43 @@ def test_event_id_lookup_agrees_with_the_ids_kept(ids: list[str], keep_ids: int,
 
 def test_row_gain_json_round_trip() -> None:
     gain = RowGain("a", ("b", "c"), "clicks/2", 17, TS, ("d",))
-    value = ["a", ["b", "c"], "clicks/2", 17, TS, ["d"]]
+    value = ["a", ["b", "c"], "clicks/2", 17, TS, ["d"], False, None]
     assert orjson.loads(orjson.dumps({"gains": [gain]}, default=tuple)) == {
         "gains": [value]}  # as the worker sends it
     decoded = RowGain._make(through_json(value))  # type: ignore[arg-type]
     assert list(decoded) == value
     assert decoded.updates() == [RowUpdate("a", ["b", "c"], "clicks/2", 17, TS, True),
                                  RowUpdate("d", ("a",), "clicks/2", 17, TS, False)]
-    assert RowGain._make(through_json(["a", None, "clicks/2", 17, TS, []])).updates() == []
+    assert RowGain._make(through_json(["a", None, "clicks/2", 17, TS, [], False, None])
+                         ).updates() == []
+
+
+def test_purchases_reach_the_items_row_once_with_its_first_sight() -> None:
+    """A purchase travels with the gained row's partition (alone when it gained
+    nothing), moves the row's purchase figures and first sight, not its count,
+    and a replay of it is skipped; gains as workers sent them before purchases
+    (six fields) still apply."""
+    gains = split_gain("a", None, "purchases/0", 4, TS + 9, {"a": 0}.get,
+                       Purchase("a", None, TS + 9))
+    assert list(gains) == [0] and gains[0].update_count() == 1
+    batch = RowBatch(lambda item_id: CooccurrenceRow(), TAU, max_width=10)
+    old_form = ["a", ["b"], "clicks/0", 3, TS + 5, []]
+    repeat = ["a", None, "purchases/0", 5, TS + 99, [], True, log_gap_units(3.0)]
+    batch.apply(through_json([old_form, list(gains[0]), repeat, repeat]))  # type: ignore[arg-type]
+    row = batch.changed["a"]
+    assert (batch.applied, batch.skipped) == (3, 1)
+    assert row.count == 1.0 and row.pairs == {"b": 1.0}
+    assert row.repurchases == ItemRepurchases(buyers=1, repeats=1, log_gaps=log_gap_units(3.0))
+    assert row.first_seen == TS + 5
+    assert row.stats()[3:] == [1, 1, log_gap_units(3.0), TS + 5]
+
+
+def test_rows_written_before_purchases_were_kept_still_read() -> None:
+    value = {"v": STATE_VERSION, "pairs": {"b": 1.0}, "count": 2.0, "trend": [1.0, TS],
+             "applied": {"clicks/0": 3}}
+    row = CooccurrenceRow.from_json(value)
+    assert (row.repurchases, row.first_seen) == (ItemRepurchases(), None)
+    assert row.stats() == [2.0, 1.0, TS, 0, 0, 0, 0.0]
 
 
 def test_a_gain_splits_into_the_updates_of_its_rows() -> None:
@@ -189,7 +219,7 @@ def test_row_applies_an_update_once() -> None:
     assert row.apply(RowUpdate("a", (), "clicks/1", 1, TS + 3600, gained=True), TAU, 10)
     assert row.count == 2.0
     assert (row.trend_value, row.trend_time) == trend_bump(1.0, TS, TS + 3600, TAU)
-    assert row.stats() == [2.0, row.trend_value, TS + 3600]
+    assert row.stats() == [2.0, row.trend_value, TS + 3600, 0, 0, 0, TS]  # no purchases
     assert row.applied.offsets == {"clicks/0": 3, "clicks/1": 1}
 
 
@@ -203,6 +233,7 @@ def test_row_json_round_trip() -> None:
     row = CooccurrenceRow()
     row.apply(RowUpdate("a", ("b", "c"), "clicks/0", 3, TS, True), TAU, 10)
     row.apply(RowUpdate("a", ("b",), "purchases/1", 8, TS - 50, True), TAU, 10)
+    row.bought(log_gap_units(2.5), TS)
     value = row.to_json()
     assert value["v"] == STATE_VERSION
     back = CooccurrenceRow.from_json(through_json(value))  # type: ignore[arg-type]

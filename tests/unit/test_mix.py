@@ -4,6 +4,7 @@ the learned ranker's determinism, and the explanations."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import orjson
@@ -12,13 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.config import RANKING_NAMES, RecommenderConfig
+from core.cooccurrence import ItemIndex
 from core.events import Event
 from core.learned import LearnedRanking, part_of
-from core.mix import FEATURES, RANKINGS, SOURCES
+from core.mix import FEATURES, RANKINGS, SOURCES, ItemFacts, Snapshot, published_lists
 from core.ranking import NeighborModel
 from core.ratings import UserProfile
 from core.reasons import TRENDING_REASON
 from core.recommender import Recommender
+from core.repurchase import ItemRepurchases, RepurchaseStats, log_gap_units
+from core.similarity import ItemNeighbors
 
 DAY = 86_400.0
 
@@ -184,3 +188,77 @@ def test_lists_are_ranked_by_the_scorer_judged_best_for_their_part() -> None:
     assert part_of(seen) == "all"
     assert learned.chosen(config, "all") == "blend"  # ties with the perceptron: the blend
     assert learned.chosen(config, "new") == "popular"  # nothing new was taken since
+
+
+def test_lists_ranked_together_equal_each_ranked_alone(shop: Recommender) -> None:
+    config = replace(shop.config, ranking="mix")
+    users = [*sorted(shop.users), "nobody", sorted(shop.users)[0]]
+    requests = [(user, shop.users.get(user), ()) for user in users]
+    together = RANKINGS["mix"](shop.snapshot, requests, 10, config)
+    alone = [RANKINGS["mix"](shop.snapshot, [request], 10, config)[0] for request in requests]
+    assert together == alone
+    assert sum("buy_again" in recs.sources for recs in together) >= 3  # not vacuous
+    assert published_lists(shop.snapshot, [(u, p) for u, p, _ in requests], 10, config) == [
+        RANKINGS["mix"](shop.snapshot, [(u, p, ())], 10, config)[0] for u, p, _ in requests]
+
+
+@settings(max_examples=60, deadline=None)
+@given(purchases=st.lists(st.tuples(st.sampled_from("abcd"),
+                                    st.none() | st.floats(0.0, 400.0)), max_size=40),
+       order=st.randoms(use_true_random=False), parts=st.integers(1, 4))
+def test_repurchase_figures_are_the_same_summed_in_any_order(
+        purchases: list[tuple[str, float | None]], order: Any, parts: int) -> None:
+    """What a stream gathers item by item from its partitions, each in the order
+    its messages came, is what one replay sums in event order, to the bit."""
+    replay = RepurchaseStats()
+    for item_id, gap in purchases:
+        replay.bought(item_id, repeat_gap_days=gap)
+    shuffled = list(purchases)
+    order.shuffle(shuffled)
+    rows: dict[str, ItemRepurchases] = {}
+    for item_id, gap in shuffled:  # each item's row, in the order of its partition
+        rows.setdefault(item_id, ItemRepurchases()).bought(
+            None if gap is None else log_gap_units(gap))
+    gathered = RepurchaseStats.of_items(dict(sorted(rows.items(), key=lambda kv: ord(kv[0])
+                                                    % parts)))
+    for item_id in "abcde":
+        assert gathered.rate(item_id) == replay.rate(item_id)
+        assert gathered.gap_days(item_id) == replay.gap_days(item_id)
+
+
+def reordered(snapshot: Snapshot, ids: list[str]) -> Snapshot:
+    """The same snapshot with its items at other positions (``ids`` in order)."""
+    model, facts = snapshot.model, snapshot.facts
+    old = np.asarray([model.items.positions[i] for i in ids])
+    new_of_old = np.empty(old.size, dtype=np.int64)
+    new_of_old[old] = np.arange(old.size)
+    indices = model.neighbors.indices[old]
+    indices = np.where(indices >= 0, new_of_old[np.maximum(indices, 0)], -1).astype(np.int32)
+    moved = NeighborModel(ItemIndex(ids), ItemNeighbors(indices, model.neighbors.scores[old]),
+                          model.trending[old], model.version)
+    return Snapshot(moved, ItemFacts(*(getattr(facts, name)[old] for name in
+                                       ("counts", "first_seen", "repeat_rate", "gap_days"))))
+
+
+def test_lists_do_not_depend_on_the_order_of_item_positions() -> None:
+    """A stream's snapshot orders items by id, the replay's by first sight: every
+    tie at a source's cut (equal neighbour scores, counts or propensities) is
+    broken by id, so that both list alike."""
+    ids = ["a", "b", "c", "d", "e", "f", "x"]
+    same = [(i, 0.5) for i in "abcdef"]
+    model = NeighborModel.from_neighbor_lists(1, {"x": same}, {}, k=6)
+    repurchase = RepurchaseStats()
+    for item_id in "abcdef":
+        repurchase.bought(item_id, repeat_gap_days=None)
+    facts = ItemFacts.from_stats(ids, dict.fromkeys(ids, 3.0), {}, repurchase)
+    config = RecommenderConfig(per_source=2, repeat="always")
+    viewer = UserProfile(recent=["x"])
+    buyer = UserProfile(recent=["x"], purchased=dict.fromkeys("fedcba", 0.0), last_ts=DAY * 7)
+    requests = [("viewer", viewer), ("buyer", buyer), ("nobody", None)]
+    first = published_lists(Snapshot(model, facts), requests, 10, config)
+    assert first[0].item_ids[:2] == ("a", "b")  # the tie at the neighbours' cut
+    assert first[2].item_ids == ("a", "b")  # the tie at the popular cut
+    assert [i for i, s in zip(first[1].item_ids, first[1].sources, strict=True)
+            if s == "buy_again"] == ["a", "b"]
+    backwards = reordered(Snapshot(model, facts), ids[::-1])
+    assert published_lists(backwards, requests, 10, config) == first

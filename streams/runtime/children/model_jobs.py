@@ -11,7 +11,7 @@ from typing import cast
 
 import orjson
 
-from core.ranking import NeighborModel
+from core.mix import Snapshot
 from core.similarity import SimilarityParams, neighbors_for_rows
 from streams.runtime.children.held_rows import RowsNotHeld
 from streams.runtime.children.model_replica import held_replica, snapshot_of
@@ -22,20 +22,20 @@ from streams.runtime.records import item_neighbors_record
 MODEL_NICENESS = 10
 
 
-def build_model(
+def snapshot_from_json(
     version: int,
     encoded_lists: Mapping[str, bytes],
     encoded_stats: Mapping[str, bytes],
     k: int,
     tau: float,
-) -> NeighborModel:
+) -> Snapshot:
     """The ranking snapshot from shared neighbour lists ([item id, score] pairs) and
-    item stats ([count, trend value, trend time]), as stored (JSON); empty ones
-    are left out.
+    item stats (:data:`streams.runtime.state.ITEM_STATS`), as stored (JSON); empty
+    ones are left out.
 
-    >>> model = build_model(3, {"a": b'[["b",0.5]]', "b": b"[]"}, {"a": b"[2.0,1.0,0.0]"},
-    ...                     10, 86400.0)
-    >>> model.version, sorted(model.items.positions)
+    >>> snapshot = snapshot_from_json(3, {"a": b'[["b",0.5]]', "b": b"[]"},
+    ...                               {"a": b"[2.0,1.0,0.0]"}, 10, 86400.0)
+    >>> snapshot.model.version, sorted(snapshot.model.items.positions)
     (3, ['a', 'b'])
     """
     stats = {item_id: values for item_id, value in encoded_stats.items()

@@ -23,8 +23,11 @@ from typing import cast
 
 import orjson
 
+from core.mix import ItemFacts, Snapshot
 from core.ranking import NeighborModel
+from core.repurchase import ItemRepurchases, RepurchaseStats
 from core.trending import trending_scale
+from streams.runtime.state import ITEM_STATS
 
 
 class ReplicaNotHeld(Exception):
@@ -83,22 +86,36 @@ class ModelReplica:
         self.lists.update(new)
         return new
 
-    def snapshot(self, version: int, k: int, tau: float) -> NeighborModel:
+    def snapshot(self, version: int, k: int, tau: float) -> Snapshot:
         """The ranking snapshot of the lists and stats held."""
         return snapshot_of(version, self.lists, self.stats, k, tau)
 
 
 def snapshot_of(version: int, encoded_lists: Mapping[str, bytes],
-                stats: Mapping[str, Sequence[float]], k: int, tau: float) -> NeighborModel:
+                stats: Mapping[str, Sequence[float]], k: int, tau: float) -> Snapshot:
     """The ranking snapshot from neighbour lists ([item id, score] pairs, JSON) and
-    item stats ([count, trend value, trend time]); empty ones are left out."""
+    item stats (:data:`streams.runtime.state.ITEM_STATS`); empty ones are left out.
+
+    >>> snapshot = snapshot_of(1, {"a": b'[["b",0.5]]'}, {"a": [2.0, 1.0, 0.0, 2, 1, 0, 5.0]},
+    ...                        10, 86400.0)
+    >>> snapshot.model.items.ids, snapshot.facts.counts.tolist(), snapshot.facts.first_seen.tolist()
+    (['a', 'b'], [2.0, 0.0], [5.0, 0.0])
+    """
     lists = {item_id: pairs for item_id, value in encoded_lists.items()
              if (pairs := orjson.loads(value))}
     ids = sorted(item_id for item_id, values in stats.items() if values)
     scaled = trending_scale([stats[i][1] for i in ids], [stats[i][2] for i in ids], tau)
     trending = dict(zip(ids, scaled.tolist(), strict=True))
     pairs = cast(Mapping[str, Sequence[tuple[str, float]]], lists)  # unpacked alike
-    return NeighborModel.from_neighbor_lists(version, pairs, trending, k)
+    model = NeighborModel.from_neighbor_lists(version, pairs, trending, k)
+    # stats written before purchases were kept have none of their figures
+    bought = {i: values for i in ids if len(values := stats[i]) == len(ITEM_STATS)}
+    repurchase = RepurchaseStats.of_items({
+        i: ItemRepurchases(int(values[3]), int(values[4]), int(values[5]))
+        for i, values in bought.items()})
+    facts = ItemFacts.from_stats(model.items.ids, {i: stats[i][0] for i in ids},
+                                 {i: values[6] for i, values in bought.items()}, repurchase)
+    return Snapshot(model, facts)
 
 
 #: The copy this process holds (None: none yet).
@@ -125,9 +142,9 @@ def update_replica(token: int, full: bool, lists: Mapping[str, bytes | None],
 def build_snapshot(version: int, k: int, tau: float, path: str, token: int) -> int:
     """The ranking snapshot of the copy held, pickled to ``path`` (written whole,
     then renamed: a reader never sees half of it); how many items it knows."""
-    model = held_replica(token).snapshot(version, k, tau)
+    snapshot = held_replica(token).snapshot(version, k, tau)
     part = Path(f"{path}.part")
     with part.open("wb") as file:
-        pickle.dump(model, file, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(snapshot, file, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(part, path)
-    return model.n_items
+    return snapshot.model.n_items

@@ -6,7 +6,7 @@ loop's time at full speed while the second core stood mostly idle).
 from __future__ import annotations
 
 import pickle
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -14,23 +14,50 @@ import orjson
 from core.bias import ExposureWindow
 from core.config import RecommenderConfig
 from core.engagement import Trigger
-from core.ranking import NeighborModel, Recommendations
+from core.mix import Snapshot, published_lists
+from core.ranking import Recommendations
 from core.ratings import UserProfile
 from streams.runtime.records import recommendation_record, trigger_records
 
 #: The ranking child's niceness: its work is the batches' own, moved off the loop.
 RANKER_NICENESS = 0
 
-#: A list the ranking child ranks: (user id, recent items oldest first, purchased
-#: items, the event type that changed the user, its event time).
-ListRequest = tuple[str, Sequence[str], Collection[str], str, float]
-#: A trigger the ranking child ranks the user's items for: (user id, recent items,
-#: purchased items, the trigger).
-TriggerRequest = tuple[str, Sequence[str], Collection[str], Trigger]
+#: What of a profile the ranking uses, as the loop sends it (JSON): recent items
+#: oldest first, purchases (item -> last time), times bought (2 or more), events,
+#: last and first event time, active days. Ratings stay behind: the fixed blend
+#: never reads them, and they are the largest part of a profile.
+ProfileFields = tuple[Sequence[str], Mapping[str, float], Mapping[str, int], int, float,
+                      float, int]
+#: A list the ranking child ranks: (user id, the profile's fields, the event type
+#: that changed the user, its event time).
+ListRequest = tuple[str, ProfileFields, str, float]
+#: A trigger the ranking child ranks the user's items for: (user id, the
+#: profile's fields, the trigger).
+TriggerRequest = tuple[str, ProfileFields, Trigger]
 
 
-#: The snapshot the ranking child ranks with (see hold_ranking_model).
-_ranking_model: NeighborModel | None = None
+def profile_fields(profile: UserProfile) -> ProfileFields:
+    """What the ranking child needs of ``profile`` (see :data:`ProfileFields`), as
+    it is now: copies, since a trigger waits while the profile moves on."""
+    return (list(profile.recent), dict(profile.purchased), dict(profile.purchase_counts),
+            profile.events, profile.last_ts, profile.first_ts, profile.active_days)
+
+
+def profile_of(fields: ProfileFields) -> UserProfile:
+    """The profile the ranking child ranks for, from :func:`profile_fields`.
+
+    >>> profile = UserProfile(recent=["a"], purchased={"a": 5.0}, events=3, last_ts=5.0)
+    >>> profile_of(profile_fields(profile)) == profile
+    True
+    """
+    recent, purchased, counts, events, last_ts, first_ts, active_days = fields
+    return UserProfile(recent=list(recent), purchased=dict(purchased),
+                       purchase_counts=dict(counts), events=events, last_ts=last_ts,
+                       first_ts=first_ts, active_days=active_days)
+
+
+#: The snapshot the ranking child ranks with (see hold_snapshot).
+_snapshot: Snapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -64,43 +91,45 @@ def _expose(lists: Sequence[Recommendations], catalogue_size: int, window: int
                     _exposure.gini(catalogue_size))
 
 
-def hold_ranking_model(model: NeighborModel) -> None:
-    """Rank with ``model`` from now on (in the ranking child)."""
-    global _ranking_model
-    _ranking_model = model
+def hold_snapshot(snapshot: Snapshot) -> None:
+    """Rank with ``snapshot`` from now on (in the ranking child)."""
+    global _snapshot
+    _snapshot = snapshot
 
 
 def hold_ranking_snapshot(path: str) -> int:
     """Rank with the snapshot the model process wrote to ``path`` (pickled) from now
     on; its version. The loop passes the path, never the snapshot."""
     with open(path, "rb") as file:
-        model = pickle.load(file)
-    if not isinstance(model, NeighborModel):
+        snapshot = pickle.load(file)
+    if not isinstance(snapshot, Snapshot):
         raise TypeError(f"{path} holds no snapshot")
-    hold_ranking_model(model)
-    return model.version
+    hold_snapshot(snapshot)
+    return snapshot.model.version
 
 
 def held_version() -> int:
     """The version of the snapshot held (-1: none): a call that returns after the
     holds queued before it ran."""
-    return -1 if _ranking_model is None else _ranking_model.version
+    return -1 if _snapshot is None else _snapshot.model.version
 
 
-def held_model() -> NeighborModel | None:
+def held_snapshot() -> Snapshot | None:
     """The snapshot the ranking child holds (None before any)."""
-    return _ranking_model
+    return _snapshot
 
 
-def recommend_one(user_id: str, recent: Sequence[str] | None, purchased: Collection[str],
-                  n: int, config: RecommenderConfig) -> Recommendations:
-    """One user's list with the held snapshot (``recent`` None: an unknown user):
-    the HTTP lookups, ranked here so that a flood of them leaves the event loop
-    to the input."""
-    model = _ranking_model or NeighborModel.empty(config.neighbors)
-    profile = None if recent is None else UserProfile(
-        recent=list(recent), purchased=dict.fromkeys(purchased, 0.0))
-    return model.recommend(user_id, profile, n, config)
+def _held(config: RecommenderConfig) -> Snapshot:
+    return _snapshot or Snapshot.empty(config.neighbors)
+
+
+def recommend_one(user_id: str, fields: ProfileFields | None, n: int,
+                  config: RecommenderConfig) -> Recommendations:
+    """One user's list with the held snapshot (``fields`` None: an unknown user),
+    as the published lists are: the HTTP lookups, ranked here so that a flood of
+    them leaves the event loop to the input."""
+    profile = None if fields is None else profile_of(fields)
+    return published_lists(_held(config), [(user_id, profile)], n, config)[0]
 
 
 def ranked_records(
@@ -118,29 +147,32 @@ def ranked_records(
     pickles them (0.6 vs 4.0 ms for 700 users' histories; pickling was 5% of the
     event loop at full speed).
 
-    >>> model = NeighborModel.from_neighbor_lists(2, {"a": [("b", 0.5)]}, {}, k=1)
-    >>> hold_ranking_model(model)
+    >>> from core.mix import ItemFacts
+    >>> from core.ranking import NeighborModel
+    >>> hold_snapshot(Snapshot(NeighborModel.from_neighbor_lists(2, {"a": [("b", 0.5)]}, {}, k=1),
+    ...                        ItemFacts.empty(2)))
+    >>> fields = profile_fields(UserProfile(recent=["a"]))
     >>> cart = Trigger("cart_abandoned", "left", 9.0, {"item_id": "a"})
-    >>> records, triggered, _ = ranked_records(orjson.dumps([("u", ["a"], [], "view", 5.0)]),
-    ...                                     [("u", ["a"], set(), cart)], 2, RecommenderConfig(),
+    >>> records, triggered, _ = ranked_records(orjson.dumps([("u", fields, "view", 5.0)]),
+    ...                                     [("u", fields, cart)], 2, RecommenderConfig(),
     ...                                     exposure_lists=10)
     >>> [(i["item_id"], i["reason"]) for i in orjson.loads(records[0])["items"]]
     [('b', 'similar to a, which you viewed')]
     >>> [(output, orjson.loads(record)["recommended_items"]) for output, record in triggered[0]]
     [('marketing-triggers', ['b'])]
     """
-    model = _ranking_model or NeighborModel.empty(config.neighbors)
+    snapshot = _held(config)
     lists: list[ListRequest] = orjson.loads(encoded_lists)
-    users = [request[:3] for request in lists] + [request[:3] for request in triggers]
-    ranked = model.recommend_many(
-        [(user_id, UserProfile(recent=list(recent), purchased=dict.fromkeys(purchased, 0.0)))
-         for user_id, recent, purchased in users], n, config)
+    users = [request[:2] for request in lists] + [request[:2] for request in triggers]
+    ranked = published_lists(snapshot, [(user_id, profile_of(fields))
+                                        for user_id, fields in users], n, config)
     records = [orjson.dumps(recommendation_record(recs, cause, ts))
-               for recs, (_, _, _, cause, ts) in zip(ranked, lists, strict=False)]
+               for recs, (_, _, cause, ts) in zip(ranked, lists, strict=False)]
     triggered = []
-    for recs, (user_id, _, _, trigger) in zip(ranked[len(lists):], triggers, strict=True):
+    for recs, (user_id, _, trigger) in zip(ranked[len(lists):], triggers, strict=True):
         items = list(recs.item_ids)
         triggered.append(trigger_records(user_id, trigger, items))
-    return records, triggered, _expose(ranked[:len(lists)], model.n_items, exposure_lists)
+    return records, triggered, _expose(ranked[:len(lists)], snapshot.model.n_items,
+                                       exposure_lists)
 
 

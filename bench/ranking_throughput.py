@@ -1,0 +1,98 @@
+"""Lists ranked per second by each way of ranking, on one snapshot of a shop's log.
+
+    .venv/bin/python bench/ranking_throughput.py [--dataset instacart-sample]
+        [--events 60000] [--users 500] [--repeats 5] [--json]
+
+Learns the first ``--events`` events of the dataset offline (the learned ranker
+too), refreshes once, then ranks the same ``--users`` customers' lists (k=10,
+as a stream publishes them) with every ranking, in turn, ``--repeats`` times:
+
+- ``neighbours``: the neighbour snapshot alone, all users in one batch;
+- ``mix, blend``: every source, ordered by the fixed blend (what the stream
+  publishes by default);
+- ``mix, learned``: the same candidates ordered by the scorers judged best
+  (the learned perceptron where it was judged best).
+
+Prints users/s per ranking (the median of the repeats, the better of two rounds
+that take the rankings in turn) and the ratios measured in the same run:
+learned/blend (the aim is at least 0.8) and blend/neighbours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import orjson
+
+from core.config import RecommenderConfig
+from core.mix import Snapshot, published_lists
+from core.ratings import UserProfile
+from core.recommender import Recommender
+from streams.devtools.datasets import load_events
+
+
+def users_per_second(snapshot: Snapshot, requests: Sequence[tuple[str, UserProfile | None]],
+                     config: RecommenderConfig, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        published_lists(snapshot, requests, 10, config)
+        rates.append(len(requests) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="instacart-sample")
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    events = load_events(dataset=args.dataset)[: args.events]
+    config = RecommenderConfig(refresh_every=0)
+    model = Recommender(config)
+    started = time.perf_counter()
+    model.observe_many(events)
+    model.refresh()
+    learned_s = time.perf_counter() - started
+    users = sorted(model.users, key=lambda u: -model.users[u].events)[: args.users]
+    requests: list[tuple[str, UserProfile | None]] = [(user, model.users[user])
+                                                      for user in users]
+    learned = model.snapshot
+    blend = Snapshot(learned.model, learned.facts)  # no ranker: the fixed blend
+    rates: dict[str, float] = {}
+    for _ in range(2):  # interleaved: a slow spell of the machine hits every ranking
+        for name, snapshot, ranking in (("neighbours", blend, "neighbours"),
+                                        ("mix, blend", blend, "mix"),
+                                        ("mix, learned", learned, "mix")):
+            rate = users_per_second(snapshot, requests, replace(config, ranking=ranking),
+                                    args.repeats)
+            rates[name] = max(rates.get(name, 0.0), rate)
+    figures = {
+        "dataset": args.dataset, "events": len(events), "users": len(requests),
+        "learn_seconds": round(learned_s, 1),
+        "users_per_second": {name: round(rate) for name, rate in rates.items()},
+        "learned_over_blend": round(rates["mix, learned"] / rates["mix, blend"], 3),
+        "blend_over_neighbours": round(rates["mix, blend"] / rates["neighbours"], 3),
+    }
+    if args.json:
+        sys.stdout.write(orjson.dumps(figures).decode() + "\n")
+        return 0
+    print(f"{args.dataset}: {len(events):,} events learned in {learned_s:.1f} s; "
+          f"{len(requests)} customers (the most active), k=10")
+    for name, rate in rates.items():
+        print(f"  {name:<14} {rate:>9,.0f} lists/s")
+    print(f"  learned / blend      {figures['learned_over_blend']:.2f}  (aim >= 0.8)")
+    print(f"  blend / neighbours   {figures['blend_over_neighbours']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

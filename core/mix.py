@@ -328,10 +328,41 @@ def published_lists(snapshot: Snapshot, requests: Sequence[tuple[str, UserProfil
     >>> [published_lists(snapshot, [("u", profile)], 2, RecommenderConfig(ranking=ranking))[0]
     ...  .item_ids for ranking in ("mix", "neighbours")]
     [('b',), ()]
+
+    Before the snapshot knows any item (a new worker, its first rows not applied
+    yet), the lists are of :func:`popular_among` the requests.
     """
-    return RANKINGS[config.ranking](
-        snapshot, [(user_id, profile, banned_items(profile, config))
-                   for user_id, profile in requests], n, config)
+    banned = [(user_id, profile, banned_items(profile, config)) for user_id, profile in requests]
+    if snapshot.model.n_items == 0:
+        return popular_among(banned, n, snapshot.model.version)
+    return RANKINGS[config.ranking](snapshot, banned, n, config)
+
+
+def popular_among(requests: Sequence[RankRequest], n: int, version: int
+                  ) -> list[Recommendations]:
+    """Lists of the items most users of ``requests`` hold among their recent ones
+    (ties by id), what was left out apart: all a worker knows before its first
+    snapshot, rather than no list at all.
+
+    >>> [recs.item_ids for recs in popular_among(
+    ...     [("u", UserProfile(recent=["b", "a"]), ()), ("v", UserProfile(recent=["b"]), ["b"]),
+    ...      ("w", None, ())], 2, 0)]
+    [('b', 'a'), ('a',), ('b', 'a')]
+    """
+    users: dict[str, int] = {}
+    for _, profile, _ in requests:
+        for item_id in set(profile.recent if profile is not None else ()):
+            users[item_id] = users.get(item_id, 0) + 1
+    order = sorted(users, key=lambda item_id: (-users[item_id], item_id))
+    lists = []
+    for user_id, profile, banned in requests:
+        listed = [item_id for item_id in order[: n + len(banned)] if item_id not in banned][:n]
+        lists.append(Recommendations(
+            user_id=user_id, item_ids=tuple(listed),
+            scores=tuple(users[item_id] / len(requests) for item_id in listed),
+            cold_start=profile is None or not profile.recent, model_version=version,
+            sources=("popular",) * len(listed), reasons=(POPULAR_REASON,) * len(listed)))
+    return lists
 
 
 def banned_items(profile: UserProfile | None, config: RecommenderConfig) -> Collection[str]:

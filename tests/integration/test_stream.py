@@ -102,6 +102,9 @@ def test_lists_hold_items_from_the_first_rows_not_the_first_round(
              if (record := orjson.loads(value))["ts"] > boundary]
     assert len(later) <= after["recommendations_out"] - before
     assert later and all(record["items"] for record in later)
+    # and none is empty before that either: the first lists, before the first
+    # rows were applied, hold the items their batch's users hold most
+    assert all(orjson.loads(value)["items"] for _, value in published)
 
 
 def test_malformed_messages_are_dead_lettered_and_the_worker_goes_on(

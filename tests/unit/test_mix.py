@@ -262,3 +262,13 @@ def test_lists_do_not_depend_on_the_order_of_item_positions() -> None:
             if s == "buy_again"] == ["a", "b"]
     backwards = reordered(Snapshot(model, facts), ids[::-1])
     assert published_lists(backwards, requests, 10, config) == first
+
+
+def test_a_snapshot_that_knows_no_item_lists_what_the_requests_hold_most() -> None:
+    config = RecommenderConfig(repeat="never")
+    requests = [("u", UserProfile(recent=["b", "a"], purchased={"a": 0.0})),
+                ("v", UserProfile(recent=["c", "b"])), ("nobody", None)]
+    lists = published_lists(Snapshot.empty(3), requests, 2, config)
+    assert [recs.item_ids for recs in lists] == [("b", "c"), ("b", "a"), ("b", "a")]
+    assert all(recs.sources == ("popular",) * 2 for recs in lists)
+    assert [recs.cold_start for recs in lists] == [False, False, True]

@@ -237,6 +237,18 @@ class CooccurrenceRow:
     trend_value: float = 0.0
     trend_time: float = 0.0
     applied: AppliedOffsets = field(default_factory=AppliedOffsets)
+    #: pairs changed (added, counted up or pruned away) since the row was last
+    #: written: a commit writes the buckets of these only (see
+    #: :mod:`streams.runtime.row_records`); None while there are none (an empty
+    #: set per held row would cost 216 bytes each)
+    changed: set[str] | None = field(default=None, compare=False, repr=False)
+
+    def changed_pairs(self) -> set[str]:
+        """:attr:`changed`, made when first needed."""
+        changed = self.changed
+        if changed is None:
+            changed = self.changed = set()
+        return changed
 
     def apply(self, update: RowUpdate, tau: float, max_width: int) -> bool:
         """Apply an update once; False when its offset was applied already."""
@@ -257,9 +269,11 @@ class CooccurrenceRow:
                 continue
             applied[source] = offset
             new += 1
+            changed = self.changed_pairs()
             for other in others:
                 if other != item_id:
                     pairs[other] = pairs.get(other, 0.0) + 1.0
+                    changed.add(other)
             if gained:
                 self.count += 1.0
                 self.trend_value, self.trend_time = trend_bump(
@@ -288,6 +302,7 @@ class CooccurrenceRow:
         kept = {k: v for k, v in pairs.items() if v > weakest}
         for k in sorted(k for k, v in pairs.items() if v == weakest)[:max_width - len(kept)]:
             kept[k] = weakest
+        self.changed_pairs().update(k for k in pairs if k not in kept)
         self.pairs = kept
         return kept
 
@@ -386,6 +401,10 @@ class RowBatch:
                 seen[source] = offset
                 pairs = row.pairs
                 pairs[item_id] = pairs.get(item_id, 0.0) + 1.0
+                marks = row.changed
+                if marks is None:
+                    marks = row.changed = set()
+                marks.add(item_id)
                 if len(pairs) > limit:
                     row.prune(max_width)
                 changed[j] = row

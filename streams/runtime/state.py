@@ -238,7 +238,7 @@ class CooccurrenceRow:
     trend_time: float = 0.0
     applied: AppliedOffsets = field(default_factory=AppliedOffsets)
     #: pairs changed (added, counted up or pruned away) since the row was last
-    #: written: a commit writes the buckets of these only (see
+    #: written: what a commit's delta of the row holds (see
     #: :mod:`streams.runtime.row_records`); None while there are none (an empty
     #: set per held row would cost 216 bytes each)
     changed: set[str] | None = field(default=None, compare=False, repr=False)

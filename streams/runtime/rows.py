@@ -1,5 +1,6 @@
 """The rows of C this worker owns, held in the rows processes and written to the
-``cooccurrence`` table once per commit.
+``cooccurrence`` table once per commit (what changed in them: see
+:mod:`streams.runtime.row_records`).
 
 Partition p of rows is held by rows process ``p % rows_processes`` (see
 :mod:`streams.runtime.children.held_rows`): the loop hands it the row-update
@@ -34,6 +35,7 @@ from streams.runtime.outbox import Outbox
 from streams.runtime.pacing import WriterPacing
 from streams.runtime.partitions import Partitions
 from streams.runtime.replicated import ReplicatedTable
+from streams.runtime.row_records import split_key
 from streams.runtime.table_writes import TableWriter, acting_as
 
 #: Rows written per turn of the loop before a commit (encoded by the rows
@@ -112,10 +114,11 @@ class RowsClient:
             return
         encoded: dict[int, dict[str, bytes]] = {p: {} for p in missing}
         partition_of = self.partitions.of_item
-        for item_id, value in self.table.items():
-            rows = encoded.get(partition_of(item_id))
+        for key, value in self.table.items():
+            # a row's deltas are in its partition: placed by the row's id
+            rows = encoded.get(partition_of(split_key(key)[0]))
             if rows is not None and value is not None:
-                rows[item_id] = value
+                rows[key] = value
         for partition, rows in encoded.items():
             token = next(self._tokens)
             await self.call(self.process_of(partition), hold_rows, partition, token, rows)
@@ -159,7 +162,7 @@ class RowsClient:
     async def write_changed(self, paced: bool = False) -> None:
         """Every row changed before this call is written when it returns (before
         every offset commit and before a rebalance): the rows processes hand over
-        the rows changed since the last commit, encoded, and they go to the table
+        a record per row changed since the last commit, encoded, and they go to the table
         :data:`ROWS_PER_SLICE` at a time with batches let in between (``paced``:
         see :class:`streams.runtime.pacing.WriterPacing`). The stats of rows whose
         count moved go out again if they changed since they were sent (see
@@ -167,7 +170,7 @@ class RowsClient:
         async with self._writing:
             if not self.held or self.stream is None:
                 return
-            taken: list[tuple[int, str, bytes]] = []
+            taken: list[tuple[int, str, bytes]] = []  # partition, table key, value
             for rows, stats in await self.call_each(
                     take_unwritten_rows, dict.fromkeys(self.processes, ())):
                 taken.extend(rows)
@@ -176,9 +179,9 @@ class RowsClient:
             for start in range(0, len(taken), ROWS_PER_SLICE):
                 started = time.perf_counter()
                 with acting_as(self.stream) as act_as:
-                    for partition, item_id, value in taken[start:start + ROWS_PER_SLICE]:
+                    for partition, key, value in taken[start:start + ROWS_PER_SLICE]:
                         act_as(self._carriers[partition])
-                        self.writer.write(self.table, item_id, value)
+                        self.writer.write(self.table, key, value)
                 if start + ROWS_PER_SLICE < len(taken):
                     await self.pacing.between_slices(time.perf_counter() - started, paced)
 

@@ -264,6 +264,18 @@ class CooccurrenceRow:
     def seen_at(self, ts: float) -> None:
         if self.first_seen is None or ts < self.first_seen:
             self.first_seen = ts
+    #: pairs changed (added, counted up or pruned away) since the row was last
+    #: written: what a commit's delta of the row holds (see
+    #: :mod:`streams.runtime.row_records`); None while there are none (an empty
+    #: set per held row would cost 216 bytes each)
+    changed: set[str] | None = field(default=None, compare=False, repr=False)
+
+    def changed_pairs(self) -> set[str]:
+        """:attr:`changed`, made when first needed."""
+        changed = self.changed
+        if changed is None:
+            changed = self.changed = set()
+        return changed
 
     def apply(self, update: RowUpdate, tau: float, max_width: int) -> bool:
         """Apply an update once; False when its offset was applied already."""
@@ -284,9 +296,11 @@ class CooccurrenceRow:
                 continue
             applied[source] = offset
             new += 1
+            changed = self.changed_pairs()
             for other in others:
                 if other != item_id:
                     pairs[other] = pairs.get(other, 0.0) + 1.0
+                    changed.add(other)
             if gained:
                 self.count += 1.0
                 self.trend_value, self.trend_time = trend_bump(
@@ -316,6 +330,7 @@ class CooccurrenceRow:
         kept = {k: v for k, v in pairs.items() if v > weakest}
         for k in sorted(k for k, v in pairs.items() if v == weakest)[:max_width - len(kept)]:
             kept[k] = weakest
+        self.changed_pairs().update(k for k in pairs if k not in kept)
         self.pairs = kept
         return kept
 
@@ -330,11 +345,12 @@ class CooccurrenceRow:
         return [self.count, self.trend_value, self.trend_time, bought.buyers, bought.repeats,
                 bought.log_gaps, self.first_seen or 0.0]
 
-    def to_json(self) -> dict[str, Any]:
+    def head_json(self) -> dict[str, Any]:
+        """Everything of the row but its pairs (what a delta record carries whole,
+        see :mod:`streams.runtime.row_records`)."""
         bought = self.repurchases
         return {
             "v": STATE_VERSION,
-            "pairs": dict(self.pairs),
             "count": self.count,
             "trend": [self.trend_value, self.trend_time],
             "applied": dict(self.applied.offsets),
@@ -342,22 +358,27 @@ class CooccurrenceRow:
             "first_seen": self.first_seen,
         }
 
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any] | None) -> CooccurrenceRow:
-        if value is None:
-            return cls()
+    def take_head(self, value: Mapping[str, Any]) -> None:
+        """The fields of :meth:`head_json` from ``value``."""
         trend_value, trend_time = value["trend"]
         buyers, repeats, log_gaps = value.get("bought", (0, 0, 0))  # rows before purchases
         first_seen = value.get("first_seen")
-        return cls(
-            pairs={str(k): float(v) for k, v in value["pairs"].items()},
-            count=float(value["count"]),
-            trend_value=float(trend_value),
-            trend_time=float(trend_time),
-            applied=AppliedOffsets({str(k): int(v) for k, v in value["applied"].items()}),
-            repurchases=ItemRepurchases(int(buyers), int(repeats), int(log_gaps)),
-            first_seen=None if first_seen is None else float(first_seen),
-        )
+        self.count = float(value["count"])
+        self.trend_value, self.trend_time = float(trend_value), float(trend_time)
+        self.applied = AppliedOffsets({str(k): int(v) for k, v in value["applied"].items()})
+        self.repurchases = ItemRepurchases(int(buyers), int(repeats), int(log_gaps))
+        self.first_seen = None if first_seen is None else float(first_seen)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.head_json(), "pairs": dict(self.pairs)}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any] | None) -> CooccurrenceRow:
+        row = cls()
+        if value is not None:
+            row.pairs = {str(k): float(v) for k, v in value["pairs"].items()}
+            row.take_head(value)
+        return row
 
 
 class RowBatch:
@@ -434,6 +455,10 @@ class RowBatch:
                 seen[source] = offset
                 pairs = row.pairs
                 pairs[item_id] = pairs.get(item_id, 0.0) + 1.0
+                marks = row.changed
+                if marks is None:
+                    marks = row.changed = set()
+                marks.add(item_id)
                 if len(pairs) > limit:
                     row.prune(max_width)
                 changed[j] = row

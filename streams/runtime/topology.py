@@ -4,7 +4,8 @@
 - internal: ``<app>-cooccurrence`` (row updates, by item partition) and
   ``<app>-refresh`` (the leader's refresh ticks, one per partition);
 - tables: ``users`` (profile and applied offsets per user) and ``cooccurrence``
-  (a row of C per item, as its JSON bytes), changelog-backed;
+  (a row of C per item as JSON bytes: a base and the deltas written since, see
+  :mod:`streams.runtime.row_records`), changelog-backed;
 - replicated (compacted topics every worker reads in full, see
   :mod:`streams.runtime.replicated`): ``item-stats``, ``neighbors``, ``churn``;
 - output: ``recommendations``, ``item-neighbors``, ``dead-letters``,

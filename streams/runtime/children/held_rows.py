@@ -7,7 +7,8 @@ updates left at the last of 200k events). The loop now hands the row-update
 messages over as they came (bytes), and the child decodes and applies them to
 the rows it holds. What the loop gets back is small: how many updates were
 applied, and the per-item stats of the rows whose count moved. At a commit the
-child hands over the rows changed since the last one as JSON, ready for the
+child hands over a record per row changed since the last one, the whole row or
+what changed in it (see :mod:`streams.runtime.row_records`), JSON ready for the
 table and its changelog; for a refresh, the rows changed since the last send to
 the model process (pickled here, so that the loop only passes bytes on).
 
@@ -28,7 +29,15 @@ from typing import Any
 
 import orjson
 
-from streams.runtime.state import CooccurrenceRow, RowBatch, table_json
+from streams.runtime.row_records import (
+    NEW,
+    RowLayout,
+    RowRecord,
+    group_records,
+    read_row,
+    row_record,
+)
+from streams.runtime.state import CooccurrenceRow, RowBatch
 
 #: The rows processes' niceness: applying row updates is the batches' own work
 #: (niced, it fell behind whenever the loop and the broker wanted both cores).
@@ -50,26 +59,49 @@ class HeldPartition:
 
     def __init__(self, token: int, encoded: Mapping[str, bytes]) -> None:
         self.token = token
-        self.encoded = dict(encoded)  # as the table holds them, not met yet
+        # as the table holds them, not met yet: bases and deltas
+        self.encoded_bases, self.encoded_deltas = group_records(encoded)
         self.rows: dict[str, CooccurrenceRow] = {}
+        #: how the table holds each row met, when not :data:`NEW` (wide rows only)
+        self.layouts: dict[str, RowLayout] = {}
         self.unwritten: dict[str, None] = {}  # in order of first change
         self.counted: set[str] = set()  # count moved since the rows were taken
         # all of them at first: the model process's copy may be older (a refresh
         # under way while the worker read them again after a rebalance)
-        self.unsent: set[str] = set(self.encoded)
+        self.unsent: set[str] = set(self.encoded_bases).union(self.encoded_deltas)
 
     def row(self, item_id: str) -> CooccurrenceRow:
         row = self.rows.get(item_id)
         if row is None:
-            value = self.encoded.pop(item_id, None)
-            row = CooccurrenceRow.from_json(None if value is None else orjson.loads(value))
+            base = self.encoded_bases.pop(item_id, None)
+            deltas = self.encoded_deltas.pop(item_id, None)
+            if base is None and deltas is None:
+                row = CooccurrenceRow()
+            else:
+                row, layout = read_row(base, deltas or ())
+                if layout.seq:
+                    # written whole next: with a local store (rocksdb) the table
+                    # may be ahead of its changelog after a crash (written, not
+                    # delivered), and a base sets the changelog right again
+                    self.layouts[item_id] = RowLayout(layout.seq, 0, 0, 0)
             self.rows[item_id] = row
         return row
 
     def all_rows(self) -> dict[str, CooccurrenceRow]:
-        for item_id in list(self.encoded):
+        for item_id in [*self.encoded_bases, *self.encoded_deltas]:
             self.row(item_id)
         return self.rows
+
+    def record_of(self, item_id: str) -> RowRecord:
+        """The record that writes a changed row (see
+        :func:`streams.runtime.row_records.row_record`)."""
+        record, layout = row_record(item_id, self.rows[item_id],
+                                    self.layouts.get(item_id, NEW))
+        if layout == NEW:
+            self.layouts.pop(item_id, None)
+        else:
+            self.layouts[item_id] = layout
+        return record
 
 
 class HeldRows:
@@ -84,7 +116,7 @@ class HeldRows:
     >>> applied, skipped, [item_id for item_id, _ in stats]
     (1, 0, ['a'])
     >>> rows, stats = holder.take_unwritten()
-    >>> [(p, i, orjson.loads(value)["pairs"]) for p, i, value in rows], stats
+    >>> [(p, key, orjson.loads(value)["pairs"]) for p, key, value in rows], stats
     ([(1, 'a', {'b': 1.0, 'c': 1.0})], [('a', b'[2.0,2.0,0.0]')])
     >>> holder.take_unwritten()
     ([], [])
@@ -100,7 +132,8 @@ class HeldRows:
         self.partitions: dict[int, HeldPartition] = {}
 
     def hold(self, partition: int, token: int, encoded: Mapping[str, bytes]) -> None:
-        """Hold a partition's rows as the table holds them (JSON by item id), under
+        """Hold a partition's rows as the table holds them (JSON by table key: a
+        row's base and deltas, see :mod:`streams.runtime.row_records`), under
         ``token`` from now on (what was held of it before is dropped)."""
         self.partitions[partition] = HeldPartition(token, encoded)
 
@@ -142,9 +175,10 @@ class HeldRows:
         return applied, skipped, stats
 
     def take_unwritten(self) -> tuple[list[tuple[int, str, bytes]], list[tuple[str, bytes]]]:
-        """The rows changed since they were last taken, as (partition, item id,
-        table value), each partition's in order of change (they count as written
-        from now on); and the stats of those whose count moved meanwhile.
+        """The rows changed since they were last taken, as (partition, table key,
+        table value: see :mod:`streams.runtime.row_records`), each partition's in
+        order of change (they count as written from now on); and the stats of
+        those whose count moved meanwhile.
 
         The stats went out with the batches that moved them, unless the worker
         stopped between a batch's update and its stats (a cancelled agent): a
@@ -154,7 +188,7 @@ class HeldRows:
         stats: list[tuple[str, bytes]] = []
         for partition, part in self.partitions.items():
             for item_id in part.unwritten:
-                taken.append((partition, item_id, table_json(part.rows[item_id].to_json())))
+                taken.append((partition, *part.record_of(item_id)))
             stats.extend((item_id, orjson.dumps(part.rows[item_id].stats()))
                          for item_id in part.counted)
             part.unwritten.clear()
@@ -207,6 +241,7 @@ def rows_to_send(partition: int, full: bool) -> bytes:
 def held_rows_summary() -> dict[int, Any]:
     """Per held partition: rows met, rows not met yet, and rows not written (for
     tests and diagnostics)."""
-    return {partition: {"rows": len(part.rows), "encoded": len(part.encoded),
+    return {partition: {"rows": len(part.rows),
+                        "encoded": len(part.encoded_bases.keys() | part.encoded_deltas.keys()),
                         "unwritten": len(part.unwritten)}
             for partition, part in _holder.partitions.items()}

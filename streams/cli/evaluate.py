@@ -120,9 +120,12 @@ def _add_recommender_flags(parser: argparse.ArgumentParser, defaults: ProtocolDe
     parser.add_argument("--popularity-weight", type=float, default=defaults.popularity_weight,
                         help=f"trending prior weight (default {defaults.popularity_weight})")
     parser.add_argument("--ease-lambda", type=float, default=None,
-                        help=f"EASE L2 weight (ranking: chosen on a validation split among "
+                        help=f"EASE/EDLAE L2 weight (ranking: chosen on a validation split among "
                              f"{', '.join(f'{v:g}' for v in EASE_LAMBDA_GRID)} when not given; "
                              f"otherwise {SimilarityParams.ease_lambda:g})")
+    parser.add_argument("--edlae-dropout", type=float, default=SimilarityParams.edlae_dropout,
+                        help="EDLAE's dropout probability p in [0, 1) (default "
+                             f"{SimilarityParams.edlae_dropout:g}; 0 is EASE)")
     parser.add_argument("--shrinkage", type=float, default=SimilarityParams.shrinkage,
                         help="cosine/jaccard shrinkage (default 0)")
     parser.add_argument("--ranking", choices=RANKING_NAMES, default=RecommenderConfig.ranking,
@@ -152,6 +155,7 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
                 shrinkage=args.shrinkage,
                 ease_lambda=SimilarityParams.ease_lambda if args.ease_lambda is None
                 else args.ease_lambda,
+                edlae_dropout=args.edlae_dropout,
             ),
             **overrides,
         )

@@ -50,7 +50,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object
     return result
 
 
-@pytest.mark.parametrize("similarity", ["cosine", "jaccard", "ease"])
+@pytest.mark.parametrize("similarity", ["cosine", "jaccard", "ease", "edlae"])
 def test_evaluate_ranking_on_fixture(event_file: Callable[..., Path],
                                      capsys: pytest.CaptureFixture[str], similarity: str) -> None:
     result = run_json(capsys, "evaluate", "ranking", "--events", str(event_file()),
@@ -129,6 +129,18 @@ def test_ranking_chooses_ease_lambda_and_reports_bias(event_file: Callable[..., 
     fixed = run_json(capsys, "evaluate", "ranking", "--events", str(event_file()),
                      "--ease-lambda", "250")
     assert fixed["ease_lambda"] == 250.0 and fixed["ease_lambda_source"] == "flag"
+
+
+def test_ranking_with_edlae_chooses_its_lambda_and_takes_the_dropout_flag(
+        event_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    chosen = run_json(capsys, "evaluate", "ranking", "--events", str(event_file()),
+                      "--similarity", "edlae", "--edlae-dropout", "0.3")
+    assert chosen["similarity"] == "edlae" and chosen["ease_lambda_source"] == "validation"
+    assert len(chosen["validation_ndcg_by_lambda"]) == 7
+    assert main(["evaluate", "ranking", "--events", str(event_file()), "--similarity", "edlae",
+                 "--edlae-dropout", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "recostream: error: edlae_dropout must be in [0, 1)")
 
 
 def test_next_basket_reports_every_source_and_part(tmp_path: Path,

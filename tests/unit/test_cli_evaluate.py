@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from core.config import RecommenderConfig
+from core.similarity import SimilarityParams
 from streams.cli import main
+from streams.cli.evaluate import add_parser, recommender_config
 
 
 @pytest.fixture
@@ -209,3 +213,18 @@ def test_text_reports_tabulate_the_sources(tmp_path: Path,
     assert main(["evaluate", "prequential", "--events", str(path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "repeats" in out and "buy_again" in out
+
+
+def _parsed(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["evaluate", *argv])
+
+
+def test_ranking_gives_ease_the_unpruned_gram_matrix_and_the_stream_protocols_do_not() -> None:
+    ranking = recommender_config(_parsed("ranking"))
+    assert ranking.max_row_width == SimilarityParams.ease_max_items
+    assert recommender_config(_parsed("ranking", "--max-row-width", "30")).max_row_width == 30
+    for protocol in ("prequential", "next-basket"):
+        config = recommender_config(_parsed(protocol))
+        assert config.max_row_width == RecommenderConfig.max_row_width

@@ -25,6 +25,7 @@ from core.config import LIST_LENGTH, RecommenderConfig
 from core.events import Event
 from core.ratings import RatingWeights
 from core.recommender import Recommender
+from core.similarity import EASE_FAMILY
 from core.usercf import UserKNN, UserKNNConfig
 
 Progress = Callable[[int, int], None]
@@ -181,7 +182,7 @@ class RankingReport:
     the bias of the lists, and plain popularity's metrics on the same split."""
 
     metrics: RankingMetrics
-    ease_lambda: float | None  # None unless the similarity is EASE
+    ease_lambda: float | None  # None unless the similarity is EASE or EDLAE
     validation: tuple[tuple[float, float], ...]  # (lambda, validation nDCG@k)
     bias: BiasReport
     popularity: RankingMetrics
@@ -269,12 +270,13 @@ def evaluate_ranking(
     tuning_progress: Progress = _no_progress,
 ) -> RankingReport:
     """Train on a stratified split of unique (user, item) pairs in time order, rank
-    top-k for every test user; with EASE and ``ease_lambdas``, choose lambda first
-    on a validation split of the training part (``config``'s lambda otherwise)."""
+    top-k for every test user; with EASE or EDLAE and ``ease_lambdas``, choose
+    lambda first on a validation split of the training part (``config``'s lambda
+    otherwise)."""
     pairs = unique_pairs(events, config.weights)
     train, held = _split(pairs, ratio, seed, split_by)
     validation: tuple[tuple[float, float], ...] = ()
-    if config.similarity == "ease" and ease_lambdas:
+    if config.similarity in EASE_FAMILY and ease_lambdas:
         chosen, validation = choose_ease_lambda(
             train, config, ease_lambdas, k=k, seed=seed + 1, split_by=split_by,
             progress=tuning_progress,
@@ -300,7 +302,8 @@ def evaluate_ranking(
         taken[event.user_id].add(event.item_id)
     return RankingReport(
         metrics=ranking_metrics(lists, held, k),
-        ease_lambda=config.similarity_params.ease_lambda if config.similarity == "ease" else None,
+        ease_lambda=(config.similarity_params.ease_lambda if config.similarity in EASE_FAMILY
+                     else None),
         validation=validation,
         bias=bias,
         popularity=ranking_metrics(

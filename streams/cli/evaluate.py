@@ -50,13 +50,15 @@ class ProtocolDefaults:
     pair_window: int
     recency_decay: float
     popularity_weight: float
+    max_row_width: int
 
 
 # The split has no time order: every training item counts alike, and EASE sees
-# the full Gram matrix (pair_window = history covers every ML-100k user).
+# the full Gram matrix: pair_window = history covers every user of ML-100k and
+# instacart-sample, and no co-occurrence row is pruned in a catalogue EASE takes.
 RANKING_DEFAULTS = ProtocolDefaults(
     similarity="ease", neighbors=2000, history=1000, pair_window=1000, recency_decay=1.0,
-    popularity_weight=0.0,
+    popularity_weight=0.0, max_row_width=SimilarityParams.ease_max_items,
 )
 STREAM_DEFAULTS = ProtocolDefaults(
     similarity=RecommenderConfig.similarity,
@@ -65,6 +67,7 @@ STREAM_DEFAULTS = ProtocolDefaults(
     pair_window=RecommenderConfig.pair_window,
     recency_decay=RecommenderConfig.recency_decay,
     popularity_weight=RecommenderConfig.popularity_weight,
+    max_row_width=RecommenderConfig.max_row_width,
 )
 
 
@@ -119,10 +122,16 @@ def _add_recommender_flags(parser: argparse.ArgumentParser, defaults: ProtocolDe
                         help=f"weight decay per older item (default {defaults.recency_decay})")
     parser.add_argument("--popularity-weight", type=float, default=defaults.popularity_weight,
                         help=f"trending prior weight (default {defaults.popularity_weight})")
+    parser.add_argument("--max-row-width", type=int, default=defaults.max_row_width,
+                        help="co-occurrence pairs kept per item, the weakest pruned "
+                             f"(default {defaults.max_row_width})")
     parser.add_argument("--ease-lambda", type=float, default=None,
-                        help=f"EASE L2 weight (ranking: chosen on a validation split among "
+                        help=f"EASE/EDLAE L2 weight (ranking: chosen on a validation split among "
                              f"{', '.join(f'{v:g}' for v in EASE_LAMBDA_GRID)} when not given; "
                              f"otherwise {SimilarityParams.ease_lambda:g})")
+    parser.add_argument("--edlae-dropout", type=float, default=SimilarityParams.edlae_dropout,
+                        help="EDLAE's dropout probability p in [0, 1) (default "
+                             f"{SimilarityParams.edlae_dropout:g}; 0 is EASE)")
     parser.add_argument("--shrinkage", type=float, default=SimilarityParams.shrinkage,
                         help="cosine/jaccard shrinkage (default 0)")
     parser.add_argument("--ranking", choices=RANKING_NAMES, default=RecommenderConfig.ranking,
@@ -144,6 +153,7 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
             # recent items are rated items: a longer history keeps more ratings
             max_ratings=max(RecommenderConfig.max_ratings, args.history),
             pair_window=args.pair_window,
+            max_row_width=args.max_row_width,
             recency_decay=args.recency_decay,
             popularity_weight=args.popularity_weight,
             ranking=args.ranking,
@@ -152,6 +162,7 @@ def recommender_config(args: argparse.Namespace, **overrides: Any) -> Recommende
                 shrinkage=args.shrinkage,
                 ease_lambda=SimilarityParams.ease_lambda if args.ease_lambda is None
                 else args.ease_lambda,
+                edlae_dropout=args.edlae_dropout,
             ),
             **overrides,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from core.config import RecommenderConfig
+from core.similarity import SimilarityParams
 from streams.cli import main
+from streams.cli.evaluate import add_parser, recommender_config
 
 
 @pytest.fixture
@@ -50,7 +54,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object
     return result
 
 
-@pytest.mark.parametrize("similarity", ["cosine", "jaccard", "ease"])
+@pytest.mark.parametrize("similarity", ["cosine", "jaccard", "ease", "edlae"])
 def test_evaluate_ranking_on_fixture(event_file: Callable[..., Path],
                                      capsys: pytest.CaptureFixture[str], similarity: str) -> None:
     result = run_json(capsys, "evaluate", "ranking", "--events", str(event_file()),
@@ -131,6 +135,18 @@ def test_ranking_chooses_ease_lambda_and_reports_bias(event_file: Callable[..., 
     assert fixed["ease_lambda"] == 250.0 and fixed["ease_lambda_source"] == "flag"
 
 
+def test_ranking_with_edlae_chooses_its_lambda_and_takes_the_dropout_flag(
+        event_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    chosen = run_json(capsys, "evaluate", "ranking", "--events", str(event_file()),
+                      "--similarity", "edlae", "--edlae-dropout", "0.3")
+    assert chosen["similarity"] == "edlae" and chosen["ease_lambda_source"] == "validation"
+    assert len(chosen["validation_ndcg_by_lambda"]) == 7
+    assert main(["evaluate", "ranking", "--events", str(event_file()), "--similarity", "edlae",
+                 "--edlae-dropout", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "recostream: error: edlae_dropout must be in [0, 1)")
+
+
 def test_next_basket_reports_every_source_and_part(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     rows = []
@@ -197,3 +213,18 @@ def test_text_reports_tabulate_the_sources(tmp_path: Path,
     assert main(["evaluate", "prequential", "--events", str(path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "repeats" in out and "buy_again" in out
+
+
+def _parsed(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["evaluate", *argv])
+
+
+def test_ranking_gives_ease_the_unpruned_gram_matrix_and_the_stream_protocols_do_not() -> None:
+    ranking = recommender_config(_parsed("ranking"))
+    assert ranking.max_row_width == SimilarityParams.ease_max_items
+    assert recommender_config(_parsed("ranking", "--max-row-width", "30")).max_row_width == 30
+    for protocol in ("prequential", "next-basket"):
+        config = recommender_config(_parsed(protocol))
+        assert config.max_row_width == RecommenderConfig.max_row_width

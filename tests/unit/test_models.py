@@ -98,6 +98,42 @@ def test_ease_matches_closed_form() -> None:
             assert s == pytest.approx(B[i, j], rel=1e-4)
 
 
+def test_edlae_matches_closed_form_with_the_dropout_emphasised_penalty() -> None:
+    rng = np.random.default_rng(1)
+    X = (rng.random((50, 7)) < 0.4).astype(float)
+    gram = X.T @ X
+    C = sp.csr_matrix(gram - np.diag(np.diag(gram)))
+    lam, p = 3.0, 0.25
+    P = np.linalg.inv(gram + np.diag(p / (1 - p) * np.diag(gram) + lam))
+    B = np.eye(7) - P / np.diag(P)
+    nb = SIMILARITIES["edlae"](C, np.diag(gram), 6,
+                               SimilarityParams(ease_lambda=lam, edlae_dropout=p))
+    found = 0
+    for i in range(7):
+        for j, s in nb.of(i):
+            assert s == pytest.approx(B[i, j], rel=1e-4)
+            found += 1
+    assert found > 7
+
+
+def test_edlae_without_dropout_is_ease() -> None:
+    rng = np.random.default_rng(2)
+    X = (rng.random((30, 5)) < 0.5).astype(float)
+    gram = X.T @ X
+    C = sp.csr_matrix(gram - np.diag(np.diag(gram)))
+    params = SimilarityParams(ease_lambda=2.0, edlae_dropout=0.0)
+    edlae = SIMILARITIES["edlae"](C, np.diag(gram), 4, params)
+    ease = SIMILARITIES["ease"](C, np.diag(gram), 4, params)
+    assert edlae.indices.tolist() == ease.indices.tolist()
+    np.testing.assert_allclose(edlae.scores, ease.scores)
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0])
+def test_edlae_dropout_must_be_a_probability_below_one(dropout: float) -> None:
+    with pytest.raises(ValueError, match="edlae_dropout"):
+        SimilarityParams(edlae_dropout=dropout)
+
+
 def test_ease_refuses_catalogues_that_do_not_fit() -> None:
     C = sp.csr_matrix((5, 5))
     with pytest.raises(ValueError, match="EASE needs"):

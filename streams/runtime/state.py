@@ -220,7 +220,7 @@ def encode_gains(gains: Sequence[RowGain], max_bytes: int) -> list[bytes]:
 
     >>> gains = [RowGain(str(n) * 40, None, "clicks/0", n, 0.0, ["a"]) for n in range(4)]
     >>> [len(m) for m in encode_gains(gains, 10_000)], [len(m) for m in encode_gains(gains, 150)]
-    ([303], [84, 84, 84, 84])
+    ([347], [95, 95, 95, 95])
     """
     message = orjson.dumps({"gains": gains}, default=tuple)
     if len(message) <= max_bytes or len(gains) == 1:  # one gain always fits: see bounds

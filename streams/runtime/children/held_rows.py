@@ -117,7 +117,7 @@ class HeldRows:
     (1, 0, ['a'])
     >>> rows, stats = holder.take_unwritten()
     >>> [(p, key, orjson.loads(value)["pairs"]) for p, key, value in rows], stats
-    ([(1, 'a', {'b': 1.0, 'c': 1.0})], [('a', b'[2.0,2.0,0.0]')])
+    ([(1, 'a', {'b': 1.0, 'c': 1.0})], [('a', b'[2.0,2.0,0.0,0,0,0,0.0]')])
     >>> holder.take_unwritten()
     ([], [])
     >>> pickle.loads(holder.to_send(1, full=False))

@@ -109,10 +109,11 @@ def main() -> int:
                         "delta_bytes": deltas, "delta_s": delta_s, "bases": bases})
 
     for offset, event in enumerate(events, start=1):
-        _, gain = learn_event(profiles[event.user_id], event, config)
-        if gain is not None:
-            for partition, row_gain in split_gain(gain.item_id, gain.history, "clicks/0",
-                                                  offset, gain.ts, partition_of).items():
+        _, gain, purchase = learn_event(profiles[event.user_id], event, config)
+        if gain is not None or purchase is not None:
+            for partition, row_gain in split_gain(
+                    event.item_id, None if gain is None else gain.history, "clicks/0", offset,
+                    event.ts, partition_of, purchase).items():
                 pending[partition].append(row_gain)
         if offset % args.batch == 0:
             apply_batch()

@@ -94,9 +94,7 @@ class RepurchaseStats:
 
     def __init__(self) -> None:
         self.items: dict[str, ItemRepurchases] = {}
-        self.buyers = 0
-        self.repeats = 0
-        self.log_gaps = 0  # in LOG_GAP_UNITS
+        self.totals = ItemRepurchases()  # the catalogue's, summed over its items
 
     def bought(self, item_id: str, *, repeat_gap_days: float | None) -> None:
         """A purchase: a customer's first of the item (``None``), or a repeat that
@@ -109,11 +107,7 @@ class RepurchaseStats:
         if stats is None:
             stats = self.items[item_id] = ItemRepurchases()
         stats.bought(log_gap)
-        if log_gap is None:
-            self.buyers += 1
-        else:
-            self.repeats += 1
-            self.log_gaps += log_gap
+        self.totals.bought(log_gap)
 
     @classmethod
     def of_items(cls, items: Mapping[str, ItemRepurchases]) -> RepurchaseStats:
@@ -121,20 +115,22 @@ class RepurchaseStats:
         gathers them from its rows).
 
         >>> stats = RepurchaseStats.of_items({"milk": ItemRepurchases(2, 3, 5_000_000)})
-        >>> stats.buyers, stats.repeats, round(stats.gap_days("milk"), 2)
+        >>> stats.totals.buyers, stats.totals.repeats, round(stats.gap_days("milk"), 2)
         (2, 3, 5.29)
         """
         stats = cls()
         for item_id, figures in items.items():
             if figures.buyers or figures.repeats:
                 stats.items[item_id] = figures
-                stats.buyers += figures.buyers
-                stats.repeats += figures.repeats
-                stats.log_gaps += figures.log_gaps
+                totals = stats.totals
+                totals.buyers += figures.buyers
+                totals.repeats += figures.repeats
+                totals.log_gaps += figures.log_gaps
         return stats
 
     def global_rate(self) -> float:
-        return self.repeats / (self.buyers + self.repeats) if self.buyers else 0.0
+        totals = self.totals
+        return totals.repeats / (totals.buyers + totals.repeats) if totals.buyers else 0.0
 
     def rate(self, item_id: str) -> float:
         """The share of the item's purchases that are repeats, shrunk."""
@@ -144,7 +140,8 @@ class RepurchaseStats:
 
     def gap_days(self, item_id: str) -> float:
         """The item's typical gap between a customer's purchases of it, shrunk."""
-        prior = (self.log_gaps / LOG_GAP_UNITS / self.repeats if self.repeats
+        totals = self.totals
+        prior = (totals.log_gaps / LOG_GAP_UNITS / totals.repeats if totals.repeats
                  else math.log(DEFAULT_GAP_DAYS))
         stats = self.items.get(item_id, ItemRepurchases())
         return math.exp((stats.log_gaps / LOG_GAP_UNITS + GAP_PRIOR * prior)

@@ -69,8 +69,7 @@ def learn_event(
     purchase = None
     if event.type == PURCHASE:
         last = profile.purchased.get(event.item_id)
-        purchase = Purchase(event.item_id, None if last is None
-                            else log_gap_units((event.ts - last) / DAY), event.ts)
+        purchase = Purchase(None if last is None else log_gap_units((event.ts - last) / DAY))
         profile.buy(event.item_id, event.ts, config.max_purchased)
     changed = gained or (purchase is not None and purchase.log_gap is None) or (
         bool(recent) and recent[-1] != before)

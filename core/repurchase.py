@@ -65,11 +65,16 @@ def log_gap_units(repeat_gap_days: float) -> int:
 class Purchase:
     """A purchase as the item's figures learn it: the customer's first of the item
     (``log_gap`` None), or a repeat ``log_gap`` (:func:`log_gap_units`) after
-    their last purchase of it."""
+    their last purchase of it. The item and the time are the event's.
 
-    item_id: str
+    A value rather than the bare log-gap, so that a first purchase (``log_gap``
+    None) stays apart from no purchase at all (no :class:`Purchase`).
+
+    >>> Purchase(None), Purchase(log_gap_units(7.0)).log_gap
+    (Purchase(log_gap=None), 1945910)
+    """
+
     log_gap: int | None
-    ts: float
 
 
 @dataclass

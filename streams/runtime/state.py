@@ -197,7 +197,7 @@ def split_gain(
                 rows=['b'], bought=False, log_gap=None),
      0: RowGain(item_id='c', history=None, source='clicks/0', offset=9, ts=0.0, rows=['a'],
                 bought=False, log_gap=None)}
-    >>> split_gain("c", None, "purchases/0", 4, 0.0, {"c": 1}.get, Purchase("c", 7, 0.0))
+    >>> split_gain("c", None, "purchases/0", 4, 0.0, {"c": 1}.get, Purchase(7))
     {1: RowGain(item_id='c', history=None, source='purchases/0', offset=4, ts=0.0, rows=[], \
 bought=True, log_gap=7)}
     """

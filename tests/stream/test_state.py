@@ -141,8 +141,7 @@ def test_purchases_reach_the_items_row_once_with_its_first_sight() -> None:
     nothing), moves the row's purchase figures and first sight, not its count,
     and a replay of it is skipped; gains as workers sent them before purchases
     (six fields) still apply."""
-    gains = split_gain("a", None, "purchases/0", 4, TS + 9, {"a": 0}.get,
-                       Purchase("a", None, TS + 9))
+    gains = split_gain("a", None, "purchases/0", 4, TS + 9, {"a": 0}.get, Purchase(None))
     assert list(gains) == [0] and gains[0].update_count() == 1
     batch = RowBatch(lambda item_id: CooccurrenceRow(), TAU, max_width=10)
     old_form = ["a", ["b"], "clicks/0", 3, TS + 5, []]

@@ -40,7 +40,7 @@ from streams.runtime.children.held_rows import HeldRows
 from streams.runtime.partitions import item_partition
 from streams.runtime.row_records import split_key
 from streams.runtime.settings import Settings
-from streams.runtime.state import RowGain, encode_gains, split_gain, table_json
+from streams.runtime.state import RowGain, encode_gains, event_row_gains, table_json
 
 
 def whole_row_bytes(holder: HeldRows) -> int:
@@ -110,11 +110,9 @@ def main() -> int:
 
     for offset, event in enumerate(events, start=1):
         _, gain, purchase = learn_event(profiles[event.user_id], event, config)
-        if gain is not None or purchase is not None:
-            for partition, row_gain in split_gain(
-                    event.item_id, None if gain is None else gain.history, "clicks/0", offset,
-                    event.ts, partition_of, purchase).items():
-                pending[partition].append(row_gain)
+        for partition, row_gain in event_row_gains(event, gain, purchase, "clicks/0", offset,
+                                                   partition_of).items():
+            pending[partition].append(row_gain)
         if offset % args.batch == 0:
             apply_batch()
         if offset % args.commit_every == 0:

@@ -31,7 +31,7 @@ from streams.runtime.outbox import Outbox
 from streams.runtime.partitions import Partitions
 from streams.runtime.ranking import BEHIND_EVENTS, RankingQueue
 from streams.runtime.settings import Settings
-from streams.runtime.state import RowGain, UserState, encode_gains, source_key, split_gain
+from streams.runtime.state import RowGain, UserState, encode_gains, event_row_gains, source_key
 from streams.runtime.table_writes import acting_as
 from streams.runtime.users import Users
 
@@ -194,14 +194,12 @@ class Ingest:
                 self.clock.advance(decoded.topic(), message.partition, decoded.ts)
                 state.mark(source, offset, decoded.event_id, self.settings.dedup_ids)
                 self.counters.applied += 1
-                if gain is not None or purchase is not None:
-                    # rows skip by the partition they were read from, whose
-                    # offsets are in order (forwarded ones are not, there)
-                    for partition, row_gain in split_gain(
-                            decoded.item_id, None if gain is None else gain.history,
-                            read_from, message.offset, decoded.ts, self.partitions.of_item,
-                            purchase).items():
-                        gains[partition].append(row_gain)
+                # rows skip by the partition they were read from, whose offsets
+                # are in order (forwarded ones are not, there)
+                for partition, row_gain in event_row_gains(
+                        decoded, gain, purchase, read_from, message.offset,
+                        self.partitions.of_item).items():
+                    gains[partition].append(row_gain)
                 if changed:
                     cause = (decoded.type, decoded.ts)
             if cause is not None:

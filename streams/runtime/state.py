@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -20,6 +20,10 @@ from core.engagement import Engagement
 from core.ratings import UserProfile
 from core.repurchase import ItemRepurchases, Purchase
 from core.trending import trend_bump
+
+if TYPE_CHECKING:
+    from core.events import Event
+    from core.recommender import Gain
 
 STATE_VERSION = 1
 
@@ -211,6 +215,30 @@ bought=True, log_gap=7)}
                                source, offset, ts, rows, partition == own and bought,
                                log_gap if partition == own else None)
             for partition, rows in rows_by_partition.items()}
+
+
+def event_row_gains(
+    event: Event, gain: Gain | None, purchase: Purchase | None, source: str, offset: int,
+    partition_of: Callable[[str], int],
+) -> dict[int, RowGain]:
+    """What :func:`core.recommender.learn_event` made of ``event`` (a gain, a
+    purchase, both or neither) as row updates by the partition of their rows
+    (:func:`split_gain`); none when it made neither. Rows skip the event by
+    ``source`` and ``offset``.
+
+    >>> from core.events import Event
+    >>> from core.recommender import Gain
+    >>> click = Event("u1", "c", 0.0, "click")
+    >>> event_row_gains(click, Gain("c", ["a"], 0.0), None, "clicks/0", 9, {"a": 0, "c": 0}.get)
+    {0: RowGain(item_id='c', history=['a'], source='clicks/0', offset=9, ts=0.0, rows=['a'], \
+bought=False, log_gap=None)}
+    >>> event_row_gains(click, None, None, "clicks/0", 10, {"c": 0}.get)
+    {}
+    """
+    if gain is None and purchase is None:
+        return {}
+    return split_gain(event.item_id, None if gain is None else gain.history, source, offset,
+                      event.ts, partition_of, purchase)
 
 
 def encode_gains(gains: Sequence[RowGain], max_bytes: int) -> list[bytes]:

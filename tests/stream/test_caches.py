@@ -65,7 +65,8 @@ async def test_a_failed_batch_forgets_the_users_it_changed(make_harness: MakeHar
             raise RuntimeError("splitting a gain failed")
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("streams.runtime.ingest.split_gain", broken)  # after u1's profile changed
+            # after u1's profile changed
+            mp.setattr("streams.runtime.ingest.event_row_gains", broken)
             # the batch changes u1, then fails before anything is sent for it; u1's
             # first change (i1) was never written either: no commit may follow
             with pytest.raises(AssertionError, match="agent crashed"):

@@ -12,16 +12,23 @@ as a stream publishes them) with every ranking, in turn, ``--repeats`` times:
   publishes by default);
 - ``mix, perceptron``: the same candidates ordered by the learned perceptron
   (the brief's MLP) whatever was judged best;
-- ``mix, judged best``: by the scorer judged best for each list's kind.
+- ``mix, judged best``: by the scorer judged best for each list's kind;
+- ``stream, blend`` and ``stream, learning``: the ranking child as the worker
+  runs it (a child process, the lists and profiles as JSON through its pipe),
+  without learning, and learning from one rated event per customer per list
+  (each a day after the last: every list ends a visit, a learning step each,
+  the most the child can be asked to learn), ranked by the perceptron.
 
 Prints users/s per ranking (the median of the repeats, the better of two rounds
 that take the rankings in turn) and the ratios measured in the same run:
-perceptron/blend (the aim is at least 0.8) and blend/neighbours.
+perceptron/blend and stream learning/blend (the aim is at least 0.8 for both),
+blend/neighbours.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
@@ -36,6 +43,16 @@ from core.mix import Snapshot, published_lists
 from core.ratings import UserProfile
 from core.recommender import Recommender
 from streams.devtools.datasets import load_events
+from streams.runtime.children.process import ChildProcess
+from streams.runtime.children.ranking_jobs import (
+    RANKER_NICENESS,
+    adopt_ranking,
+    hold_snapshot,
+    profile_fields,
+    ranked_records,
+)
+
+DAY = 86_400.0
 
 
 def users_per_second(snapshot: Snapshot, requests: Sequence[tuple[str, UserProfile | None]],
@@ -46,6 +63,37 @@ def users_per_second(snapshot: Snapshot, requests: Sequence[tuple[str, UserProfi
         published_lists(snapshot, requests, 10, config)
         rates.append(len(requests) / (time.perf_counter() - started))
     return statistics.median(rates)
+
+
+def stream_users_per_second(snapshot: Snapshot, requests: Sequence[tuple[str, UserProfile]],
+                            config: RecommenderConfig, repeats: int, learn: bool) -> float:
+    """Lists per second of a ranking child holding ``snapshot``, as the worker submits
+    them; ``learn``: with a rated event of each customer before each list."""
+
+    async def rank() -> float:
+        child = ChildProcess(RANKER_NICENESS, "reco-ranker")
+        try:
+            child.hold("snapshot", hold_snapshot, snapshot)
+            if learn and snapshot.ranker is not None:
+                child.hold("learned", adopt_ranking, snapshot.ranker.to_state())
+            lists = orjson.dumps([(user, profile_fields(profile), "view", profile.last_ts)
+                                  for user, profile in requests])
+            rates = []
+            for repeat in range(repeats + 1):  # the first shows the lists learned against
+                outcomes = orjson.dumps([
+                    (user, profile.recent[-1], profile.last_ts + repeat * DAY,
+                     profile.last_ts + (repeat - 1) * DAY)
+                    for user, profile in requests] if learn and repeat else [])
+                started = time.perf_counter()
+                await child.run(ranked_records, lists, [], 10, config, 10_000, outcomes,
+                                len(requests) if learn else 0)
+                if repeat:
+                    rates.append(len(requests) / (time.perf_counter() - started))
+            return statistics.median(rates)
+        finally:
+            child.close()
+
+    return asyncio.run(rank())
 
 
 def main() -> int:
@@ -65,8 +113,7 @@ def main() -> int:
     model.refresh()
     learned_s = time.perf_counter() - started
     users = sorted(model.users, key=lambda u: -model.users[u].events)[: args.users]
-    requests: list[tuple[str, UserProfile | None]] = [(user, model.users[user])
-                                                      for user in users]
+    requests: list[tuple[str, UserProfile]] = [(user, model.users[user]) for user in users]
     learned = model.snapshot
     assert learned.ranker is not None
     blend = Snapshot(learned.model, learned.facts)  # no ranker: the fixed blend
@@ -85,11 +132,17 @@ def main() -> int:
             rate = users_per_second(snapshot, requests, replace(config, ranking=ranking),
                                     args.repeats)
             rates[name] = max(rates.get(name, 0.0), rate)
+        for name, snapshot, learn in (("stream, blend", blend, False),
+                                      ("stream, learning", mlp_only, True)):
+            rate = stream_users_per_second(snapshot, requests, config, args.repeats, learn)
+            rates[name] = max(rates.get(name, 0.0), rate)
     figures = {
         "dataset": args.dataset, "events": len(events), "users": len(requests),
         "learn_seconds": round(learned_s, 1),
         "users_per_second": {name: round(rate) for name, rate in rates.items()},
         "perceptron_over_blend": round(rates["mix, perceptron"] / rates["mix, blend"], 3),
+        "stream_learning_over_blend": round(rates["stream, learning"]
+                                            / rates["stream, blend"], 3),
         "judged": {part: learned.ranker.chosen(config, part) for part in ("all", "new")},
         "blend_over_neighbours": round(rates["mix, blend"] / rates["neighbours"], 3),
     }
@@ -102,6 +155,7 @@ def main() -> int:
         print(f"  {name:<18} {rate:>9,.0f} lists/s")
     print(f"  judged best: {figures['judged']}")
     print(f"  perceptron / blend   {figures['perceptron_over_blend']:.2f}  (aim >= 0.8)")
+    print(f"  stream learning / blend {figures['stream_learning_over_blend']:.2f}  (aim >= 0.8)")
     print(f"  blend / neighbours   {figures['blend_over_neighbours']:.2f}")
     return 0
 

@@ -13,12 +13,12 @@ from provenance import revision
 from streams.runtime.settings import Settings
 
 # Every configuration, in the order they run; "default" only at --scale shop.
-PARTS = ("bare", "noop", "noop-ours", "naive", "worker", "neighbours", "default", "rocksdb",
-         "two", "latency")
+PARTS = ("bare", "noop", "noop-ours", "naive", "worker", "neighbours", "blend", "default",
+         "rocksdb", "two", "latency")
 LABELS = {"bare": "bare aiokafka getmany + orjson", "noop": "Faust no-op agent",
           "noop-ours": "no-op, recostream's consumer",
           "naive": "Faust naive (per-event send)", "worker": "recostream worker, memory",
-          "neighbours": "worker, neighbour ranking",
+          "neighbours": "worker, neighbour ranking", "blend": "worker, fixed blend",
           "default": "worker, default workload", "rocksdb": "recostream worker, rocksdb",
           "two": "two workers, memory"}
 # Targets of issue 7, as (name, ratio key, comparison, bound).
@@ -65,6 +65,7 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         "naive_eps": eps("naive"),
         "worker_eps": eps("worker"),
         "worker_neighbours_eps": eps("neighbours"),
+        "worker_blend_eps": eps("blend"),
         "worker_rocksdb_eps": eps("rocksdb"),
         "two_workers_eps": eps("two"),
         "offered_rate": round(half.offered_rate, 1) if half else None,
@@ -112,6 +113,8 @@ def build_result(args: argparse.Namespace, events: int, runs: dict[str, Run],
         # ranking by the neighbour snapshot alone
         "worker_over_neighbours_ranking": ratio(result["worker_eps"],
                                                 result["worker_neighbours_eps"]),
+        # what learning the ranking from outcomes costs against the fixed blend
+        "worker_over_fixed_blend": ratio(result["worker_eps"], result["worker_blend_eps"]),
     }
     if shop:
         p99s = result["p99_by_minute_ms"]

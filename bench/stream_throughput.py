@@ -18,6 +18,8 @@ each with its own consumer group:
   timed from its first snapshot (:mod:`worker_runs`);
 - ``neighbours``: the same ranking by the neighbour snapshot alone
   (``RECOSTREAM_RANKING=neighbours``): what the mix of every source costs;
+- ``blend``: the mix by the fixed blend, nothing learned
+  (``RECOSTREAM_RANKER_CUSTOMERS=0``): what learning the ranking costs;
 - ``rocksdb``: the same with the rocksdb store;
 - ``two``: two workers in one group, counters summed;
 - ``latency``: a fresh worker on fresh topics, warmed up, fed by a paced load
@@ -198,7 +200,11 @@ def run_all(bench: Bench) -> dict[str, Any]:
                                     per_minute=shop)
     if "neighbours" not in args.skip:
         runs["neighbours"] = run_worker(bench, "neighbours", "worker, neighbour ranking",
-                                        "memory://", 1, events, ranking="neighbours")
+                                        "memory://", 1, events,
+                                        overrides={"ranking": "neighbours"})
+    if "blend" not in args.skip:
+        runs["blend"] = run_worker(bench, "blend", "worker, fixed blend", "memory://", 1, events,
+                                   overrides={"ranker_customers": 0})
     if "default" not in args.skip:
         runs["default"] = run_worker(bench, "default", "worker, default workload", "memory://",
                                      1, default_events, prefix=default_prefix,

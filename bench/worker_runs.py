@@ -17,9 +17,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from harness import Bench, Run, say, stop_child
 from procfs import cpu_between, cpu_seconds_by_process, worker_peak_rss_mb
@@ -249,16 +250,17 @@ def rows_settled_after(workers: Sequence[WorkerProcess], timeout: float) -> floa
 
 def run_worker(bench: Bench, name: str, label: str, store: str, count: int, expect: int,
                *, prefix: str | None = None, cap_s: float | None = None,
-               per_minute: bool = False, ranking: str | None = None) -> Run:
+               per_minute: bool = False, overrides: Mapping[str, Any] | None = None) -> Run:
     """``count`` workers in one group on ``prefix`` (default: the bench's topics),
     timed until ``expect`` events are applied or for ``cap_s`` (default
     ``--max-seconds``); ``per_minute``: with the minute series of :mod:`series` and
-    the peak RSS of each process; ``ranking``: another than the default."""
+    the peak RSS of each process; ``overrides``: settings other than the default
+    (``{"ranking": "neighbours"}``, say)."""
     app_id = f"bench-{bench.tag}-{name}"
     settings = [bench.settings(name, bench.prefix if prefix is None else prefix, store, app_id)
                 for _ in range(count)]
-    if ranking is not None:
-        settings = [replace(s, ranking=ranking) for s in settings]
+    if overrides:
+        settings = [replace(s, **overrides) for s in settings]
     say(f"{label}: starting {count} worker(s), store {store}")
     workers = start_workers(bench, settings, name)
     spies = [start_profiler(bench, w, f"{name}-{i}") for i, w in enumerate(workers)]

@@ -38,6 +38,8 @@ from core.mlp import MLPRanker
 
 #: Columns of :data:`core.mix.FEATURES` the scorers read by name.
 SEEN, POPULARITY = 5, 6
+#: The parts of a list judged apart: with items the customer saw, and without.
+PARTS = ("all", "new")
 #: Judgements after which one counts half in a scorer's average.
 HALF_LIFE_JUDGEMENTS = 500.0
 STATE_VERSION = 1
@@ -64,10 +66,18 @@ class LearnedRanking:
     mlp: MLPRanker
     #: per ``part:scorer``, the decayed sum of its visits' shares
     shares: dict[str, float] = field(default_factory=dict)
+    #: judgements made (:meth:`judge`)
+    judged: int = 0
 
     @classmethod
     def new(cls, n_features: int, config: RecommenderConfig) -> LearnedRanking:
         return cls(MLPRanker.new(n_features, config.ranker_hidden, config.ranker_seed))
+
+    @property
+    def version(self) -> int:
+        """Lessons taken so far (learning steps and judgements): a later state of
+        the same ranking has a larger one."""
+        return self.mlp.steps + self.judged
 
     def scorers(self, config: RecommenderConfig
                 ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -79,6 +89,14 @@ class LearnedRanking:
         if self.mlp.positives < config.ranker_warmup:
             return "blend"
         return max(self.scorers(config), key=lambda name: self.shares.get(f"{part}:{name}", 0.0))
+
+    def serving(self, config: RecommenderConfig) -> dict[str, str]:
+        """The scorer ranking each part of a list now (see :data:`PARTS`).
+
+        >>> LearnedRanking.new(9, RecommenderConfig()).serving(RecommenderConfig())
+        {'all': 'blend', 'new': 'blend'}
+        """
+        return {part: self.chosen(config, part) for part in PARTS}
 
     def score(self, features: np.ndarray, config: RecommenderConfig) -> np.ndarray:
         """Scores of a list's candidates, by the scorer of its part: ``new`` when
@@ -100,6 +118,7 @@ class LearnedRanking:
                 top = np.argsort(-scorer(features[rows]), kind="stable")[:LIST_LENGTH]
                 hit = float(taken[rows][top].any())
                 self.shares[key] = decay * self.shares.get(key, 0.0) + hit
+        self.judged += 1
 
     def learn(self, features: np.ndarray, taken: np.ndarray, config: RecommenderConfig) -> None:
         """The perceptron learns from one visit: the list it began with, and the
@@ -109,14 +128,15 @@ class LearnedRanking:
 
     def to_state(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "mlp": self.mlp.to_state(),
-                "shares": dict(self.shares)}
+                "shares": dict(self.shares), "judged": self.judged}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> LearnedRanking:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"LearnedRanking state version {state.get('version')!r}")
         return cls(MLPRanker.from_state(state["mlp"]),
-                   {str(k): float(v) for k, v in state["shares"].items()})
+                   {str(k): float(v) for k, v in state["shares"].items()},
+                   int(state.get("judged", 0)))  # states before judgements were counted
 
 
 def part_of(features: np.ndarray) -> str:

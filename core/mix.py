@@ -22,8 +22,9 @@ before the next event.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -263,20 +264,23 @@ RankRequest = tuple[str, UserProfile | None, Collection[str]]
 
 
 def rank_neighbours(snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
-                    config: RecommenderConfig) -> list[Recommendations]:
+                    config: RecommenderConfig, found: list[Candidates] | None = None
+                    ) -> list[Recommendations]:
     """The neighbour snapshot's lists alone (similar items, then trending), all
     at once (``RECOSTREAM_RANKING=neighbours``); a user's requests in one call
-    leave out the same items."""
+    leave out the same items. No candidates are ranked (``found`` stays as it is)."""
     return snapshot.model.recommend_many(
         [(user_id, profile) for user_id, profile, _ in requests], n, config,
         filter_purchased=False, exclude={user_id: banned for user_id, _, banned in requests})
 
 
 def rank_mix(snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
-             config: RecommenderConfig) -> list[Recommendations]:
+             config: RecommenderConfig, found: list[Candidates] | None = None
+             ) -> list[Recommendations]:
     """:func:`rank` for each request; the neighbour scores and the explanations
     of all of them at once (per user, their numpy calls cost as much as the
-    ranking)."""
+    ranking). ``found``: each request's candidates are added to it, in order
+    (what the customer had, to learn from what they do next)."""
     model, learned = snapshot.model, snapshot.ranker
     ids = model.items.ids
     profiles = [profile for _, profile, _ in requests]
@@ -284,15 +288,17 @@ def rank_mix(snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
     entries = []
     for (_, profile, banned), neighbours in zip(
             requests, model.neighbour_scores(profiles, config.recency_decay), strict=True):
-        found = candidates(snapshot, profile, config, banned, neighbours)
-        scores = (blend(found.features, config) if learned is None
-                  else learned.score(found.features, config))
+        these = candidates(snapshot, profile, config, banned, neighbours)
+        if found is not None:
+            found.append(these)
+        scores = (blend(these.features, config) if learned is None
+                  else learned.score(these.features, config))
         order = [i for *_, i in sorted(zip((-scores).tolist(),
-                                           [ids[p] for p in found.positions.tolist()],
-                                           range(found.positions.size), strict=True))[:n]]
-        ranked.append(([int(found.positions[i]) for i in order],
-                       [found.sources[i] for i in order], [float(scores[i]) for i in order]))
-        entries.append(found.entries)
+                                           [ids[p] for p in these.positions.tolist()],
+                                           range(these.positions.size), strict=True))[:n]]
+        ranked.append(([int(these.positions[i]) for i in order],
+                       [these.sources[i] for i in order], [float(scores[i]) for i in order]))
+        entries.append(these.entries)
     reasons = explain(snapshot, profiles, [listed for listed, _, _ in ranked],
                       [sources for _, sources, _ in ranked], entries)
     return [Recommendations(
@@ -307,19 +313,28 @@ def rank_mix(snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
         requests, ranked, reasons, strict=True)]
 
 
-#: How lists are ranked, by the name :attr:`RecommenderConfig.ranking` gives: the
-#: lists of many requests at once, each as it would be alone.
-RANKINGS: dict[str, Callable[[Snapshot, Sequence[RankRequest], int, RecommenderConfig],
-                             list[Recommendations]]] = {
+class Ranking(Protocol):
+    """Lists of many requests at once, each as it would be alone (``found``: the
+    candidates ranked, for rankings that rank candidates)."""
+
+    def __call__(self, snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
+                 config: RecommenderConfig, found: list[Candidates] | None = None
+                 ) -> list[Recommendations]: ...
+
+
+#: How lists are ranked, by the name :attr:`RecommenderConfig.ranking` gives.
+RANKINGS: dict[str, Ranking] = {
     "mix": rank_mix,
     "neighbours": rank_neighbours,
 }
 
 
 def published_lists(snapshot: Snapshot, requests: Sequence[tuple[str, UserProfile | None]],
-                    n: int, config: RecommenderConfig) -> list[Recommendations]:
+                    n: int, config: RecommenderConfig, found: list[Candidates] | None = None
+                    ) -> list[Recommendations]:
     """The lists a stream publishes, one per (user id, profile), in order: bought
-    items left out unless :attr:`RecommenderConfig.lists_bought_items`.
+    items left out unless :attr:`RecommenderConfig.lists_bought_items`;
+    ``found``: the candidates ranked, as :data:`RANKINGS` add them.
 
     >>> from core.ranking import NeighborModel
     >>> snapshot = Snapshot(NeighborModel.from_neighbor_lists(1, {"a": [("b", 0.5)]}, {}, k=1),
@@ -335,7 +350,7 @@ def published_lists(snapshot: Snapshot, requests: Sequence[tuple[str, UserProfil
     banned = [(user_id, profile, banned_items(profile, config)) for user_id, profile in requests]
     if snapshot.model.n_items == 0:
         return popular_among(banned, n, snapshot.model.version)
-    return RANKINGS[config.ranking](snapshot, banned, n, config)
+    return RANKINGS[config.ranking](snapshot, banned, n, config, found)
 
 
 def popular_among(requests: Sequence[RankRequest], n: int, version: int

@@ -30,16 +30,13 @@ from core.config import DAY, RecommenderConfig
 from core.cooccurrence import CooccurrenceTable
 from core.events import PURCHASE, Event
 from core.learned import LearnedRanking
-from core.mix import FEATURES, RANKINGS, Candidates, ItemFacts, Snapshot, candidates
+from core.mix import FEATURES, RANKINGS, ItemFacts, Snapshot, candidates
+from core.outcomes import OutcomeLearner, Shown, rates
 from core.ranking import NeighborModel, Recommendations, id_ranks
 from core.ratings import STATE_VERSION, UserProfile, _check_version
 from core.repurchase import Purchase, RepurchaseStats, log_gap_units
 from core.similarity import SIMILARITIES
 from core.trending import trend_bump, trending_scale
-
-#: Every this many events on known items, the scorers are judged on what the
-#: customer did next (a list's candidates at every event cost the replay its time).
-JUDGE_EVERY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +92,9 @@ class Recommender:
         # buy-again and the learned ranker (see core.mix)
         self.repurchase = RepurchaseStats()
         self.first_seen: dict[str, float] = {}
-        self.ranker = LearnedRanking.new(len(FEATURES), self.config)
+        self.outcomes = OutcomeLearner(LearnedRanking.new(len(FEATURES), self.config),
+                                       self.config)
         self.snapshot = Snapshot.empty(self.config.neighbors)
-        # per customer, the list their visit began with and what it took; events
-        # whose item the snapshot knows
-        self._visits: dict[str, tuple[Candidates, np.ndarray]] = {}
-        self._rated = 0
 
     # -- learning -----------------------------------------------------------------
 
@@ -132,38 +126,21 @@ class Recommender:
         return changed
 
     def learn_outcome(self, user_id: str, profile: UserProfile, event: Event) -> None:
-        """The ranker learns from what each visit took against the list shown when
-        it began: at a customer's first event of a day, the list that customer
-        had (every source's candidates, the profile as it stood) is kept; each
-        rated event that day marks its item taken; the next visit's first event
-        makes it one learning step (a visit that took no candidate teaches
-        nothing) and keeps the next list. Every :data:`JUDGE_EVERY` events the
-        scorers are judged on the item taken against the list as it stands
-        (lists follow every event: sessions of films are judged event by event,
-        which visits would misjudge)."""
-        if self.config.rating_by_type.get(event.type) is None and event.value is None:
+        """The ranker learns from what each visit took against the list of the
+        profile as it stood before the visit's first event (lists follow every
+        event: sessions of films are judged event by event, which visits would
+        misjudge; see :mod:`core.outcomes`)."""
+        if not rates(event, self.config):
             return
-        pending = self._visits.get(user_id)
-        if pending is not None and event.ts // DAY > profile.last_ts // DAY:
-            found, taken = pending
-            if taken.any():
-                self.ranker.learn(found.features, taken, self.config)
-            pending = None
-        if pending is None:
+        ids = self.snapshot.model.items.ids
+
+        def shown() -> Shown | None:
             if not profile.recent:
-                return
-            found = candidates(self.snapshot, profile, self.config)
-            pending = self._visits[user_id] = (found, np.zeros(found.positions.size))
-        target = self.snapshot.model.items.positions.get(event.item_id)
-        if target is None:
-            return
-        pending[1][pending[0].positions == target] = 1.0
-        self._rated += 1
-        if self._rated % JUDGE_EVERY == 0:
-            now = candidates(self.snapshot, profile, self.config)
-            taken = now.positions == target
-            if taken.any():
-                self.ranker.judge(now.features, taken, self.config)
+                return None
+            return Shown.of(candidates(self.snapshot, profile, self.config), ids)
+
+        self.outcomes.took(user_id, event.item_id, event.ts, profile.last_ts, shown,
+                           known=event.item_id in self.snapshot.model.items.positions)
 
     def observe_many(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -205,6 +182,11 @@ class Recommender:
             self.repurchase))
         self.events_since_refresh = 0
         return self.model
+
+    @property
+    def ranker(self) -> LearnedRanking:
+        """The learned ranking, as it keeps learning."""
+        return self.outcomes.ranking
 
     def _snapshot(self, facts: ItemFacts) -> Snapshot:
         """What lists are ranked from: the neighbour model, ``facts`` as of its
@@ -263,10 +245,9 @@ class Recommender:
             "repurchase": self.repurchase.to_state(),
             "first_seen": dict(self.first_seen),
             "ranker": self.ranker.to_state(),
-            "visits": {user: [found.positions.tolist(), found.features.tolist(), found.sources,
-                              taken.tolist()]
-                       for user, (found, taken) in self._visits.items()},
-            "rated": self._rated,
+            "visits": {user: [list(shown.item_ids), shown.features.tolist(), taken.tolist()]
+                       for user, (shown, taken) in self.outcomes.visits.items()},
+            "rated": self.outcomes.known_events,
         }
 
     @classmethod
@@ -284,13 +265,12 @@ class Recommender:
         model.model = NeighborModel.from_state(state["model"], model.cooccurrence.items)
         model.repurchase = RepurchaseStats.from_state(state["repurchase"])
         model.first_seen = {str(i): float(ts) for i, ts in state["first_seen"].items()}
-        model.ranker = LearnedRanking.from_state(state["ranker"])
-        model._visits = {
-            str(user): (Candidates(np.asarray(positions, dtype=np.int64),
-                                   np.asarray(features, dtype=np.float64).reshape(
-                                       len(positions), len(FEATURES)), list(sources)),
-                        np.asarray(taken, dtype=np.float64))
-            for user, (positions, features, sources, taken) in state["visits"].items()}
-        model._rated = int(state["rated"])
+        outcomes = model.outcomes = OutcomeLearner(
+            LearnedRanking.from_state(state["ranker"]), model.config)
+        for user, (item_ids, features, taken) in state["visits"].items():
+            outcomes.visits[str(user)] = (
+                Shown(tuple(map(str, item_ids)), np.asarray(features, dtype=np.float64).reshape(
+                    len(item_ids), len(FEATURES))), np.asarray(taken, dtype=np.float64))
+        outcomes.known_events = int(state["rated"])
         model.snapshot = model._snapshot(ItemFacts.from_state(state["facts"]))
         return model

@@ -41,6 +41,7 @@ from streams.runtime.dead_letters import DeadLetters
 from streams.runtime.faust_app import make_app
 from streams.runtime.http_views import Lookups, declare_views
 from streams.runtime.ingest import Ingest
+from streams.runtime.kept_ranking import KeptRanking
 from streams.runtime.metrics import Counters, WorkerMetrics
 from streams.runtime.outbox import KafkaSink, Outbox
 from streams.runtime.pacing import WriterPacing
@@ -97,8 +98,8 @@ class RecoStream:
         self.metrics = WorkerMetrics(self.counters, lambda: self.clock.lag)
         self.pacing = WriterPacing(lambda: app.should_stop)
         self.ranking = RankingQueue(
-            self.ranker, self.outbox, topology.names, s.k, s.exposure_lists, self.config,
-            self.counters,
+            self.ranker, self.outbox, topology.names, s.k, s.exposure_lists,
+            s.ranker_customers if self.config.ranking == "mix" else 0, self.config, self.counters,
             self.metrics, stopping=lambda: app.should_stop,
             crash_soon=lambda exc: app.add_future(crash(exc)))
         self.users = Users(topology.users, s.cache_keys, self.outbox, self.pacing,
@@ -117,6 +118,8 @@ class RecoStream:
         self.churn = ChurnScan(self.users, self.ranking, self.clock, self.partitions,
                                topology.churn, self.model_process, self.outbox,
                                self.engagement, s.churn_seconds, s.max_record_bytes)
+        self.kept_ranking = KeptRanking(self.ranking, topology.learned_ranking,
+                                        topology.owned_tick_partitions, self.metrics)
         self.commits = Commits(self.users, self.rows, self.ranking, self.refresh,
                                self.outbox, self.pacing)
         self.lookups = Lookups(self.users, self.ranking, self.refresh, self.churn, self.clock,
@@ -164,6 +167,11 @@ class RecoStream:
         @app.timer(s.refresh_seconds)  # type: ignore[untyped-decorator]
         async def take_others_lists() -> None:
             await self.refresh.take_others_lists()
+
+        if self.ranking.learn_customers:
+            @app.timer(s.refresh_seconds)  # type: ignore[untyped-decorator]
+            async def keep_learned_ranking() -> None:
+                await self.kept_ranking.keep()
 
         app.on_partitions_revoked.connect(self.commits.on_rebalance)
         app.on_partitions_assigned.connect(self.commits.on_rebalance)

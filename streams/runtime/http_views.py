@@ -17,6 +17,7 @@ from faust.web import Request, Response, View
 
 from core.churn import score_customer
 from core.engagement import EngagementConfig
+from core.learned import LearnedRanking
 from streams.runtime.churn_scan import ChurnScan
 from streams.runtime.clock import EventClock
 from streams.runtime.metrics import CONTENT_TYPE, Counters, WorkerMetrics
@@ -142,6 +143,21 @@ class Lookups:
                      "value_tier": model.tiers.tier(score.monetary_value),
                      "model": {"fitted": model.fitted, **model.params.to_state()}}, {}
 
+    async def learned_ranking(self) -> Answer:
+        """The ranking this worker's lists are ranked with, as learned so far: its
+        version (lessons taken), the scorer serving each part of a list, and the
+        weights and judgements (:meth:`LearnedRanking.to_state`)."""
+        learned = await self.ranking.learned()
+        if learned is None:
+            why = ("nothing learned yet" if self.ranking.learn_customers else
+                   "no ranking is learned (RECOSTREAM_RANKER_CUSTOMERS=0 or "
+                   "RECOSTREAM_RANKING=neighbours): lists keep the fixed blend")
+            return 404, {"error": why}, {}
+        ranking = LearnedRanking.from_state(learned)
+        return 200, {"version": ranking.version,
+                     "serving": ranking.serving(self.ranking.config),
+                     "learned": learned}, {}
+
     async def recommendations(self, user_id: str, raw_k: str | None) -> Answer:
         limit = max(MAX_LOOKUP_K, self.k)
         k = parse_k(raw_k, self.k, limit)
@@ -173,6 +189,11 @@ def declare_views(app: faust.App, user_topic: faust.TopicT, lookups: Lookups) ->
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(lookups.metrics_text(), content_type=CONTENT_TYPE)
+
+    @app.page("/ranking")
+    class Ranking(View):
+        async def get(self, request: Request) -> Response:
+            return reply(self, await lookups.learned_ranking())
 
     @app.page("/items/{item_id}/neighbors")
     class ItemNeighbors(View):

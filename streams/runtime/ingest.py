@@ -13,6 +13,7 @@ import operator
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -22,8 +23,9 @@ from faust.types import EventT
 from core.config import RecommenderConfig
 from core.engagement import EngagementConfig, Trigger
 from core.events import Event, InvalidEvent, parse_event
+from core.outcomes import rates
 from core.recommender import learn_event
-from streams.runtime.children.ranking_jobs import profile_fields
+from streams.runtime.children.ranking_jobs import ListRequest, Outcome, profile_fields
 from streams.runtime.clock import EventClock
 from streams.runtime.dead_letters import DeadLetters
 from streams.runtime.metrics import Counters, WorkerMetrics
@@ -67,6 +69,18 @@ def forwarded_from(headers: Any) -> Origin | None:
         if topic in ("clicks", "purchases") and partition.isdigit() and offset.isdigit():
             return f"fwd:{source}", int(offset)
     return None
+
+
+@dataclass
+class Learned:
+    """What a batch's new events made: the row gains by partition of rows, the
+    lists to publish (one per changed user), the triggers, and the rated events
+    the ranking learns from."""
+
+    gains: dict[int, list[RowGain]] = field(default_factory=lambda: defaultdict(list))
+    lists: list[ListRequest] = field(default_factory=list)
+    triggers: list[tuple[str, UserState, Trigger]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
 
 
 class Ingest:
@@ -116,15 +130,15 @@ class Ingest:
             for user_id, items in by_user.items():
                 act_as(items[-1][0])
                 states[user_id] = self.users.state(user_id)
-        gains, lists, triggers = self._learned(by_user, states)
-        self._send_row_updates(gains)
+        learned = self._learned(by_user, states)
+        self._send_row_updates(learned.gains)
         # Lists and triggers are ranked in the ranking child and published when
         # they come back, before the states that record them are written (the
         # commit waits for them). A replay sends a list again; a replayed trigger
         # comes again too, and its trigger_id lets the marketing system drop the
         # copy. Changed states are marked with what recorded them queued already,
         # and nothing awaited in between.
-        self.ranking.publish(lists, triggers)
+        self.ranking.publish(learned.lists, learned.triggers, learned.outcomes)
         with acting_as(stream) as act_as:
             for user_id, items in by_user.items():
                 act_as(items[-1][0])
@@ -171,13 +185,11 @@ class Ingest:
         return by_user
 
     def _learned(self, by_user: Mapping[str, UserEvents], states: Mapping[str, UserState]
-                 ) -> tuple[dict[int, list[RowGain]], list[Any],
-                            list[tuple[str, UserState, Trigger]]]:
-        """Each new event folded into its user's state: the row gains by partition
-        of rows, the lists to publish (one per changed user) and the triggers."""
-        gains: dict[int, list[RowGain]] = defaultdict(list)
-        lists: list[Any] = []
-        triggers: list[tuple[str, UserState, Trigger]] = []
+                 ) -> Learned:
+        """Each new event folded into its user's state (see :class:`Learned`)."""
+        learned = Learned()
+        gains, lists, triggers = learned.gains, learned.lists, learned.triggers
+        learns_ranking = self.ranking.learn_customers > 0
         for user_id, items in by_user.items():
             state = states[user_id]
             cause: tuple[str, float] | None = None
@@ -188,6 +200,9 @@ class Ingest:
                 if state.is_duplicate(source, offset, decoded.event_id):
                     self.counters.deduplicated += 1
                     continue
+                if learns_ranking and rates(decoded, self.config):
+                    learned.outcomes.append((user_id, decoded.item_id, decoded.ts,
+                                             state.profile.last_ts))
                 changed, gain, purchase = learn_event(state.profile, decoded, self.config)
                 triggers.extend((user_id, state, fired) for fired in
                                 state.engagement.observe(decoded, self.engagement))
@@ -204,7 +219,7 @@ class Ingest:
                     cause = (decoded.type, decoded.ts)
             if cause is not None:
                 lists.append((user_id, profile_fields(state.profile), *cause))
-        return gains, lists, triggers
+        return learned
 
     def _send_row_updates(self, gains: Mapping[int, list[RowGain]]) -> None:
         """Row updates reach Kafka before the user states that record them are

@@ -10,7 +10,7 @@ lists, which the ranking child measures. prometheus-client does the text format.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +148,23 @@ class WorkerMetrics:
             "Gini of list slots over the items the snapshot knows, last published lists "
             "(0: every item shown alike, towards 1: a few items take every slot)",
             registry=self.registry)
+
+        self.learned_ranking_version = Gauge(
+            "recostream_learned_ranking_version",
+            "Lessons the learned ranking took (learning steps and judgements)",
+            registry=self.registry)
+        self.learned_ranking_serving = Gauge(
+            "recostream_learned_ranking_serving",
+            "1 for the scorer ranking each part of a list (all: with items the customer "
+            "saw; new: without)", ["part", "scorer"], registry=self.registry)
+
+    def rank_by(self, version: int, serving: Mapping[str, str], scorers: Iterable[str]
+                ) -> None:
+        """The learned ranking's version, and the scorer serving each part."""
+        self.learned_ranking_version.set(version)
+        for part, chosen in serving.items():
+            for scorer in scorers:
+                self.learned_ranking_serving.labels(part, scorer).set(float(scorer == chosen))
 
     def expose(self, lists: int, coverage: float, gini: float) -> None:
         """The exposure figures of the last ``lists`` published lists."""

@@ -14,6 +14,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
 
 import orjson
 
@@ -25,10 +26,13 @@ from streams.runtime.children.process import ChildProcess
 from streams.runtime.children.ranking_jobs import (
     Exposure,
     ListRequest,
+    Outcome,
     TriggerRequest,
+    adopt_ranking,
     held_version,
     hold_ranking_snapshot,
     hold_snapshot,
+    learned_state,
     profile_fields,
     ranked_records,
     recommend_one,
@@ -60,7 +64,8 @@ class RankingQueue:
     """
 
     def __init__(self, ranker: ChildProcess, outbox: Outbox, topics: Mapping[str, str],
-                 k: int, exposure_lists: int, config: RecommenderConfig, counters: Counters,
+                 k: int, exposure_lists: int, learn_customers: int,
+                 config: RecommenderConfig, counters: Counters,
                  metrics: WorkerMetrics, stopping: Callable[[], bool],
                  crash_soon: Callable[[BaseException], object]) -> None:
         self.ranker = ranker
@@ -68,6 +73,7 @@ class RankingQueue:
         self.topics = dict(topics)
         self.k = k
         self.exposure_lists = exposure_lists
+        self.learn_customers = learn_customers  # see ranked_records
         self.config = config
         self.counters = counters
         self.metrics = metrics
@@ -78,6 +84,8 @@ class RankingQueue:
         #: lists not submitted yet, each as its JSON request, by user
         self.waiting_lists: dict[str, bytes] = {}
         self.waiting_triggers: list[TriggerRequest] = []
+        #: rated events not submitted yet, each as its JSON, in event order
+        self.waiting_outcomes: list[bytes] = []
         #: the worker is behind (as of its last batch): see BEHIND_EVENTS
         self.behind = False
         self._last_submission = -math.inf  # monotonic
@@ -87,11 +95,20 @@ class RankingQueue:
     def rank_with(self, snapshot: Snapshot) -> None:
         """The ranking child ranks with this snapshot from now on (a child that
         replaces it too)."""
-        self.ranker.hold(hold_snapshot, snapshot)
+        self.ranker.hold("snapshot", hold_snapshot, snapshot)
 
     def rank_with_snapshot(self, path: str) -> None:
         """:meth:`rank_with` the snapshot pickled in the file at ``path``."""
-        self.ranker.hold(hold_ranking_snapshot, path)
+        self.ranker.hold("snapshot", hold_ranking_snapshot, path)
+
+    def adopt(self, learned: Mapping[str, Any]) -> None:
+        """The ranking child ranks with the learned ranking ``learned`` unless it
+        learned more itself (a child that replaces it too)."""
+        self.ranker.hold("learned", adopt_ranking, learned)
+
+    async def learned(self) -> dict[str, Any] | None:
+        """What the ranking child learned so far (None: nothing is learned)."""
+        return cast(dict[str, Any] | None, await self.ranker.run(learned_state))
 
     async def snapshot_held(self) -> None:
         """Back once the ranking child ran the holds queued before (it loaded the
@@ -99,7 +116,8 @@ class RankingQueue:
         await self.ranker.run(held_version)
 
     def publish(self, lists: Sequence[ListRequest],
-                triggers: Sequence[tuple[str, UserState, Trigger]]) -> None:
+                triggers: Sequence[tuple[str, UserState, Trigger]],
+                outcomes: Sequence[Outcome] = ()) -> None:
         """Rank users' lists, and the items of their triggers, in the ranking child
         (the profiles as they are now), and publish the records when they come
         back, after those queued before. Offsets are committed, and user states
@@ -109,7 +127,8 @@ class RankingQueue:
         When the ranking child falls behind, or the worker does (then the lists
         go every :data:`BEHIND_HOLD_SECONDS` at most), it ranks each busy user
         once per submission instead of once per batch, and the records it would
-        have replaced are never sent.
+        have replaced are never sent. The rated events of ``outcomes`` go with
+        the next submission, each judged against the last list ranked before it.
         """
         for request in lists:
             user_id = request[0]
@@ -117,6 +136,7 @@ class RankingQueue:
             self.waiting_lists[user_id] = orjson.dumps(request)
         self.waiting_triggers.extend((user_id, profile_fields(state.profile), trigger)
                                      for user_id, state, trigger in triggers)
+        self.waiting_outcomes.extend(map(orjson.dumps, outcomes))
         self._submit_waiting()
 
     def _submit_waiting(self, hold: bool = True) -> None:
@@ -135,11 +155,13 @@ class RankingQueue:
                     self._hold = asyncio.get_running_loop().call_later(wait, self._hold_over)
                 return
         self._last_submission = time.monotonic()
-        lists, triggers = self.waiting_lists, self.waiting_triggers
-        self.waiting_lists, self.waiting_triggers = {}, []
+        lists, triggers, outcomes = (self.waiting_lists, self.waiting_triggers,
+                                     self.waiting_outcomes)
+        self.waiting_lists, self.waiting_triggers, self.waiting_outcomes = {}, [], []
         started = time.perf_counter()
         ranking = self.ranker.submit(ranked_records, b"[" + b",".join(lists.values()) + b"]",
-                                     triggers, self.k, self.config, self.exposure_lists)
+                                     triggers, self.k, self.config, self.exposure_lists,
+                                     b"[" + b",".join(outcomes) + b"]", self.learn_customers)
         previous = self.under_way[-1] if self.under_way else None
         publish = self._publish_when_ranked(
             ranking, list(lists), [trigger for *_, trigger in triggers],

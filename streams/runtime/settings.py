@@ -108,6 +108,7 @@ class Settings:
     http_token: str = field(default="", repr=False)
     k: int = LIST_LENGTH
     exposure_lists: int = 10_000
+    ranker_customers: int = 5_000
     similarity: str = RecommenderConfig.similarity
     shrinkage: float = SimilarityParams.shrinkage
     neighbors: int = RecommenderConfig.neighbors
@@ -292,6 +293,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "web_port": (lambda v: 0 <= v <= 65535, "must be a port number"),
     "k": (_at_least_one, "must be at least 1"),
     "exposure_lists": (lambda value: value >= 10, "must be at least 10"),
+    "ranker_customers": (lambda value: value >= 0, "must not be negative"),
     "similarity": (lambda v: v in ROW_LOCAL_SIMILARITIES,
                    "the stream refreshes each partition's rows alone, so it takes "
                    f"{' or '.join(sorted(ROW_LOCAL_SIMILARITIES))} (ease is an offline "
@@ -356,6 +358,9 @@ ENVIRONMENT: tuple[Setting, ...] = (
     Setting("RECOSTREAM_K", "k", int, "items per published recommendation list"),
     Setting("RECOSTREAM_EXPOSURE_LISTS", "exposure_lists", int,
             "last published lists the exposure figures of /metrics are taken over"),
+    Setting("RECOSTREAM_RANKER_CUSTOMERS", "ranker_customers", int,
+            "customers whose last list the ranking child keeps to learn the ranking from "
+            "what they do next (0: lists keep the fixed blend)"),
     Setting("RECOSTREAM_SIMILARITY", "similarity", str, "neighbour similarity: cosine or jaccard"),
     Setting("RECOSTREAM_SHRINKAGE", "shrinkage", float,
             "damps the similarity of rare pairs: s * c / (c + shrinkage), c their count"),

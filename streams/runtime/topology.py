@@ -7,7 +7,8 @@
   (a row of C per item as JSON bytes: a base and the deltas written since, see
   :mod:`streams.runtime.row_records`), changelog-backed;
 - replicated (compacted topics every worker reads in full, see
-  :mod:`streams.runtime.replicated`): ``item-stats``, ``neighbors``, ``churn``;
+  :mod:`streams.runtime.replicated`): ``item-stats``, ``neighbors``, ``churn``,
+  ``learned-ranking``;
 - output: ``recommendations``, ``item-neighbors``, ``dead-letters``,
   ``churn-alerts``, ``marketing-triggers`` (contract names; see
   :data:`streams.runtime.records.TRIGGER_OUTPUTS` for what goes where).
@@ -30,6 +31,10 @@ from streams.runtime.transport import App, RawSchema
 #: The output topics, by their contract names.
 OUTPUT_TOPICS = ("recommendations", "item-neighbors", "dead-letters", "churn-alerts",
                  "marketing-triggers")
+
+
+#: The ``learned-ranking`` table's one key (its owner: the owner of partition 0).
+LEARNED_RANKING_KEY = "ranking"
 
 
 def churn_key_partition(key: str) -> int:
@@ -92,6 +97,9 @@ class Topology:
         self.neighbors = replicated("neighbors", partitions.of_item, owned_items, True)
         self.churn = replicated("churn", churn_key_partition,
                                 lambda: partitions.owned(self.ticks_topic))
+        # the ranking learned from what customers did next (streams.runtime.kept_ranking)
+        self.learned_ranking = replicated("learned-ranking", lambda key: 0,
+                                          lambda: partitions.owned(self.ticks_topic))
         self._partitions = partitions
         # A commit writes thousands of rows and users, a refresh round thousands of
         # neighbour lists twice (megabytes each): on a connection of their own, so
@@ -107,7 +115,8 @@ class Topology:
             {topic.get_topic_name(): table for topic, table in (
                 (self.replica_topics["item-stats"], self.item_stats),
                 (self.replica_topics["neighbors"], self.neighbors),
-                (self.replica_topics["churn"], self.churn))},
+                (self.replica_topics["churn"], self.churn),
+                (self.replica_topics["learned-ranking"], self.learned_ranking))},
             s.partitions, s.kafka_client_options())
 
     def owned_item_partitions(self) -> set[int]:

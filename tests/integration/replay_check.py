@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 from core.events import Event
+from core.learned import LearnedRanking
 from core.recommender import Recommender
 from streams.runtime.settings import Settings
 from tests.integration.stream_harness import WorkerProcess
@@ -47,7 +49,13 @@ def profile_mismatches(worker: WorkerProcess, model: Recommender, users: Sequenc
 
 def list_mismatches(worker: WorkerProcess, model: Recommender, users: Sequence[str], k: int
                     ) -> list[tuple[str, list[str], list[str]]]:
-    """(user, worker's list, replay's list) for every user whose lists differ."""
+    """(user, worker's list, replay's list) for every user whose lists differ,
+    the replay ranking with the worker's learned ranking (the same weights rank
+    alike; what the stream learned from is timing's, see core.outcomes)."""
+    status, learned = worker.get_status("/ranking")
+    if status == 200:
+        model.snapshot = replace(model.snapshot,
+                                 ranker=LearnedRanking.from_state(learned["learned"]))
     mismatched = []
     for user in users:
         answer = worker.get(f"/users/{quote(user, safe='')}/recommendations?k={k}")

@@ -119,8 +119,9 @@ async def test_a_replacement_child_holds_what_its_predecessor_held() -> None:
     process = ChildProcess(0, "reco-ranker")
     try:
         assert await process.run(held_model_version) is None
-        process.hold(hold_snapshot, snapshot_from_json(3, {}, {}, 2, 86_400.0))
-        process.hold(hold_snapshot, snapshot_from_json(4, {}, {}, 2, 86_400.0))  # the last
+        process.hold("snapshot", hold_snapshot, snapshot_from_json(3, {}, {}, 2, 86_400.0))
+        last = snapshot_from_json(4, {}, {}, 2, 86_400.0)
+        process.hold("snapshot", hold_snapshot, last)
         first = await process.run(os.getpid)
         assert await process.run(held_model_version) == 4
         os.kill(first, signal.SIGKILL)

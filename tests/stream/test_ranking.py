@@ -32,7 +32,7 @@ async def test_published_lists_equal_what_the_snapshot_ranks(make_harness: MakeH
     stream.refresh.snapshot = snapshot_from_json(
         7, {i: orjson.dumps(v) for i, v in PAIRS.items()},
         {i: orjson.dumps(v) for i, v in STATS.items()}, 10, stream.config.tau)
-    stream.ranker.hold(hold_snapshot, stream.refresh.snapshot)
+    stream.ranker.hold("snapshot", hold_snapshot, stream.refresh.snapshot)
     events = [Event("u1", "i1", TS, "view"), Event("u2", "i2", TS + 1, "purchase"),
               Event("u3", "i3", TS + 2, "view"), Event("u1", "i2", TS + 3, "add_to_cart")]
     async with stream.agents.process_events.test_context() as agent:

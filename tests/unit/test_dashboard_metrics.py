@@ -122,6 +122,7 @@ def populated_counters() -> Counters:
 def exported() -> dict[str, set[str]]:
     """Family name -> the sample names a scrape of the worker ingests."""
     metrics = WorkerMetrics(populated_counters(), lambda: {("clicks", 0): 1})
+    metrics.rank_by(1, {"all": "blend"}, ["blend"])  # the labelled gauge's sample
     families: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.exposition().decode()):
         families[family.name] = {sample.name for sample in family.samples}

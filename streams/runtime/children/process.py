@@ -305,7 +305,8 @@ class ChildProcess(Service):
         self.process_name = process_name  # the child's (at most 15 characters)
         self.replace_dead = replace_dead
         self._child: ChildPipes | None = None
-        self._held: bytes | None = None  # the call held, pickled
+        #: the calls held (pickled), one per slot, in the order first held
+        self._held: dict[str, bytes] = {}
         self._in_flight: set[asyncio.Future[Any]] = set()
 
     @property
@@ -327,13 +328,15 @@ class ChildProcess(Service):
         frame = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
         return cast(Awaitable[R], self._result(frame, *self._start(frame)))
 
-    def hold(self, function: Callable[..., Any], *args: Any) -> None:
+    def hold(self, slot: str, function: Callable[..., Any], *args: Any) -> None:
         """Queue ``function(*args)`` now, and again first in any child that replaces
-        this one: for what the child keeps (the ranking snapshot). Not awaited; a
-        failure is logged."""
-        self._held = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
+        this one, after the calls held in other slots: for what the child keeps (the
+        ranking snapshot, the learned ranking); a later call in the same ``slot``
+        replaces this one. Not awaited; a failure is logged."""
+        held = self._held[slot] = pickle.dumps((function, args),
+                                               protocol=pickle.HIGHEST_PROTOCOL)
         if self._child is not None and self._child.died is None:
-            self._start_held(self._child)
+            self._start_held(self._child, [held])
 
     def _start(self, frame: bytes) -> tuple[ChildPipes, asyncio.Future[Any]]:
         child = self._ensure_child()
@@ -369,14 +372,15 @@ class ChildProcess(Service):
     def _ensure_child(self) -> ChildPipes:
         if self._child is None:
             self._child = ChildPipes(self.niceness, self.process_name)
-            if self._held is not None:
-                self._start_held(self._child)
+            if self._held:
+                self._start_held(self._child, list(self._held.values()))
         return self._child
 
-    def _start_held(self, child: ChildPipes) -> None:
+    def _start_held(self, child: ChildPipes, held: list[bytes]) -> None:
         try:
-            child.call(cast(bytes, self._held)).add_done_callback(_log_failure)
-        except ChildDied:  # the next call's new child runs it first
+            for frame in held:
+                child.call(frame).add_done_callback(_log_failure)
+        except ChildDied:  # the next call's new child runs them first
             self._replace(child)
 
     def close(self) -> None:

@@ -86,6 +86,10 @@ class RankingQueue:
         self.waiting_triggers: list[TriggerRequest] = []
         #: rated events not submitted yet, each as its JSON, in event order
         self.waiting_outcomes: list[bytes] = []
+        #: calls of publish that queued lists or triggers, and how many of them
+        #: (the first ones) are published: what :meth:`published` waits for
+        self._queued = 0
+        self._published = 0
         #: the worker is behind (as of its last batch): see BEHIND_EVENTS
         self.behind = False
         self._last_submission = -math.inf  # monotonic
@@ -137,6 +141,8 @@ class RankingQueue:
         self.waiting_triggers.extend((user_id, profile_fields(state.profile), trigger)
                                      for user_id, state, trigger in triggers)
         self.waiting_outcomes.extend(map(orjson.dumps, outcomes))
+        if lists or triggers:
+            self._queued += 1
         self._submit_waiting()
 
     def _submit_waiting(self, hold: bool = True) -> None:
@@ -165,7 +171,7 @@ class RankingQueue:
         previous = self.under_way[-1] if self.under_way else None
         publish = self._publish_when_ranked(
             ranking, list(lists), [trigger for *_, trigger in triggers],
-            [request[0] for request in triggers], previous, started)
+            [request[0] for request in triggers], previous, started, self._queued)
         task = asyncio.ensure_future(publish)
         self.under_way.append(task)
         task.add_done_callback(self._ranking_done)
@@ -174,8 +180,11 @@ class RankingQueue:
         self, ranking: Awaitable[tuple[list[bytes], list[list[tuple[str, bytes]]],
                                        Exposure | None]],
         list_users: list[str], triggers: list[Trigger], trigger_users: list[str],
-        previous: asyncio.Future[None] | None, started: float,
+        previous: asyncio.Future[None] | None, started: float, covers: int,
     ) -> None:
+        """Publishes one submission's records once ranked and those before it are;
+        then the first ``covers`` calls of :meth:`publish` are published (a
+        submission takes everything waiting)."""
         records, triggered, exposure = await ranking
         if previous is not None:
             await previous  # a user's records leave in the order they were queued
@@ -191,6 +200,7 @@ class RankingQueue:
                 self.outbox.add(self.topics[output], record, key=user_id.encode())
             self.counters.triggers_out[trigger.kind] += 1
         await self.outbox.send()
+        self._published = max(self._published, covers)
 
     def _hold_over(self) -> None:
         self._hold = None
@@ -208,12 +218,14 @@ class RankingQueue:
         self._submit_waiting()
 
     async def published(self) -> None:
-        """Wait until every list and trigger queued so far is published (those
-        waiting are submitted as submissions come back);
+        """Wait until every list and trigger queued before this call is published
+        (those waiting are submitted as submissions come back), not those queued
+        while it waits: at full speed there always are more, and a commit that
+        waited for them too never came (the worker kept every change unwritten);
         :class:`RecommendationsLost` once any were not (their events are then never
         committed: a replay ranks them again)."""
-        while self._lost is None and (
-                self.under_way or self.waiting_lists or self.waiting_triggers):
+        target = self._queued
+        while self._lost is None and self._published < target:
             self._submit_waiting(hold=False)
             await asyncio.wait([self.under_way[-1]])
         if self._lost is not None:

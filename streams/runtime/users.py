@@ -90,15 +90,14 @@ class Users:
 
         A state records the row updates, lists and triggers of its events, which
         must reach Kafka first (a crash in between replays them; the other way
-        round they would be lost). Each slice is therefore read at once (encoded)
-        once the rankings under way are published, then everything queued until
-        then is delivered, then the slice is written. A user a batch changes
+        round they would be lost). Each slice is therefore read at once (encoded),
+        then the rankings queued until then are published and everything queued
+        until then is delivered, then the slice is written. A user a batch changes
         meanwhile stays changed, for the next slice or commit.
         """
         async with self._writing:
             pending = self.cache.dirty_count()
             while pending > 0 and self.stream is not None:
-                await self.published()
                 started = time.perf_counter()
                 taken = self.cache.peek_dirty(min(pending, USERS_PER_SLICE))
                 if not taken:
@@ -106,6 +105,9 @@ class Users:
                 states = [(user_id, state.to_json(), event, change)
                           for user_id, state, event, change in taken]
                 spent = time.perf_counter() - started
+                # what these states record was queued before they were read: its
+                # rankings are published first (not those of later batches)
+                await self.published()
                 await self.outbox.send()
                 await self.outbox.delivered()
                 self.outbox.check()

@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from core.events import Event
+from core.ratings import UserProfile
 from streams.runtime.children.model_jobs import snapshot_from_json
-from streams.runtime.children.ranking_jobs import Exposure, hold_snapshot
+from streams.runtime.children.ranking_jobs import Exposure, hold_snapshot, profile_fields
 from streams.runtime.ranking import RecommendationsLost
 from streams.runtime.records import recommendation_record
 from tests.stream.harness import TS, Harness, MakeHarness, click, run_async, user_state
@@ -96,7 +97,7 @@ async def test_lists_leave_in_batch_order_whichever_ranking_ends_first(
         assert len(ranker.rankings) == 2
         ranker.rankings[1].set_result(([b'"second"'], [], None))
         for _ in range(20):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.002)  # a batch every 2 ms
         assert h.sent_to("recommendations") == []  # waits for the first batch's
         ranker.rankings[0].set_result(([b'"first"'], [], None))
         await h.wait_until(lambda: len(h.sent_to("recommendations")) == 2, "both lists")
@@ -114,7 +115,7 @@ async def test_a_commit_waits_for_the_lists_of_the_batches_before_it(
         # the users writer itself waits (it runs before commits and rebalances)
         commit = asyncio.ensure_future(h.stream.users.write_changed())
         for _ in range(50):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.002)  # a batch every 2 ms
         # the state that records the event waits for the event's list
         assert not commit.done() and h.stream.topology.users.get("u1") is None
         ranker.rankings[0].set_result(([b'"list"'], [], None))
@@ -202,3 +203,39 @@ async def test_a_worker_behind_sends_its_lists_to_the_ranking_child_at_most_ever
         ranker.rankings[2].set_result(([b'"u3"'], [], None))
         await h.stream.ranking.published()
     assert [m.json() for m in h.sent_to("recommendations")] == ["u1", "u2", "u1 again", "u3"]
+
+
+@run_async
+async def test_published_waits_for_what_was_queued_not_for_what_keeps_coming(
+    make_harness: MakeHarness,
+) -> None:
+    # At full speed a batch's lists are queued while the last ones are ranked:
+    # a commit that waited for those too never came (a shop-scale run wrote no
+    # state for 16 minutes).
+    h = make_harness()
+    ranking = h.stream.ranking
+    fields = profile_fields(UserProfile(recent=["i1"], events=1, last_ts=TS))
+    queued = 0
+    stop = asyncio.Event()
+
+    async def batches_at_full_speed() -> None:
+        nonlocal queued
+        while not stop.is_set():  # a batch at every turn of the loop, 20 customers
+            ranking.publish([(f"u{queued % 20}", fields, "view", TS)], [])
+            queued += 1
+            await asyncio.sleep(0)
+
+    feeding = asyncio.ensure_future(batches_at_full_speed())
+    try:
+        await h.wait_until(lambda: h.sent_to("recommendations"), "a first list published")
+        before = queued
+        await asyncio.wait_for(ranking.published(), 10.0)
+        assert queued > before  # batches went on meanwhile
+        await h.stream.outbox.delivered()
+        assert {m.key for m in h.sent_to("recommendations")} == {
+            f"u{n}".encode() for n in range(20)}
+    finally:
+        stop.set()
+        await feeding
+    await ranking.published()
+    assert ranking.idle()

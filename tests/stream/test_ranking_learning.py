@@ -55,6 +55,14 @@ def shop_events(seed: int, n: int) -> list[Event]:
     return events
 
 
+def learned_offline(events: list[Event]) -> Recommender:
+    """The replay of ``events``, refreshed: the snapshot the child ranks with."""
+    model = Recommender(CONFIG)
+    model.observe_many(events)
+    model.refresh()
+    return model
+
+
 def items_and_scores(records: list[bytes]) -> list[list[tuple[str, float]]]:
     return [[(item["item_id"], item["score"]) for item in orjson.loads(record)["items"]]
             for record in records]
@@ -99,9 +107,7 @@ def replayed(snapshot: Snapshot, learned: dict[str, Any], lists: list[ListReques
 @run_async
 async def test_the_child_learns_and_ranks_as_the_replay_with_its_weights() -> None:
     events = shop_events(3, 2_400)
-    model = Recommender(CONFIG)
-    model.observe_many(events[:1_200])
-    model.refresh()
+    model = learned_offline(events[:1_200])
     snapshot = model.snapshot
     assert snapshot.ranker is None and snapshot.model.n_items > 50
     process = ChildProcess(RANKER_NICENESS, "reco-ranker")
@@ -147,9 +153,7 @@ async def test_the_child_learns_and_ranks_as_the_replay_with_its_weights() -> No
 @run_async
 async def test_nothing_is_learned_when_learning_is_off() -> None:
     events = shop_events(5, 600)
-    model = Recommender(CONFIG)
-    model.observe_many(events[:300])
-    model.refresh()
+    model = learned_offline(events[:300])
     process = ChildProcess(RANKER_NICENESS, "reco-ranker")
     try:
         process.hold("snapshot", hold_snapshot, model.snapshot)

@@ -21,6 +21,7 @@ before the next event.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,11 @@ class ItemFacts:
     # popular_prefix by length, made on first use (the arrays are not mutated)
     _popular: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False,
                                             compare=False)
+
+    @functools.cached_property
+    def most_taken(self) -> float:
+        """The most users any item has (0.0: none), found once per snapshot."""
+        return float(self.counts.max()) if self.counts.size else 0.0
 
     def popular_prefix(self, length: int, ids: Sequence[str]) -> np.ndarray:
         """The ``length`` items most taken (positions), most first, ties by id
@@ -226,25 +232,30 @@ def _features(snapshot: Snapshot, profile: UserProfile | None, positions: np.nda
     if n == 0:
         return x
     ids = model.items.ids
-    if neighbour_at.size:
-        similarity = np.zeros(model.n_items)
-        similarity[neighbour_at] = neighbour_score
-        x[:, 0] = np.log1p(similarity[positions])
+    listed = positions.tolist()
+    if neighbour_at.size:  # looked up among the user's few, not spread over the catalogue
+        order = np.argsort(neighbour_at, kind="stable")
+        found = np.minimum(np.searchsorted(neighbour_at, positions, sorter=order),
+                           neighbour_at.size - 1)
+        at = order[found]
+        x[:, 0] = np.log1p(np.where(neighbour_at[at] == positions, neighbour_score[at], 0.0))
     trending = model.trending
     x[:, 1] = np.where(positions < trending.size,
                        trending[np.minimum(positions, max(trending.size - 1, 0))]
                        if trending.size else 0.0, 0.0)
-    x[:, 2] = np.fromiter((propensities.get(p, 0.0) for p in positions.tolist()), np.float64, n)
+    if propensities:
+        x[:, 2] = [propensities.get(p, 0.0) for p in listed]
     if profile is not None:
-        bought = [ids[p] in profile.purchased for p in positions.tolist()]
-        x[:, 3] = bought
-        x[:, 4] = [math.log1p(profile.purchase_counts.get(ids[p], 1) if b else 0) / 3.0
-                   for p, b in zip(positions.tolist(), bought, strict=True)]
-        x[:, 5] = [ids[p] in profile.ratings for p in positions.tolist()]
+        names = [ids[p] for p in listed]
+        purchased, counts, ratings = profile.purchased, profile.purchase_counts, profile.ratings
+        x[:, 3] = [name in purchased for name in names]
+        x[:, 4] = [math.log1p(counts.get(name, 1)) / 3.0 if name in purchased else 0.0
+                   for name in names]
+        x[:, 5] = [name in ratings for name in names]
         x[:, 7] = math.log1p(profile.events) / 8.0
     if facts.counts.size:
         at = np.minimum(positions, facts.counts.size - 1)
-        top = float(facts.counts.max())
+        top = facts.most_taken
         x[:, 6] = np.log1p(facts.counts[at]) / math.log1p(top) if top > 0 else 0.0
         seen = facts.first_seen[at]
         x[:, 8] = np.where(seen > 0, np.log1p(np.maximum(now - seen, 0.0) / DAY_SECONDS) / 6.0,

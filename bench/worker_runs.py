@@ -186,7 +186,9 @@ def start_profiler(bench: Bench, worker: WorkerProcess,
     each function can be summed with a text tool; ``--nonblocking`` so the worker is
     never paused (at the price of the odd torn stack); ``--idle`` so that waiting
     threads are sampled too (the loop in ``select``): each thread's samples then
-    cover the whole run, and a share of them is a share of its wall time.
+    cover the whole run, and a share of them is a share of its wall time;
+    ``--subprocesses`` so that the ranking, model and rows children are sampled
+    too (each stack then begins with its process).
     """
     if not bench.args.profile or worker.proc is None:
         return None
@@ -195,7 +197,7 @@ def start_profiler(bench: Bench, worker: WorkerProcess,
     out.parent.mkdir(parents=True, exist_ok=True)
     log = (bench.tmp / f"{name}-py-spy.log").open("wb")
     proc = subprocess.Popen([spy, "record", "--format", "raw", "--nonblocking", "--rate", "100",
-                             "--idle", "--threads",
+                             "--idle", "--threads", "--subprocesses",
                              "--output", str(out), "--pid", str(worker.proc.pid)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     bench.cleanups.append(lambda: stop_child(proc))

@@ -10,6 +10,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 
+from core.events import Event
 from core.ratings import RatingWeights
 from core.repurchase import REPEAT_MODES
 from core.similarity import SIMILARITIES, SimilarityParams
@@ -106,6 +107,18 @@ class RecommenderConfig:
     def rating_by_type(self) -> dict[str, float]:
         """Event type -> implicit rating (see :meth:`RatingWeights.by_type`)."""
         return self.weights.by_type()
+
+    def rating_of(self, event: Event) -> float | None:
+        """What ``event`` says of its item: its value, else its type's implicit
+        rating (None: nothing, as a type with no weight).
+
+        >>> from core.events import Event
+        >>> config = RecommenderConfig()
+        >>> config.rating_of(Event("u", "a", 0.0, "view", value=4.0)), config.rating_of(
+        ...     Event("u", "a", 0.0, "view")) == config.rating_by_type["view"]
+        (4.0, True)
+        """
+        return event.value if event.value is not None else self.rating_by_type.get(event.type)
 
     @functools.cached_property
     def paired_items(self) -> int:

@@ -29,7 +29,6 @@ same order teach the same weights.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ import numpy as np
 from core.config import DAY, RecommenderConfig
 from core.events import Event
 from core.learned import LearnedRanking
+from core.lru import LeastRecentlyUsed
 from core.mix import Candidates
 
 #: Every this many events on known items, the scorers are judged on what the
@@ -74,7 +74,7 @@ class Shown:
 def rates(event: Event, config: RecommenderConfig) -> bool:
     """Whether ``event`` says something of the item (a rating, explicit or by
     type): the events a visit is made of."""
-    return event.value is not None or config.rating_by_type.get(event.type) is not None
+    return config.rating_of(event) is not None
 
 
 class OutcomeLearner:
@@ -90,7 +90,7 @@ class OutcomeLearner:
         self.config = config
         self.capacity = capacity
         #: per customer, the list their visit began with and what it took
-        self.visits: OrderedDict[str, tuple[Shown, np.ndarray]] = OrderedDict()
+        self.visits = LeastRecentlyUsed[str, tuple[Shown, np.ndarray]](capacity)
         #: events on items the ranking's snapshot knew (every JUDGE_EVERY-th is judged)
         self.known_events = 0
 
@@ -110,14 +110,15 @@ class OutcomeLearner:
             began_with = shown()
             if began_with is None:
                 return
-            pending = self.visits[user_id] = (began_with, np.zeros(len(began_with.item_ids)))
-            if self.capacity is not None and len(self.visits) > self.capacity:
-                self.visits.popitem(last=False)
+            pending = (began_with, np.zeros(len(began_with.item_ids)))
+            self.visits.put(user_id, pending)
         else:
-            self.visits.move_to_end(user_id)
+            self.visits.touch(user_id)
         if not known:
             return
-        pending[1][pending[0].marks(item_id) == 1.0] = 1.0
+        began, taken = pending
+        if item_id in began.item_ids:
+            taken[began.item_ids.index(item_id)] = 1.0
         self.known_events += 1
         if self.known_events % JUDGE_EVERY == 0:
             now = shown()
@@ -127,30 +128,6 @@ class OutcomeLearner:
                     self.ranking.judge(now.features, taken, self.config)
 
 
-class LastShown:
-    """The last list each customer had, for at most ``capacity`` customers (the
-    least recently listed dropped first): what a stream's next events are
-    judged against.
-
-    >>> lists = LastShown(capacity=1)
-    >>> lists.put("u", Shown(("a",), np.zeros((1, 9))))
-    >>> lists.put("v", Shown(("b",), np.zeros((1, 9))))
-    >>> lists.get("u") is None, lists.get("v").item_ids
-    (True, ('b',))
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._lists: OrderedDict[str, Shown] = OrderedDict()
-
-    def put(self, user_id: str, shown: Shown) -> None:
-        self._lists[user_id] = shown
-        self._lists.move_to_end(user_id)
-        if len(self._lists) > self.capacity:
-            self._lists.popitem(last=False)
-
-    def get(self, user_id: str) -> Shown | None:
-        return self._lists.get(user_id)
-
-    def __len__(self) -> int:
-        return len(self._lists)
+#: The last list each customer had, for at most so many customers (the least
+#: recently listed dropped first): what a stream's next events are judged against.
+LastShown = LeastRecentlyUsed[str, Shown]

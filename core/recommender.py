@@ -58,7 +58,7 @@ def learn_event(
     The one place where an event becomes a rating, a history entry, a purchase
     and a co-occurrence gain; the offline model and the stream both call it.
     """
-    rating = event.value if event.value is not None else config.rating_by_type.get(event.type)
+    rating = config.rating_of(event)
     recent = profile.recent
     before = recent[-1] if recent else None
     gained = profile.observe(event.item_id, rating, event.ts, config.history,

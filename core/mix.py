@@ -22,6 +22,7 @@ before the next event.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,14 +169,41 @@ def candidates(snapshot: Snapshot, profile: UserProfile | None, config: Recommen
     """The user's candidates from every source (see the module docstring);
     ``neighbours``: their :meth:`NeighborModel.neighbour_scores`, when found
     already."""
+    return candidates_many(snapshot, [(profile, banned)], config,
+                           None if neighbours is None else [neighbours])[0]
+
+
+def candidates_many(snapshot: Snapshot,
+                    requests: Sequence[tuple[UserProfile | None, Collection[str]]],
+                    config: RecommenderConfig, neighbours: Sequence[Neighbours] | None = None
+                    ) -> list[Candidates]:
+    """:func:`candidates` of each (profile, banned items), their features found
+    all at once (per user, the numpy calls cost as much as the features)."""
+    if neighbours is None:
+        neighbours = snapshot.model.neighbour_scores([profile for profile, _ in requests],
+                                                     config.recency_decay)
+    chosen = [_chosen(snapshot, profile, config, banned, found)
+              for (profile, banned), found in zip(requests, neighbours, strict=True)]
+    positions = [np.fromiter(sources, np.int64, len(sources)) for sources, _ in chosen]
+    features = _features(snapshot, [profile for profile, _ in requests], positions,
+                         neighbours, [again for _, again in chosen])
+    return [Candidates(at, x, list(sources.values()), found[2])
+            for at, x, (sources, _), found in zip(positions, features, chosen, neighbours,
+                                                  strict=True)]
+
+
+def _chosen(snapshot: Snapshot, profile: UserProfile | None, config: RecommenderConfig,
+            banned: Collection[str], neighbours: Neighbours
+            ) -> tuple[dict[int, str], dict[int, float]]:
+    """A user's candidates (position -> the source that put it forward), and the
+    buy-again propensities of the items they bought."""
     model, facts = snapshot.model, snapshot.facts
     size = model.n_items
     positions_of = model.items.positions
     out = {p for p in map(positions_of.get, banned) if p is not None and p < size}
     per_source = config.per_source
     chosen: dict[int, str] = {}
-    neighbour_at, neighbour_score, entries = (
-        neighbours or model.neighbour_scores([profile], config.recency_decay)[0])
+    neighbour_at, neighbour_score, _ = neighbours
     if neighbour_at.size:
         wanted = per_source + len(out)
         best = np.arange(neighbour_at.size)
@@ -197,10 +225,9 @@ def candidates(snapshot: Snapshot, profile: UserProfile | None, config: Recommen
     for p in facts.popular_prefix(per_source + len(out), model.items.ids).tolist():
         if p not in out and p not in chosen:
             chosen[p] = "popular"
-    now = profile.last_ts if profile is not None else 0.0
     again_scores: dict[int, float] = {}
     if profile is not None and profile.purchased and config.repeat != "never":
-        next_visit = now + profile.visit_gap_days(DEFAULT_GAP_DAYS) * DAY_SECONDS
+        next_visit = profile.last_ts + profile.visit_gap_days(DEFAULT_GAP_DAYS) * DAY_SECONDS
         bought = [(p, last, item_id) for item_id, last in profile.purchased.items()
                   if (p := positions_of.get(item_id)) is not None and p < size
                   and p not in out]
@@ -217,50 +244,63 @@ def candidates(snapshot: Snapshot, profile: UserProfile | None, config: Recommen
         for p in again:
             if again_scores[p] > 0.0:
                 chosen[p] = "buy_again"  # its own reason wins over the others'
-    positions = np.fromiter(chosen, np.int64, len(chosen))
-    return Candidates(positions, _features(snapshot, profile, positions, neighbour_at,
-                                           neighbour_score, again_scores, now),
-                      list(chosen.values()), entries)
+    return chosen, again_scores
 
 
-def _features(snapshot: Snapshot, profile: UserProfile | None, positions: np.ndarray,
-              neighbour_at: np.ndarray, neighbour_score: np.ndarray,
-              propensities: Mapping[int, float], now: float) -> np.ndarray:
+def _features(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
+              positions: Sequence[np.ndarray], neighbours: Sequence[Neighbours],
+              propensities: Sequence[Mapping[int, float]]) -> list[np.ndarray]:
+    """Each user's candidates' :data:`FEATURES` (one row each), taken at the user's
+    latest event; every user's rows found together, each the same floats as alone."""
     model, facts = snapshot.model, snapshot.facts
-    n = positions.size
+    sizes = [at.size for at in positions]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    at = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
+    n = at.size
     x = np.zeros((n, len(FEATURES)))
-    if n == 0:
-        return x
-    ids = model.items.ids
-    listed = positions.tolist()
-    if neighbour_at.size:  # looked up among the user's few, not spread over the catalogue
-        order = np.argsort(neighbour_at, kind="stable")
-        found = np.minimum(np.searchsorted(neighbour_at, positions, sorter=order),
-                           neighbour_at.size - 1)
-        at = order[found]
-        x[:, 0] = np.log1p(np.where(neighbour_at[at] == positions, neighbour_score[at], 0.0))
-    trending = model.trending
-    x[:, 1] = np.where(positions < trending.size,
-                       trending[np.minimum(positions, max(trending.size - 1, 0))]
-                       if trending.size else 0.0, 0.0)
-    if propensities:
-        x[:, 2] = [propensities.get(p, 0.0) for p in listed]
-    if profile is not None:
-        names = [ids[p] for p in listed]
-        purchased, counts, ratings = profile.purchased, profile.purchase_counts, profile.ratings
-        x[:, 3] = [name in purchased for name in names]
-        x[:, 4] = [math.log1p(counts.get(name, 1)) / 3.0 if name in purchased else 0.0
-                   for name in names]
-        x[:, 5] = [name in ratings for name in names]
-        x[:, 7] = math.log1p(profile.events) / 8.0
-    if facts.counts.size:
-        at = np.minimum(positions, facts.counts.size - 1)
-        top = facts.most_taken
-        x[:, 6] = np.log1p(facts.counts[at]) / math.log1p(top) if top > 0 else 0.0
-        seen = facts.first_seen[at]
-        x[:, 8] = np.where(seen > 0, np.log1p(np.maximum(now - seen, 0.0) / DAY_SECONDS) / 6.0,
-                           0.0)
-    return x
+    if n:
+        ids = model.items.ids
+        listed = at.tolist()
+        rows = [range(bounds[u], bounds[u + 1]) for u in range(len(sizes))]
+        # neighbours: each (user, position) looked up among the user's few entries
+        base = model.n_items + 1
+        keys = np.concatenate([found[0] + u * base for u, found in enumerate(neighbours)])
+        if keys.size:
+            scores = np.concatenate([found[1] for found in neighbours])
+            order = np.argsort(keys, kind="stable")
+            wanted = at + np.repeat(np.arange(len(sizes)) * base, sizes)
+            found_at = order[np.minimum(np.searchsorted(keys, wanted, sorter=order),
+                                        keys.size - 1)]
+            x[:, 0] = np.log1p(np.where(keys[found_at] == wanted, scores[found_at], 0.0))
+        trending = model.trending
+        x[:, 1] = np.where(at < trending.size,
+                           trending[np.minimum(at, max(trending.size - 1, 0))]
+                           if trending.size else 0.0, 0.0)
+        x[:, 2] = [again.get(listed[row], 0.0) if again else 0.0
+                   for again, these in zip(propensities, rows, strict=True) for row in these]
+        now = np.zeros(n)
+        for profile, these in zip(profiles, rows, strict=True):
+            if profile is None or not these:
+                continue
+            names = [ids[listed[row]] for row in these]
+            purchased, counts, ratings = (profile.purchased, profile.purchase_counts,
+                                          profile.ratings)
+            part = slice(these.start, these.stop)
+            x[part, 3] = [name in purchased for name in names]
+            x[part, 4] = [math.log1p(counts.get(name, 1)) / 3.0 if name in purchased else 0.0
+                          for name in names]
+            x[part, 5] = [name in ratings for name in names]
+            x[part, 7] = math.log1p(profile.events) / 8.0
+            now[part] = profile.last_ts
+        if facts.counts.size:
+            kept = np.minimum(at, facts.counts.size - 1)
+            top = facts.most_taken
+            x[:, 6] = np.log1p(facts.counts[kept]) / math.log1p(top) if top > 0 else 0.0
+            seen = facts.first_seen[kept]
+            x[:, 8] = np.where(seen > 0,
+                               np.log1p(np.maximum(now - seen, 0.0) / DAY_SECONDS) / 6.0, 0.0)
+    # copies: a list kept to learn from must not hold on to the whole batch's rows
+    return [x[lo:hi].copy() for lo, hi in itertools.pairwise(bounds)]
 
 
 def rank(snapshot: Snapshot, user_id: str, profile: UserProfile | None, n: int,
@@ -297,9 +337,8 @@ def rank_mix(snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
     profiles = [profile for _, profile, _ in requests]
     ranked: list[tuple[list[int], list[str], list[float]]] = []
     entries = []
-    for (_, profile, banned), neighbours in zip(
-            requests, model.neighbour_scores(profiles, config.recency_decay), strict=True):
-        these = candidates(snapshot, profile, config, banned, neighbours)
+    for these in candidates_many(snapshot, [(profile, banned) for _, profile, banned in requests],
+                                 config):
         if found is not None:
             found.append(these)
         scores = (blend(these.features, config) if learned is None

@@ -110,7 +110,10 @@ class Ingest:
                       ) -> None:
         """One batch, under the users lock: a churn scan slice and a rebalance take
         turns with it, so that none works on a state another has half changed,
-        and a rebalance lets the batch under way finish first."""
+        and a rebalance lets the batch under way finish first. It waits first
+        while the ranking child has too many lists to rank
+        (:meth:`streams.runtime.ranking.RankingQueue.room`)."""
+        await self.ranking.room()  # the ranking child sets the pace it can keep
         started = time.perf_counter()
         self.ranking.behind = sum(self.clock.refresh_lag().values()) > BEHIND_EVENTS
         async with self.users.lock:
@@ -218,7 +221,8 @@ class Ingest:
                 if changed:
                     cause = (decoded.type, decoded.ts)
             if cause is not None:
-                lists.append((user_id, profile_fields(state.profile), *cause))
+                # encoded when the batch's lists are queued, before any other change
+                lists.append((user_id, profile_fields(state.profile, live=True), *cause))
         return learned
 
     def _send_row_updates(self, gains: Mapping[int, list[RowGain]]) -> None:

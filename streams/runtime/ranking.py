@@ -3,7 +3,8 @@ and published in the order queued.
 
 At most :data:`RANKINGS_IN_FLIGHT` submissions are under way; the lists of later
 batches wait here, one per user (a user's later list replaces the one waiting,
-since it records every event the other did), and go as the next submission.
+since it records every event the other did), and go as the next submission;
+at :data:`MOST_LISTS_WAITING` the next batch waits (:meth:`RankingQueue.room`).
 Under light load nothing waits and every batch's lists go at once. Triggers are
 never replaced.
 """
@@ -44,6 +45,12 @@ from streams.runtime.state import UserState
 #: Submissions of lists to the ranking child at once: one ranked while the next
 #: waits in the pipe.
 RANKINGS_IN_FLIGHT = 2
+#: Lists waiting for the ranking child at which the next batch waits for room:
+#: input the child cannot keep up with then waits in Kafka, not here. (Unbounded,
+#: at 500,000 customers, whose lists rarely replace one another, the backlog and
+#: each submission grew for as long as the input came: p99 of 25 s at half load,
+#: and every commit waited for that backlog.)
+MOST_LISTS_WAITING = 2_000
 #: Unread input events beyond which the worker is behind (a backlog: after a
 #: restart, or input faster than it keeps up with). Its lists then go to the
 #: ranking child at most every BEHIND_HOLD_SECONDS, one per user: a busy user's
@@ -216,6 +223,16 @@ class RankingQueue:
             self._lost.__cause__ = exc
             self.crash_soon(self._lost)
         self._submit_waiting()
+
+    async def room(self) -> None:
+        """Back once fewer than :data:`MOST_LISTS_WAITING` lists wait (at once,
+        unless the ranking child is behind): a batch awaits it before it is
+        taken on."""
+        while self._lost is None and len(self.waiting_lists) >= MOST_LISTS_WAITING:
+            self._submit_waiting(hold=False)  # enough wait: no use holding them
+            if not self.waiting_lists:
+                return
+            await asyncio.wait([self.under_way[0]])
 
     async def published(self) -> None:
         """Wait until every list and trigger queued before this call is published

@@ -391,7 +391,8 @@ async def test_the_writers_take_a_share_of_the_loop_before_a_commit_and_all_at_a
     sleeps.seconds.clear()
     await stream.commits.before_commit()
     paused = [s for s in sleeps.seconds if s > 0]
-    assert len(paused) == 4  # between the three slices of rows, and of users
+    # between the three slices of rows, the three of users read, and the three written
+    assert len(paused) == 6
     assert stream.users.cache.dirty_count() == 0 and await unwritten_rows(h) == 0
 
     await change_users_and_rows(h, ("u1", "u2", "u3"), ("a", "b", "c"), first_offset=10)

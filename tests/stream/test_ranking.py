@@ -176,6 +176,66 @@ async def test_lists_behind_two_rankings_wait_and_a_users_later_list_replaces_it
 
 
 @run_async
+async def test_a_batch_waits_while_too_many_lists_wait_for_the_ranking_child(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Unbounded, at 500,000 customers whose lists rarely replace one another,
+    # the lists waiting grew for as long as input came faster than the child
+    # ranked (p99 of 25 s at half load, commits waiting for all of them).
+    h = make_harness()
+    ranker = HeldRanker.instead_of(h, monkeypatch)
+    monkeypatch.setattr("streams.runtime.ranking.MOST_LISTS_WAITING", 3)
+    async with h.stream.agents.process_events.test_context() as agent:
+        for n in (1, 2, 3, 4, 5):  # two under way, three waiting
+            await put_and_wait(h, agent, click(f"u{n}", "i1", TS + n))
+        assert len(ranker.rankings) == 2 and len(h.stream.ranking.waiting_lists) == 3
+        sixth = await h.put_event(agent, click("u6", "i1", TS + 6))
+        for _ in range(50):
+            await asyncio.sleep(0.002)
+        assert not sixth.acked and h.stream.users.stored("u6") is None  # not taken on yet
+        ranker.rankings[0].set_result(([b'"u1"'], [], None))
+        await h.wait_until(lambda: sixth.acked, "the sixth batch")
+        # the waiting lists went as one submission before the batch was taken on
+        assert [[request[0] for request in lists] for lists in ranker.lists] == [
+            ["u1"], ["u2"], ["u3", "u4", "u5"]]
+        assert list(h.stream.ranking.waiting_lists) == ["u6"]
+        for ranking, names in zip(ranker.rankings[1:], (["u2"], ["u3", "u4", "u5"]),
+                                  strict=True):
+            ranking.set_result(([orjson.dumps(name) for name in names], [], None))
+        await h.wait_until(lambda: len(ranker.rankings) == 4, "the sixth list submitted")
+        ranker.rankings[3].set_result(([b'"u6"'], [], None))
+        await h.stream.ranking.published()
+    assert [m.json() for m in h.sent_to("recommendations")] == [
+        "u1", "u2", "u3", "u4", "u5", "u6"]
+
+
+@run_async
+async def test_a_commit_waits_for_the_ranking_child_once_however_many_users_changed(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One wait per slice of users made a commit wait for the ranking child once
+    # per thousand users: at a shop's scale, commits stopped coming.
+    h = make_harness()
+    monkeypatch.setattr("streams.runtime.users.USERS_PER_SLICE", 2)
+    waits = 0
+    published = h.stream.users.published
+
+    async def counted() -> None:
+        nonlocal waits
+        waits += 1
+        await published()
+
+    monkeypatch.setattr(h.stream.users, "published", counted)
+    async with h.stream.agents.process_events.test_context() as agent:
+        for n in range(7):
+            await h.process(agent, click(f"u{n}", "i1", TS + n))
+        await h.stream.users.write_changed()
+    assert waits == 1
+    assert all(h.stream.topology.users.get(f"u{n}") is not None for n in range(7))
+    assert h.stream.users.cache.dirty_count() == 0
+
+
+@run_async
 async def test_a_worker_behind_sends_its_lists_to_the_ranking_child_at_most_every_hold(
     make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -16,7 +16,7 @@ import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -51,9 +51,20 @@ TriggerRequest = tuple[str, ProfileFields, Trigger]
 Outcome = tuple[str, str, float, float]
 
 
-def profile_fields(profile: UserProfile) -> ProfileFields:
+def profile_fields(profile: UserProfile, live: bool = False) -> ProfileFields:
     """What the ranking child needs of ``profile`` (see :data:`ProfileFields`), as
-    it is now: copies, since a trigger waits while the profile moves on."""
+    it is now: copies, since a trigger waits while the profile moves on (``live``:
+    the profile's own structures, for a caller that encodes them at once, as the
+    lists of a batch are).
+
+    >>> profile = UserProfile(recent=["a"])
+    >>> profile_fields(profile)[0] is profile.recent, profile_fields(profile, True)[0] is (
+    ...     profile.recent)
+    (False, True)
+    """
+    if live:
+        return (profile.recent, profile.purchased, profile.purchase_counts, profile.events,
+                profile.last_ts, profile.first_ts, profile.active_days, profile.ratings)
     return (list(profile.recent), dict(profile.purchased), dict(profile.purchase_counts),
             profile.events, profile.last_ts, profile.first_ts, profile.active_days,
             dict(profile.ratings))
@@ -70,9 +81,19 @@ def profile_of(fields: ProfileFields) -> UserProfile:
     True
     """
     recent, purchased, counts, events, last_ts, first_ts, active_days, ratings = fields
-    return UserProfile(ratings=dict(ratings), recent=list(recent), purchased=dict(purchased),
-                       purchase_counts=dict(counts), events=events, last_ts=last_ts,
-                       first_ts=first_ts, active_days=active_days)
+    # decoded for this call alone (JSON, pickle): taken as they are, not copied
+    return UserProfile(ratings=_as_dict(ratings),
+                       recent=recent if isinstance(recent, list) else list(recent),
+                       purchased=_as_dict(purchased), purchase_counts=_as_dict(counts),
+                       events=events, last_ts=last_ts, first_ts=first_ts,
+                       active_days=active_days)
+
+
+T = TypeVar("T")
+
+
+def _as_dict(mapping: Mapping[str, T]) -> dict[str, T]:
+    return mapping if isinstance(mapping, dict) else dict(mapping)
 
 
 #: The snapshot the ranking child ranks with (see hold_snapshot).

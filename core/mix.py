@@ -268,10 +268,11 @@ def _features(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
         if keys.size:
             scores = np.concatenate([found[1] for found in neighbours])
             order = np.argsort(keys, kind="stable")
+            ordered = keys[order]
             wanted = at + np.repeat(np.arange(len(sizes)) * base, sizes)
-            found_at = order[np.minimum(np.searchsorted(keys, wanted, sorter=order),
-                                        keys.size - 1)]
-            x[:, 0] = np.log1p(np.where(keys[found_at] == wanted, scores[found_at], 0.0))
+            found_at = np.minimum(np.searchsorted(ordered, wanted), keys.size - 1)
+            x[:, 0] = np.log1p(np.where(ordered[found_at] == wanted, scores[order[found_at]],
+                                        0.0))
         trending = model.trending
         x[:, 1] = np.where(at < trending.size,
                            trending[np.minimum(at, max(trending.size - 1, 0))]

@@ -121,7 +121,7 @@ class RecoStream:
         self.kept_ranking = KeptRanking(self.ranking, topology.learned_ranking,
                                         topology.owned_tick_partitions, self.metrics)
         self.commits = Commits(self.users, self.rows, self.ranking, self.refresh,
-                               self.outbox, self.pacing)
+                               self.outbox, self.pacing, self.metrics)
         self.lookups = Lookups(self.users, self.ranking, self.refresh, self.churn, self.clock,
                                topology, self.counters, self.metrics, self.engagement, s.k,
                                s.neighbors)

@@ -26,6 +26,7 @@ from typing import Any
 
 from mode.types.signals import BaseSignalT
 
+from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.outbox import Outbox
 from streams.runtime.pacing import WriterPacing
 from streams.runtime.ranking import RankingQueue
@@ -38,7 +39,9 @@ class Commits:
     """Writes what changed before an offset commit, and before a rebalance."""
 
     def __init__(self, users: Users, rows: RowsClient, ranking: RankingQueue,
-                 refresh: Refresh, outbox: Outbox, pacing: WriterPacing) -> None:
+                 refresh: Refresh, outbox: Outbox, pacing: WriterPacing,
+                 metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
         self.users = users
         self.rows = rows
         self.ranking = ranking
@@ -51,11 +54,16 @@ class Commits:
         since the last commit go to their tables, and every record queued so far
         is written (a failed batch raises
         :class:`streams.runtime.outbox.DeliveryFailed`, and nothing is committed)."""
-        await self.ranking.published()
-        await self.rows.write_changed(paced=True)
-        await self.users.write_changed(paced=True)
-        await self.outbox.send()
-        await self.outbox.delivered()
+        phase = self.metrics.commit_seconds.labels
+        with phase("rankings").time():
+            await self.ranking.published()
+        with phase("rows").time():
+            await self.rows.write_changed(paced=True)
+        with phase("users").time():
+            await self.users.write_changed(paced=True)
+        with phase("records").time():
+            await self.outbox.send()
+            await self.outbox.delivered()
         self.outbox.check()
 
     async def on_rebalance(self, sender: Any, /, *args: Any,

@@ -3,7 +3,7 @@
 :class:`Counters` stay the one record of what happened (``/health`` shows them
 too); a collector turns them into Prometheus families at scrape time, beside
 histograms of batch size, batch latency, ranking latency and refresh duration,
-a consumer lag gauge, and the exposure (coverage, Gini) of the last published
+a commit's phases, a consumer lag gauge, and the exposure (coverage, Gini) of the last published
 lists, which the ranking child measures. prometheus-client does the text format.
 """
 
@@ -19,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset itself
+#: The phases of an offset commit, in order (see streams.runtime.commits).
+COMMIT_PHASES = ("rankings", "rows", "users", "records")
 
 
 @dataclass
@@ -135,6 +137,14 @@ class WorkerMetrics:
             "recostream_refresh_seconds", "Time to refresh one partition's neighbours",
             registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+        self.commit_seconds = Histogram(
+            "recostream_commit_seconds",
+            "Time an offset commit spent before the offsets went, by phase: rankings "
+            "(lists queued before published), rows and users (changed ones written), "
+            "records (everything queued delivered)", ["phase"], registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+        for phase in COMMIT_PHASES:  # exported from the start, before a first commit
+            self.commit_seconds.labels(phase)
 
         self.exposure_lists = Gauge(
             "recostream_exposure_lists", "Published lists the exposure figures are taken over",

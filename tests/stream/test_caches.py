@@ -14,6 +14,7 @@ from faust.types import TP, Message
 
 from streams.runtime import pacing, rows, users
 from streams.runtime.children.held_rows import apply_row_messages, held_rows_summary
+from streams.runtime.metrics import COMMIT_PHASES
 from streams.runtime.rows import ROWS_PER_SLICE, RowsLost
 from streams.runtime.state import CooccurrenceRow, UserState
 from streams.runtime.transport import App, RewindingConsumer
@@ -429,3 +430,16 @@ async def test_a_rebalance_during_a_paced_commit_lets_its_writers_go_on_unpaced(
     assert len(stream.users.cache) == 0 and stream.rows.held == {}
     written = {w.key for w in h.changelog("users")}
     assert {"u1", "u2", "u3", "u4"} <= written
+
+
+@run_async
+async def test_each_commit_times_its_phases_for_the_metrics(make_harness: MakeHarness) -> None:
+    # a commit that stopped coming was seen by the bench alone, from the broker's disk
+    h = make_harness()
+    await change_users_and_rows(h, ("u1", "u2"), ("a",), first_offset=0)
+    await h.stream.commits.before_commit()
+    await h.stream.commits.before_commit()
+    exposition = h.stream.metrics.exposition().decode()
+    for phase in COMMIT_PHASES:
+        assert f'recostream_commit_seconds_count{{phase="{phase}"}} 2.0' in exposition
+    assert h.stream.users.cache.dirty_count() == 0 and await unwritten_rows(h) == 0

@@ -42,6 +42,7 @@ from streams.runtime.faust_app import make_app
 from streams.runtime.http_views import Lookups, declare_views
 from streams.runtime.ingest import Ingest
 from streams.runtime.kept_ranking import KeptRanking
+from streams.runtime.loop_watch import LoopWatch
 from streams.runtime.metrics import Counters, WorkerMetrics
 from streams.runtime.outbox import KafkaSink, Outbox
 from streams.runtime.pacing import WriterPacing
@@ -163,6 +164,11 @@ class RecoStream:
         async def read_replicas() -> None:
             await topology.replica_reader.run(declare=[
                 topic.maybe_declare for topic in topology.replica_topics.values()])
+
+        if s.loop_blocked_seconds:
+            @app.task  # type: ignore[untyped-decorator]
+            async def watch_the_loop() -> None:
+                await LoopWatch(s.loop_blocked_seconds).beat()
 
         @app.timer(s.refresh_seconds)  # type: ignore[untyped-decorator]
         async def take_others_lists() -> None:

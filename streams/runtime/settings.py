@@ -129,6 +129,7 @@ class Settings:
     cache_keys: int = 100_000
     rows_processes: int = 2
     churn_seconds: float = 60.0
+    loop_blocked_seconds: float = 1.0
     churn_threshold: float = EngagementConfig.churn_threshold
     churn_horizon_days: float = EngagementConfig.horizon_days
     churn_min_customers: int = EngagementConfig.min_customers_to_fit
@@ -327,6 +328,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "session_timeout": (_positive, "must be positive"),
     "event_loop": (lambda v: v in EVENT_LOOPS, f"must be {' or '.join(EVENT_LOOPS)}"),
     "churn_seconds": (lambda v: v >= 0, "must not be negative (0: at every refresh)"),
+    "loop_blocked_seconds": (lambda v: v >= 0, "must not be negative (0: not watched)"),
     "churn_threshold": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     "churn_horizon_days": (_positive, "must be positive"),
     "churn_min_customers": (_at_least_one, "must be at least 1"),
@@ -398,6 +400,9 @@ ENVIRONMENT: tuple[Setting, ...] = (
             "child processes holding the rows of C, each a share of the partitions"),
     Setting("RECOSTREAM_CHURN_SECONDS", "churn_seconds", float,
             "seconds between churn scoring and trigger checks of a partition"),
+    Setting("RECOSTREAM_LOOP_BLOCKED_SECONDS", "loop_blocked_seconds", float,
+            "warn, with the code holding it, when the event loop is blocked this long "
+            "(0: not watched)"),
     Setting("RECOSTREAM_CHURN_THRESHOLD", "churn_threshold", float,
             "churn alert when P(alive) falls below this"),
     Setting("RECOSTREAM_CHURN_HORIZON_DAYS", "churn_horizon_days", float,

@@ -24,6 +24,7 @@ Data flow (each collaborator's module says how and why):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -165,10 +166,15 @@ class RecoStream:
             await topology.replica_reader.run(declare=[
                 topic.maybe_declare for topic in topology.replica_topics.values()])
 
+        watch = LoopWatch(s.loop_blocked_seconds or math.inf)
         if s.loop_blocked_seconds:
             @app.task  # type: ignore[untyped-decorator]
             async def watch_the_loop() -> None:
-                await LoopWatch(s.loop_blocked_seconds).beat()
+                await watch.beat()
+
+        @app.timer(s.commit_seconds)  # type: ignore[untyped-decorator]
+        async def freeze_survivors() -> None:
+            watch.freeze_survivors()
 
         @app.timer(s.refresh_seconds)  # type: ignore[untyped-decorator]
         async def take_others_lists() -> None:

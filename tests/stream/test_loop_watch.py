@@ -1,14 +1,17 @@
-"""A blocked event loop is reported with the code that holds it, once per stall."""
+"""A blocked event loop is reported with the code that holds it, once per stall;
+a long garbage collection too; what survives a commit interval is frozen."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+import weakref
 
 import pytest
 
-from streams.runtime.loop_watch import LoopWatch
+from streams.runtime.loop_watch import FULL_COLLECTION_SECONDS, LoopWatch
 
 
 def hold_the_loop(seconds: float) -> None:
@@ -50,3 +53,41 @@ def test_a_loop_that_awaits_is_not_reported(caplog: pytest.LogCaptureFixture) ->
     caplog.set_level(logging.WARNING, logger="streams.runtime.loop_watch")
     asyncio.run(watched([-0.5, 0.05, -0.5], threshold=0.3))
     assert warnings(caplog) == []
+
+
+def test_a_long_garbage_collection_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="streams.runtime.loop_watch")
+    held = [[n] for n in range(300_000)]  # containers a full collection visits
+
+    async def collect_while_watched() -> None:
+        watch = asyncio.ensure_future(LoopWatch(0.001).beat())
+        await asyncio.sleep(0.01)
+        gc.collect()
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+
+    asyncio.run(collect_while_watched())
+    assert len(held) == 300_000
+    assert any(message.startswith("garbage collection of generation 2 blocked the event loop")
+               for message in warnings(caplog))
+
+
+def test_survivors_are_frozen_and_the_hourly_collection_frees_cycles_among_them() -> None:
+    class Node:
+        me: Node
+
+    watch = LoopWatch(1.0)
+    try:
+        cycle = Node()
+        cycle.me = cycle
+        alive = weakref.ref(cycle)
+        watch.freeze_survivors()
+        assert gc.get_freeze_count() > 0
+        del cycle
+        gc.collect()
+        assert alive() is not None  # frozen: a cycle that died is not collected yet
+        watch._last_full -= FULL_COLLECTION_SECONDS
+        watch.freeze_survivors()
+        assert alive() is None
+    finally:
+        gc.unfreeze()

@@ -66,9 +66,13 @@ class Shown:
         [0.0, 1.0]
         """
         taken = np.zeros(len(self.item_ids))
+        self.mark(taken, item_id)
+        return taken
+
+    def mark(self, taken: np.ndarray, item_id: str) -> None:
+        """Set ``taken`` (one cell per candidate) to 1 where ``item_id`` is."""
         if item_id in self.item_ids:
             taken[self.item_ids.index(item_id)] = 1.0
-        return taken
 
 
 def rates(event: Event, config: RecommenderConfig) -> bool:
@@ -117,8 +121,7 @@ class OutcomeLearner:
         if not known:
             return
         began, taken = pending
-        if item_id in began.item_ids:
-            taken[began.item_ids.index(item_id)] = 1.0
+        began.mark(taken, item_id)
         self.known_events += 1
         if self.known_events % JUDGE_EVERY == 0:
             now = shown()

@@ -24,7 +24,6 @@ Data flow (each collaborator's module says how and why):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -43,7 +42,7 @@ from streams.runtime.faust_app import make_app
 from streams.runtime.http_views import Lookups, declare_views
 from streams.runtime.ingest import Ingest
 from streams.runtime.kept_ranking import KeptRanking
-from streams.runtime.loop_watch import LoopWatch
+from streams.runtime.loop_watch import LoopWatch, SurvivorFreezer
 from streams.runtime.metrics import Counters, WorkerMetrics
 from streams.runtime.outbox import KafkaSink, Outbox
 from streams.runtime.pacing import WriterPacing
@@ -166,15 +165,16 @@ class RecoStream:
             await topology.replica_reader.run(declare=[
                 topic.maybe_declare for topic in topology.replica_topics.values()])
 
-        watch = LoopWatch(s.loop_blocked_seconds or math.inf)
         if s.loop_blocked_seconds:
             @app.task  # type: ignore[untyped-decorator]
             async def watch_the_loop() -> None:
-                await watch.beat()
+                await LoopWatch(s.loop_blocked_seconds).beat()
+
+        freezer = SurvivorFreezer()
 
         @app.timer(s.commit_seconds)  # type: ignore[untyped-decorator]
         async def freeze_survivors() -> None:
-            watch.freeze_survivors()
+            freezer.freeze()
 
         @app.timer(s.refresh_seconds)  # type: ignore[untyped-decorator]
         async def take_others_lists() -> None:

@@ -36,9 +36,24 @@ STACK_FRAMES = 12
 FULL_COLLECTION_SECONDS = 3600.0
 
 
+class SurvivorFreezer:
+    """Call :meth:`freeze` at every commit interval (see the module)."""
+
+    def __init__(self) -> None:
+        self._last_full = time.monotonic()
+
+    def freeze(self) -> None:
+        """What is alive now is left out of later collections; once every
+        :data:`FULL_COLLECTION_SECONDS`, everything is collected first."""
+        if time.monotonic() - self._last_full >= FULL_COLLECTION_SECONDS:
+            self._last_full = time.monotonic()
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+
+
 class LoopWatch:
-    """Run :meth:`beat` as a task of the loop to watch (``threshold`` > 0);
-    :meth:`freeze_survivors` at every commit interval."""
+    """Run :meth:`beat` as a task of the loop to watch (``threshold`` > 0)."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
@@ -46,7 +61,6 @@ class LoopWatch:
         self._loop_thread = threading.get_ident()
         self._stopped = threading.Event()
         self._collection_began = 0.0
-        self._last_full = time.monotonic()
 
     async def beat(self) -> None:
         """Beats while the loop runs, with the watching thread beside it; times
@@ -62,15 +76,6 @@ class LoopWatch:
         finally:
             self._stopped.set()
             gc.callbacks.remove(self._collection)
-
-    def freeze_survivors(self) -> None:
-        """What is alive now is left out of later collections; once every
-        :data:`FULL_COLLECTION_SECONDS`, everything is collected first."""
-        if time.monotonic() - self._last_full >= FULL_COLLECTION_SECONDS:
-            self._last_full = time.monotonic()
-            gc.unfreeze()
-            gc.collect()
-        gc.freeze()
 
     def _collection(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

@@ -11,7 +11,7 @@ import weakref
 
 import pytest
 
-from streams.runtime.loop_watch import FULL_COLLECTION_SECONDS, LoopWatch
+from streams.runtime.loop_watch import FULL_COLLECTION_SECONDS, LoopWatch, SurvivorFreezer
 
 
 def hold_the_loop(seconds: float) -> None:
@@ -76,18 +76,18 @@ def test_survivors_are_frozen_and_the_hourly_collection_frees_cycles_among_them(
     class Node:
         me: Node
 
-    watch = LoopWatch(1.0)
+    freezer = SurvivorFreezer()
     try:
         cycle = Node()
         cycle.me = cycle
         alive = weakref.ref(cycle)
-        watch.freeze_survivors()
+        freezer.freeze()
         assert gc.get_freeze_count() > 0
         del cycle
         gc.collect()
         assert alive() is not None  # frozen: a cycle that died is not collected yet
-        watch._last_full -= FULL_COLLECTION_SECONDS
-        watch.freeze_survivors()
+        freezer._last_full -= FULL_COLLECTION_SECONDS
+        freezer.freeze()
         assert alive() is None
     finally:
         gc.unfreeze()

@@ -177,32 +177,74 @@ def candidates_many(snapshot: Snapshot,
                     requests: Sequence[tuple[UserProfile | None, Collection[str]]],
                     config: RecommenderConfig, neighbours: Sequence[Neighbours] | None = None
                     ) -> list[Candidates]:
-    """:func:`candidates` of each (profile, banned items), their features found
-    all at once (per user, the numpy calls cost as much as the features)."""
+    """:func:`candidates` of each (profile, banned items), their propensities and
+    features found all at once (per user, the numpy calls cost as much as the
+    features)."""
     if neighbours is None:
         neighbours = snapshot.model.neighbour_scores([profile for profile, _ in requests],
                                                      config.recency_decay)
-    chosen = [_chosen(snapshot, profile, config, banned, found)
-              for (profile, banned), found in zip(requests, neighbours, strict=True)]
-    positions = [np.fromiter(sources, np.int64, len(sources)) for sources, _ in chosen]
+    size = snapshot.model.n_items
+    positions_of = snapshot.model.items.positions
+    outs = [{p for p in map(positions_of.get, banned) if p is not None and p < size}
+            for _, banned in requests]
+    again = _buy_again(snapshot, [profile for profile, _ in requests], outs, config)
+    chosen = [_chosen(snapshot, config, out, found, bought)
+              for out, found, bought in zip(outs, neighbours, again, strict=True)]
+    positions = [np.fromiter(sources, np.int64, len(sources)) for sources in chosen]
     features = _features(snapshot, [profile for profile, _ in requests], positions,
-                         neighbours, [again for _, again in chosen])
+                         neighbours, again)
     return [Candidates(at, x, list(sources.values()), found[2])
-            for at, x, (sources, _), found in zip(positions, features, chosen, neighbours,
-                                                  strict=True)]
+            for at, x, sources, found in zip(positions, features, chosen, neighbours,
+                                             strict=True)]
 
 
-def _chosen(snapshot: Snapshot, profile: UserProfile | None, config: RecommenderConfig,
-            banned: Collection[str], neighbours: Neighbours
-            ) -> tuple[dict[int, str], dict[int, float]]:
-    """A user's candidates (position -> the source that put it forward), and the
-    buy-again propensities of the items they bought."""
+def _buy_again(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
+               outs: Sequence[set[int]], config: RecommenderConfig) -> list[dict[int, float]]:
+    """Per user, the buy-again propensity of each item they bought (a position)
+    and may be listed, at their next visit; all users' found at once."""
+    found: list[dict[int, float]] = [{} for _ in profiles]
+    if config.repeat == "never":
+        return found
     model, facts = snapshot.model, snapshot.facts
     size = model.n_items
     positions_of = model.items.positions
-    out = {p for p in map(positions_of.get, banned) if p is not None and p < size}
+    owners: list[int] = []
+    at: list[int] = []
+    times: list[float] = []
+    since: list[float] = []
+    for u, (profile, out) in enumerate(zip(profiles, outs, strict=True)):
+        if profile is None or not profile.purchased:
+            continue
+        next_visit = profile.last_ts + profile.visit_gap_days(DEFAULT_GAP_DAYS) * DAY_SECONDS
+        counts = profile.purchase_counts
+        for item_id, last in profile.purchased.items():
+            p = positions_of.get(item_id)
+            if p is not None and p < size and p not in out:
+                owners.append(u)
+                at.append(p)
+                times.append(counts.get(item_id, 1))
+                since.append(next_visit - last)
+    if not at:
+        return found
+    bought = np.asarray(at, dtype=np.int64)
+    values = propensities(
+        1.0 if config.repeat == "always" else facts.repeat_rate[bought], facts.gap_days[bought],
+        times=np.asarray(times, dtype=np.float64),
+        days_since=np.asarray(since, dtype=np.float64) / DAY_SECONDS)
+    for u, p, value in zip(owners, at, values.tolist(), strict=True):
+        found[u][p] = value
+    return found
+
+
+def _chosen(snapshot: Snapshot, config: RecommenderConfig, out: set[int],
+            neighbours: Neighbours, again: Mapping[int, float]) -> dict[int, str]:
+    """A user's candidates (position -> the source that put it forward), items
+    at positions ``out`` left out; ``again``: the buy-again propensities of the
+    items they bought."""
+    model, facts = snapshot.model, snapshot.facts
     per_source = config.per_source
     chosen: dict[int, str] = {}
+    ids = model.items.ids
     neighbour_at, neighbour_score, _ = neighbours
     if neighbour_at.size:
         wanted = per_source + len(out)
@@ -210,41 +252,25 @@ def _chosen(snapshot: Snapshot, profile: UserProfile | None, config: Recommender
         if best.size > wanted:  # everything at or above the wanted-th score
             kth = np.partition(neighbour_score, best.size - wanted)[best.size - wanted]
             best = np.flatnonzero(neighbour_score >= kth)
-        ids = model.items.ids
         ranked = sorted(zip((-neighbour_score[best]).tolist(),
                             [ids[p] for p in neighbour_at[best].tolist()],
                             neighbour_at[best].tolist(), strict=True))
-        for *_, p in ranked:
-            if p not in out:
-                chosen.setdefault(p, "neighbours")
-                if len(chosen) >= per_source:
-                    break
-    for p in model.trending_prefix(per_source + len(out)).tolist():
-        if p not in out and p not in chosen:
-            chosen[p] = "trending"
-    for p in facts.popular_prefix(per_source + len(out), model.items.ids).tolist():
-        if p not in out and p not in chosen:
-            chosen[p] = "popular"
-    again_scores: dict[int, float] = {}
-    if profile is not None and profile.purchased and config.repeat != "never":
-        next_visit = profile.last_ts + profile.visit_gap_days(DEFAULT_GAP_DAYS) * DAY_SECONDS
-        bought = [(p, last, item_id) for item_id, last in profile.purchased.items()
-                  if (p := positions_of.get(item_id)) is not None and p < size
-                  and p not in out]
-        at = np.fromiter((p for p, _, _ in bought), np.int64, len(bought))
-        counts = profile.purchase_counts
-        values = propensities(
-            1.0 if config.repeat == "always" else facts.repeat_rate[at], facts.gap_days[at],
-            times=np.fromiter((counts.get(i, 1) for *_, i in bought), np.float64, len(bought)),
-            days_since=(next_visit - np.fromiter((last for _, last, _ in bought), np.float64,
-                                                 len(bought))) / DAY_SECONDS)
-        again_scores = dict(zip(at.tolist(), values.tolist(), strict=True))
-        ids = model.items.ids
-        again = sorted(again_scores, key=lambda p: (-again_scores[p], ids[p]))[:per_source]
-        for p in again:
-            if again_scores[p] > 0.0:
-                chosen[p] = "buy_again"  # its own reason wins over the others'
-    return chosen, again_scores
+        best_first = [p for *_, p in ranked]  # distinct positions
+        if out:
+            best_first = [p for p in best_first if p not in out]
+        chosen = dict.fromkeys(best_first[:per_source], "neighbours")
+    for source, prefix in (("trending", model.trending_prefix(per_source + len(out))),
+                           ("popular", facts.popular_prefix(per_source + len(out), ids))):
+        chosen.update(dict.fromkeys([p for p in prefix.tolist()
+                                     if p not in out and p not in chosen], source))
+    likely = [p for p, value in again.items() if value > 0.0]
+    if len(likely) > per_source:  # a customer's many purchases: the best and ties
+        values = np.fromiter(map(again.__getitem__, likely), np.float64, len(likely))
+        kth = np.partition(values, len(likely) - per_source)[len(likely) - per_source]
+        likely = [p for p, value in zip(likely, values.tolist(), strict=True) if value >= kth]
+    for p in sorted(likely, key=lambda p: (-again[p], ids[p]))[:per_source]:
+        chosen[p] = "buy_again"  # its own reason wins over the others'
+    return chosen
 
 
 def _features(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
@@ -259,9 +285,8 @@ def _features(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
     n = at.size
     x = np.zeros((n, len(FEATURES)))
     if n:
-        ids = model.items.ids
         listed = at.tolist()
-        rows = [range(bounds[u], bounds[u + 1]) for u in range(len(sizes))]
+        names = list(map(model.items.ids.__getitem__, listed))
         # neighbours: each (user, position) looked up among the user's few entries
         base = model.n_items + 1
         keys = np.concatenate([found[0] + u * base for u, found in enumerate(neighbours)])
@@ -277,22 +302,26 @@ def _features(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
         x[:, 1] = np.where(at < trending.size,
                            trending[np.minimum(at, max(trending.size - 1, 0))]
                            if trending.size else 0.0, 0.0)
-        x[:, 2] = [again.get(listed[row], 0.0) if again else 0.0
-                   for again, these in zip(propensities, rows, strict=True) for row in these]
         now = np.zeros(n)
-        for profile, these in zip(profiles, rows, strict=True):
-            if profile is None or not these:
+        for profile, again, lo, hi in zip(profiles, propensities, bounds, bounds[1:],
+                                          strict=False):
+            if again:
+                x[lo:hi, 2] = np.fromiter(map(again.get, listed[lo:hi], itertools.repeat(0.0)),
+                                          np.float64, hi - lo)
+            if profile is None or lo == hi:
                 continue
-            names = [ids[listed[row]] for row in these]
-            purchased, counts, ratings = (profile.purchased, profile.purchase_counts,
-                                          profile.ratings)
-            part = slice(these.start, these.stop)
-            x[part, 3] = [name in purchased for name in names]
-            x[part, 4] = [math.log1p(counts.get(name, 1)) / 3.0 if name in purchased else 0.0
-                          for name in names]
-            x[part, 5] = [name in ratings for name in names]
-            x[part, 7] = math.log1p(profile.events) / 8.0
-            now[part] = profile.last_ts
+            these = names[lo:hi]
+            purchased, counts = profile.purchased, profile.purchase_counts
+            if purchased:
+                bought = np.fromiter(map(purchased.__contains__, these), np.bool_, hi - lo)
+                x[lo:hi, 3] = bought
+                x[lo + np.flatnonzero(bought), 4] = [
+                    math.log1p(counts.get(these[row], 1)) / 3.0
+                    for row in np.flatnonzero(bought).tolist()]
+            x[lo:hi, 5] = np.fromiter(map(profile.ratings.__contains__, these), np.bool_,
+                                      hi - lo)
+            x[lo:hi, 7] = math.log1p(profile.events) / 8.0
+            now[lo:hi] = profile.last_ts
         if facts.counts.size:
             kept = np.minimum(at, facts.counts.size - 1)
             top = facts.most_taken
@@ -344,9 +373,13 @@ def rank_mix(snapshot: Snapshot, requests: Sequence[RankRequest], n: int,
             found.append(these)
         scores = (blend(these.features, config) if learned is None
                   else learned.score(these.features, config))
-        order = [i for *_, i in sorted(zip((-scores).tolist(),
-                                           [ids[p] for p in these.positions.tolist()],
-                                           range(these.positions.size), strict=True))[:n]]
+        rows = np.arange(scores.size)
+        if scores.size > n:  # everything at or above the n-th score, ties at the cut too
+            rows = (np.flatnonzero(-scores <= np.partition(-scores, n - 1)[n - 1]) if n > 0
+                    else rows[:0])
+        order = [i for *_, i in sorted(zip((-scores[rows]).tolist(),
+                                           [ids[p] for p in these.positions[rows].tolist()],
+                                           rows.tolist(), strict=True))[:n]]
         ranked.append(([int(these.positions[i]) for i in order],
                        [these.sources[i] for i in order], [float(scores[i]) for i in order]))
         entries.append(these.entries)

@@ -46,7 +46,6 @@ from core.ratings import STATE_VERSION, UserProfile, _check_version
 from core.reasons import (
     TRENDING_REASON,
     NeighbourEntries,
-    PairIndex,
     because_many,
     neighbour_reason,
 )
@@ -202,8 +201,6 @@ class NeighborModel:
     _tails: dict[float, _TrendingTail] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _pairs: list[PairIndex] = field(default_factory=list, init=False, repr=False,
-                                     compare=False)
 
     @property
     def n_items(self) -> int:
@@ -460,7 +457,7 @@ class NeighborModel:
                               config.recency_decay, config.popularity_weight, banned)
         ids = self.items.ids
         reasons = because_many([[p for p, _ in listed] for listed, _ in ranked],
-                                [entries for _, entries in ranked], self._pair_index())
+                                [entries for _, entries in ranked], self.n_items)
         results = []
         for (user_id, profile), (listed, _), because in zip(requests, ranked, reasons,
                                                             strict=True):
@@ -527,7 +524,7 @@ class NeighborModel:
         ...  for found in model.because([entries], [[model.items.positions["c"]]])]
         [['b']]
         """
-        return because_many(positions, entries, self._pair_index())
+        return because_many(positions, entries, self.n_items)
 
     # -- ranking internals ---------------------------------------------------------
 
@@ -539,7 +536,7 @@ class NeighborModel:
     ) -> Iterator[tuple[np.ndarray | None, np.ndarray, NeighbourEntries]]:
         """Per profile, (items, scores, entries): its candidates and their scores,
         or (None, scores of every item) for a user with many neighbour entries;
-        and the neighbour entries they were summed from (for :func:`_because_many`).
+        and the neighbour entries they were summed from (for :func:`because_many`).
 
         A candidate is a neighbour of a recent item, listed once, in no set
         order. Its score is its weighted similarities added one by one from 0.0
@@ -634,12 +631,6 @@ class NeighborModel:
                 values.append(weight)
             powers = self._powers[decay] = np.asarray(values)
         return powers
-
-    def _pair_index(self) -> PairIndex:
-        """The snapshot's neighbour pairs, sorted once on first use."""
-        if not self._pairs:
-            self._pairs.append(PairIndex.of(self.neighbors.indices[: self.n_items]))
-        return self._pairs[0]
 
     def _tail(self, popularity_weight: float) -> _TrendingTail | None:
         """Items by prior for this weight, or None when scores carry no prior."""

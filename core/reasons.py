@@ -51,64 +51,54 @@ class NeighbourEntries:
 
 
 def because_many(listed: Sequence[Sequence[int]], entries: Sequence[NeighbourEntries | None],
-                  pairs: PairIndex) -> list[list[int | None]]:
+                 n_items: int) -> list[list[int | None]]:
     """Per user, per listed position, the one of the user's last
     :data:`REASON_RECENT` items (a position) that names it as a neighbour with
     the largest weighted similarity, the more recent on ties; None where none
-    does. Every (recent item, listed item) pair of every user is looked up at
-    once in ``pairs`` (numpy calls per user cost as much as the ranking)."""
+    does. The users' own entries say it (positions below ``n_items``); every
+    user's are searched at once (numpy calls per user cost as much as the ranking).
+
+    >>> entries = NeighbourEntries(items=np.array([2, 3, 2, -1]), values=np.array([.1, .2, .3, 0.]),
+    ...                            recent=np.array([0, 1]), width=2)
+    >>> because_many([[3, 2, 1]], [entries], 4)
+    [[0, 1, None]]
+    """
     found: list[list[int | None]] = [[None] * len(positions) for positions in listed]
     held = [(u, e) for u, e in enumerate(entries)
             if e is not None and e.recent.size and listed[u]]
-    if not held or not pairs.keys.size:
+    if not held:
         return found
     width = held[0][1].width
-    n_recent = np.fromiter((min(e.recent.size, REASON_RECENT) for _, e in held), np.int64,
-                           len(held))
+    span = n_items + 1
+    n_recent = [min(e.recent.size, REASON_RECENT) for _, e in held]
+    n_entries = np.asarray(n_recent, dtype=np.int64) * width
     n_listed = np.fromiter((len(listed[u]) for u, _ in held), np.int64, len(held))
-    recent = np.concatenate([e.recent[:REASON_RECENT] for _, e in held])
-    values = np.concatenate([e.values[:REASON_RECENT * width] for _, e in held])
+    recent = np.concatenate([e.recent[:n] for (_, e), n in zip(held, n_recent, strict=True)])
+    items = np.concatenate([e.items[:n * width]
+                            for (_, e), n in zip(held, n_recent, strict=True)])
+    values = np.concatenate([e.values[:n * width]
+                             for (_, e), n in zip(held, n_recent, strict=True)])
+    # entry e of held user h: key h * span + item, named by recent item e // width
+    owner = np.repeat(np.arange(len(held)), n_entries)
+    starts = np.cumsum(n_entries) - n_entries
+    age = (np.arange(items.size) - starts[owner]) // width
+    keys = owner * span + np.where(items >= 0, items, n_items)  # padding names no one
     shown = np.fromiter((p for u, _ in held for p in listed[u]), np.int64, int(n_listed.sum()))
-    # pair q of user h: recent item i = within // n_listed, listed item j = within % n_listed
-    count = n_recent * n_listed
-    owner = np.repeat(np.arange(len(held)), count)
-    within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    i = within // n_listed[owner]
-    j = within % n_listed[owner]
-    recent_at = np.repeat(np.cumsum(n_recent) - n_recent, count) + i
-    shown_at = np.repeat(np.cumsum(n_listed) - n_listed, count) + j
-    keys = recent[recent_at] * pairs.span + shown[shown_at]
-    at = np.minimum(np.searchsorted(pairs.keys, keys), pairs.keys.size - 1)
-    hit = np.flatnonzero(pairs.keys[at] == keys)
+    shown_keys = np.repeat(np.arange(len(held)), n_listed) * span + shown
+    hit = np.flatnonzero(np.isin(keys, shown_keys))
     if not hit.size:
         return found
-    value_at = (np.repeat(np.cumsum(n_recent * width) - n_recent * width, count)[hit]
-                + i[hit] * width + pairs.slots[at[hit]])
-    # per listed item: the largest weighted similarity, then the most recent
-    best = np.lexsort((i[hit], -values[value_at], shown_at[hit]))
-    first = best[np.flatnonzero(np.diff(shown_at[hit][best], prepend=-1))]
+    # per named item: the largest weighted similarity, then the most recent
+    best = hit[np.lexsort((age[hit], -values[hit], keys[hit]))]
+    first = best[np.flatnonzero(np.diff(keys[best], prepend=-1))]
+    at = np.searchsorted(keys[first], shown_keys)
+    named = np.flatnonzero(at < first.size)
+    named = named[keys[first[at[named]]] == shown_keys[named]]
+    by = first[at[named]]
+    recent_at = (np.cumsum(n_recent) - np.asarray(n_recent))[owner[by]] + age[by]
+    slot = named - np.repeat(np.cumsum(n_listed) - n_listed, n_listed)[named]
     users = [u for u, _ in held]
-    for h, slot, position in zip(owner[hit][first].tolist(), j[hit][first].tolist(),
-                                 recent[recent_at[hit][first]].tolist(), strict=True):
-        found[users[h]][slot] = position
+    for h, j, position in zip(owner[by].tolist(), slot.tolist(), recent[recent_at].tolist(),
+                              strict=True):
+        found[users[h]][j] = position
     return found
-
-
-@dataclass(frozen=True)
-class PairIndex:
-    """Every (item, neighbour) pair of a snapshot as a sorted key
-    ``item * span + neighbour``, with the neighbour's slot in the item's row."""
-
-    keys: np.ndarray
-    slots: np.ndarray
-    span: int
-
-    @classmethod
-    def of(cls, indices: np.ndarray) -> PairIndex:
-        n, width = indices.shape
-        span = n + 1
-        flat = indices.ravel().astype(np.int64)
-        kept = np.flatnonzero(flat >= 0)
-        keys = (kept // max(width, 1)) * span + flat[kept]
-        order = np.argsort(keys, kind="stable")
-        return cls(keys[order], (kept % max(width, 1))[order], span)

@@ -54,6 +54,12 @@ class ItemIndex:
     def get(self, item_id: str) -> int | None:
         return self.positions.get(item_id)
 
+    def copy(self) -> ItemIndex:
+        """An index of the same items that grows apart from this one."""
+        copied = ItemIndex()
+        copied.ids, copied.positions = list(self.ids), dict(self.positions)
+        return copied
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -113,13 +113,13 @@ class ItemFacts:
     def from_stats(cls, ids: Sequence[str], counts: Mapping[str, float],
                    first_seen: Mapping[str, float], repurchase: RepurchaseStats) -> ItemFacts:
         """Facts of the items ``ids`` (in position order)."""
+        rates, gaps = repurchase.rates_and_gaps(ids)
         return cls(
-            counts=np.fromiter((counts.get(i, 0.0) for i in ids), np.float64, len(ids)),
-            first_seen=np.fromiter((first_seen.get(i, 0.0) for i in ids), np.float64,
+            counts=np.fromiter(map(counts.get, ids, itertools.repeat(0.0)), np.float64,
+                               len(ids)),
+            first_seen=np.fromiter(map(first_seen.get, ids, itertools.repeat(0.0)), np.float64,
                                    len(ids)),
-            repeat_rate=np.fromiter((repurchase.rate(i) for i in ids), np.float64, len(ids)),
-            gap_days=np.fromiter((repurchase.gap_days(i) for i in ids), np.float64, len(ids)),
-        )
+            repeat_rate=rates, gap_days=gaps)
 
 
     def to_state(self) -> dict[str, list[float]]:

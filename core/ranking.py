@@ -2,9 +2,9 @@
 
 :class:`NeighborModel` is the snapshot that ranking reads: item neighbours and the
 trending prior, by item position. The offline :class:`core.recommender.Recommender`
-builds it from its own co-occurrence table; a stream worker builds it from the
-neighbour lists and item statistics that all workers share
-(:meth:`NeighborModel.from_neighbor_lists`). Both then rank with the same code,
+builds it from its own co-occurrence table; a stream worker from the neighbour
+lists and item statistics that all workers share, kept up to date item by item
+(:class:`core.snapshot_builder.SnapshotBuilder`). Both then rank with the same code,
 which is why a replay and the stream agree item for item.
 
 Ranking a user means scoring every item of the snapshot and listing the best by
@@ -218,11 +218,8 @@ class NeighborModel:
         trending: Mapping[str, float],
         k: int,
     ) -> NeighborModel:
-        """Build from per-item lists (best first) and per-item trending scores.
-
-        A worker rebuilds its snapshot from every item's list after each refresh
-        round (5,000 lists of 100 neighbours in the bench): each pair is read
-        once, in C (map, chain, fromiter), not written into the arrays one by one.
+        """Build from per-item lists (best first) and per-item trending scores,
+        items by id; each pair is read once, in C (map, chain, fromiter).
 
         >>> model = NeighborModel.from_neighbor_lists(
         ...     1, {"a": [("b", 0.5), ("c", 0.25)]}, {"d": 1.0}, k=1)

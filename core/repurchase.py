@@ -31,7 +31,7 @@ passed, lower before and long after), times how often they bought it
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,24 +133,22 @@ class RepurchaseStats:
                 totals.log_gaps += figures.log_gaps
         return stats
 
-    def global_rate(self) -> float:
-        totals = self.totals
-        return totals.repeats / (totals.buyers + totals.repeats) if totals.buyers else 0.0
-
     def rate(self, item_id: str) -> float:
         """The share of the item's purchases that are repeats, shrunk."""
-        stats = self.items.get(item_id, ItemRepurchases())
-        bought = stats.buyers + stats.repeats
-        return (stats.repeats + RATE_PRIOR * self.global_rate()) / (bought + RATE_PRIOR)
+        return float(self.rates_and_gaps([item_id])[0][0])
 
     def gap_days(self, item_id: str) -> float:
         """The item's typical gap between a customer's purchases of it, shrunk."""
-        totals = self.totals
-        prior = (totals.log_gaps / LOG_GAP_UNITS / totals.repeats if totals.repeats
-                 else math.log(DEFAULT_GAP_DAYS))
-        stats = self.items.get(item_id, ItemRepurchases())
-        return math.exp((stats.log_gaps / LOG_GAP_UNITS + GAP_PRIOR * prior)
-                        / (stats.repeats + GAP_PRIOR))
+        return float(self.rates_and_gaps([item_id])[1][0])
+
+    def rates_and_gaps(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`rate` and :meth:`gap_days` of many items at once."""
+        none = ItemRepurchases()
+        figures = [self.items.get(item_id, none) for item_id in item_ids]
+        return rates_and_gaps(
+            np.fromiter((f.buyers for f in figures), np.float64, len(figures)),
+            np.fromiter((f.repeats for f in figures), np.float64, len(figures)),
+            np.fromiter((f.log_gaps for f in figures), np.float64, len(figures)), self.totals)
 
     def to_state(self) -> dict[str, Any]:
         return {"version": STATE_VERSION,
@@ -162,6 +160,25 @@ class RepurchaseStats:
             raise ValueError(f"RepurchaseStats state version {state.get('version')!r}")
         return cls.of_items({str(item_id): ItemRepurchases(int(b), int(r), int(g))
                              for item_id, (b, r, g) in state["items"].items()})
+
+
+def rates_and_gaps(buyers: np.ndarray, repeats: np.ndarray, log_gaps: np.ndarray,
+                   totals: ItemRepurchases) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat rates and typical gaps (days) of items with these figures, each
+    shrunk towards the catalogue's (``totals``; see the module docstring).
+
+    >>> catalogue = ItemRepurchases(10, 5, 5_000_000)
+    >>> rates, gaps = rates_and_gaps(np.array([1.0, 0.0]), np.array([2.0, 0.0]),
+    ...                              np.array([4_000_000.0, 0.0]), catalogue)
+    >>> rates.round(3).tolist(), gaps.round(2).tolist()
+    ([0.458, 0.333], [4.06, 2.72])
+    """
+    global_rate = totals.repeats / (totals.buyers + totals.repeats) if totals.buyers else 0.0
+    rates = (repeats + RATE_PRIOR * global_rate) / (buyers + repeats + RATE_PRIOR)
+    prior = (totals.log_gaps / LOG_GAP_UNITS / totals.repeats if totals.repeats
+             else math.log(DEFAULT_GAP_DAYS))
+    gaps = np.exp((log_gaps / LOG_GAP_UNITS + GAP_PRIOR * prior) / (repeats + GAP_PRIOR))
+    return np.asarray(rates, dtype=np.float64), np.asarray(gaps, dtype=np.float64)
 
 
 def propensity(rate: float, gap_days: float, *, times: int, days_since: float) -> float:

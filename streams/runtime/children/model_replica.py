@@ -8,7 +8,8 @@ the counts). On a shop's catalogue that was seconds of the loop per round, and
 the snapshot lived three times over. Now the loop hands over only the keys that
 changed (:meth:`streams.runtime.replicated.ReplicatedTable.take_changed`), the
 lists computed here are recorded here, and the snapshot goes to a file the
-ranking child loads: the loop never holds it.
+ranking child loads: the loop never holds it. The snapshot itself is kept up to
+date with the keys changed (a rebuild from every key cost seconds a round).
 
 This module imports no Faust, so that the child starts in well under a second.
 """
@@ -19,14 +20,11 @@ import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
 
 import orjson
 
-from core.mix import ItemFacts, Snapshot
-from core.ranking import NeighborModel
-from core.repurchase import ItemRepurchases, RepurchaseStats
-from core.trending import trending_scale
+from core.mix import Snapshot
+from core.snapshot_builder import SnapshotBuilder
 from streams.runtime.state import ITEM_STATS
 
 
@@ -36,8 +34,9 @@ class ReplicaNotHeld(Exception):
 
 
 class ModelReplica:
-    """Neighbour lists (JSON) and item stats (decoded) as the worker's replicated
-    tables hold them, plus the lists computed here.
+    """Neighbour lists (JSON) as the worker's replicated tables hold them, plus the
+    lists computed here; item counts; and the ranking snapshot they make, kept up
+    to date key by key (:class:`core.snapshot_builder.SnapshotBuilder`).
 
     >>> replica = ModelReplica(token=3)
     >>> replica.update({"a": b'[["b",0.5]]'}, {"a": b"[2.0,1.0,0.0]", "b": b"[1.0,0.0,0.0]"})
@@ -54,9 +53,9 @@ class ModelReplica:
         self.lists: dict[str, bytes] = {}
         #: the last list computed here per item: a list equal to it is not new
         self.own: dict[str, bytes] = {}
-        self.stats: dict[str, list[float]] = {}
         #: users per item (stats[0]): what cosine and jaccard divide by
         self.counts: dict[str, float] = {}
+        self.builder = SnapshotBuilder()
 
     def update(self, lists: Mapping[str, bytes | None],
                stats: Mapping[str, bytes | None]) -> None:
@@ -67,14 +66,18 @@ class ModelReplica:
             else:  # kept once in memory when it is the list computed here
                 own = self.own.get(item_id)
                 self.lists[item_id] = own if own == value else value
+        self.builder.set_neighbours({item_id: () if value is None else orjson.loads(value)
+                                     for item_id, value in lists.items()})
+        figures: dict[str, list[float] | None] = {}
         for item_id, value in stats.items():
             decoded = None if value is None else orjson.loads(value)
             if decoded:
-                self.stats[item_id] = decoded
                 self.counts[item_id] = float(decoded[0])
+                figures[item_id] = figures_of(decoded)
             else:
-                self.stats.pop(item_id, None)
                 self.counts.pop(item_id, None)
+                figures[item_id] = None
+        self.builder.set_figures(figures)
 
     def record_own(self, lists: Mapping[str, bytes]) -> dict[str, bytes]:
         """Lists computed here, which the worker writes to its table: those that
@@ -84,11 +87,20 @@ class ModelReplica:
                if self.own.get(item_id) != value}
         self.own.update(new)
         self.lists.update(new)
+        self.builder.set_neighbours({item_id: orjson.loads(value)
+                                     for item_id, value in new.items()})
         return new
 
     def snapshot(self, version: int, k: int, tau: float) -> Snapshot:
         """The ranking snapshot of the lists and stats held."""
-        return snapshot_of(version, self.lists, self.stats, k, tau)
+        return self.builder.snapshot(version, k, tau)
+
+
+def figures_of(stats: Sequence[float]) -> list[float]:
+    """An item's :data:`core.snapshot_builder.FIGURES` from its stats
+    (:data:`streams.runtime.state.ITEM_STATS`, the same order); stats written
+    before purchases were kept have none of their figures."""
+    return list(stats) if len(stats) == len(ITEM_STATS) else [*stats[:3], 0, 0, 0, 0.0]
 
 
 def snapshot_of(version: int, encoded_lists: Mapping[str, bytes],
@@ -101,21 +113,12 @@ def snapshot_of(version: int, encoded_lists: Mapping[str, bytes],
     >>> snapshot.model.items.ids, snapshot.facts.counts.tolist(), snapshot.facts.first_seen.tolist()
     (['a', 'b'], [2.0, 0.0], [5.0, 0.0])
     """
-    lists = {item_id: pairs for item_id, value in encoded_lists.items()
-             if (pairs := orjson.loads(value))}
-    ids = sorted(item_id for item_id, values in stats.items() if values)
-    scaled = trending_scale([stats[i][1] for i in ids], [stats[i][2] for i in ids], tau)
-    trending = dict(zip(ids, scaled.tolist(), strict=True))
-    pairs = cast(Mapping[str, Sequence[tuple[str, float]]], lists)  # unpacked alike
-    model = NeighborModel.from_neighbor_lists(version, pairs, trending, k)
-    # stats written before purchases were kept have none of their figures
-    bought = {i: values for i in ids if len(values := stats[i]) == len(ITEM_STATS)}
-    repurchase = RepurchaseStats.of_items({
-        i: ItemRepurchases(int(values[3]), int(values[4]), int(values[5]))
-        for i, values in bought.items()})
-    facts = ItemFacts.from_stats(model.items.ids, {i: stats[i][0] for i in ids},
-                                 {i: values[6] for i, values in bought.items()}, repurchase)
-    return Snapshot(model, facts)
+    builder = SnapshotBuilder()
+    builder.set_neighbours({item_id: pairs for item_id, value in encoded_lists.items()
+                            if (pairs := orjson.loads(value))})
+    builder.set_figures({item_id: figures_of(values) for item_id, values in stats.items()
+                         if values})
+    return builder.snapshot(version, k, tau)
 
 
 #: The copy this process holds (None: none yet).

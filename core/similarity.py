@@ -259,7 +259,8 @@ def neighbors_for_rows(
         raise ValueError(f"{similarity} needs the whole co-occurrence matrix, not rows")
     # A partition holds ~1,250 rows of up to 2,000 pairs: every per-pair step
     # runs in C (map, chain, fromiter), not in a Python generator.
-    ids = sorted(set(counts).union(rows, *rows.values()))
+    # the items these rows name, not every item counted: a round costs what changed
+    ids = sorted(set(rows).union(*rows.values()))
     position = {item_id: p for p, item_id in enumerate(ids)}
     n = len(ids)
     # the rows in position order, so that their pairs come out as CSR rows

@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from core.mix import Snapshot
 from core.ratings import UserProfile
 from streams.runtime.children.model_jobs import snapshot_from_json
 from streams.runtime.children.model_replica import ModelReplica, update_replica
 from streams.runtime.children.ranking_jobs import held_snapshot
+from tests.property.test_snapshot_builder_properties import by_item
 from tests.stream.harness import MakeHarness, run_async
 
 #: Items another worker wrote lists and stats for before this worker started.
@@ -27,23 +27,6 @@ def other_workers_tables(items: int) -> tuple[dict[str, bytes], dict[str, bytes]
     lists = {f"i{n}": orjson.dumps([[f"i{(n + 1) % items}", 0.5]]) for n in range(items)}
     stats = {f"i{n}": orjson.dumps([float(n % 7 + 1), 1.0, 0.0]) for n in range(items)}
     return lists, stats
-
-
-def by_item(snapshot: Snapshot) -> dict[str, tuple[Any, ...]]:
-    """Everything a snapshot says of each item that says anything of it: its
-    neighbours (ids and scores), trending prior, count, first sight, repeat rate
-    and gap."""
-    model, facts = snapshot.model, snapshot.facts
-    ids = model.items.ids
-    said = {}
-    for p in range(model.n_items):
-        neighbours = tuple((ids[j], s) for j, s in model.neighbors.of(p))
-        row = (neighbours, float(model.trending[p]), float(facts.counts[p]),
-               float(facts.first_seen[p]), float(facts.repeat_rate[p]),
-               float(facts.gap_days[p]))
-        if neighbours or any(row[1:4]):
-            said[ids[p]] = row
-    return said
 
 
 def test_the_copy_builds_the_snapshot_the_tables_build() -> None:

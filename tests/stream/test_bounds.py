@@ -164,10 +164,14 @@ async def test_row_updates_of_long_ids_are_split_to_fit_and_apply_alike(
     events = [Event("u1", f"{long_id}{n:03}", TS + n, "view") for n in range(40)]
     rows: dict[str, dict[str, CooccurrenceRow]] = {}
     for name, limit in (("split", SMALL_RECORDS["max_record_bytes"]), ("whole", 2_000_000)):
+        # the row updates wait out the window (fewer than batch_size): kept short
         h = make_harness(**{**SMALL_RECORDS, "max_record_bytes": limit},
-                         batch_size=len(events), batch_seconds=5.0)
+                         batch_size=len(events), batch_seconds=1.0)
         async with h.stream.agents.process_events.test_context() as agent:
             await h.process(agent, *events)
+        batches = {sample.name: sample.value
+                   for sample in h.stream.metrics.batch_size.collect()[0].samples}
+        assert batches["recostream_batch_size_count"] == 1  # all events in one batch
         row_messages = h.sent_to(h.stream.topology.rows_topic.get_topic_name())
         if name == "split":
             assert len(row_messages) > 4

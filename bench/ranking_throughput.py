@@ -39,9 +39,10 @@ import orjson
 
 from core.config import RecommenderConfig
 from core.learned import LearnedRanking
-from core.mix import Snapshot, published_lists
+from core.mix import published_lists
 from core.ratings import UserProfile
 from core.recommender import Recommender
+from core.snapshot import Snapshot
 from streams.devtools.datasets import load_events
 from streams.runtime.children.process import ChildProcess
 from streams.runtime.children.ranking_jobs import (

@@ -30,12 +30,13 @@ from core.config import DAY, RecommenderConfig
 from core.cooccurrence import CooccurrenceTable
 from core.events import PURCHASE, Event
 from core.learned import LearnedRanking
-from core.mix import FEATURES, RANKINGS, ItemFacts, Snapshot, candidates
+from core.mix import FEATURES, RANKINGS, candidates
 from core.outcomes import OutcomeLearner, Shown, rates
 from core.ranking import NeighborModel, Recommendations, id_ranks
 from core.ratings import STATE_VERSION, UserProfile, _check_version
 from core.repurchase import Purchase, RepurchaseStats, log_gap_units
 from core.similarity import SIMILARITIES
+from core.snapshot import ItemFacts, Snapshot
 from core.trending import trend_bump, trending_scale
 
 

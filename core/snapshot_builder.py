@@ -19,10 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from core.cooccurrence import ItemIndex
-from core.mix import ItemFacts, Snapshot
 from core.ranking import NeighborModel
 from core.repurchase import ItemRepurchases, rates_and_gaps
 from core.similarity import ItemNeighbors
+from core.snapshot import ItemFacts, Snapshot
 from core.topk import offsets_within_rows
 from core.trending import trending_scale
 

@@ -21,8 +21,8 @@ import orjson
 
 from core.config import RecommenderConfig
 from core.engagement import Trigger
-from core.mix import Snapshot
 from core.ranking import Recommendations
+from core.snapshot import Snapshot
 from streams.runtime.children.process import ChildProcess
 from streams.runtime.children.ranking_jobs import (
     Exposure,

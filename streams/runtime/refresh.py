@@ -31,7 +31,7 @@ import orjson
 from faust.types import EventT
 
 from core.config import RecommenderConfig
-from core.mix import Snapshot
+from core.snapshot import Snapshot
 from streams.runtime.children.held_rows import RowsNotHeld
 from streams.runtime.children.model_jobs import EncodedList, neighbors_of_partition
 from streams.runtime.children.model_replica import (

@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.config import RecommenderConfig
-from core.mix import ItemFacts, Snapshot, published_lists
+from core.mix import published_lists
 from core.ranking import NeighborModel
 from core.ratings import UserProfile
 from core.repurchase import ItemRepurchases, RepurchaseStats
+from core.snapshot import ItemFacts, Snapshot
 from core.snapshot_builder import SnapshotBuilder
 from core.trending import trending_scale
 

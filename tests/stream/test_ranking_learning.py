@@ -17,10 +17,11 @@ import orjson
 from core.config import RecommenderConfig
 from core.events import Event
 from core.learned import LearnedRanking
-from core.mix import FEATURES, Snapshot, published_lists
+from core.mix import FEATURES, published_lists
 from core.outcomes import rates
 from core.ratings import UserProfile
 from core.recommender import Recommender, learn_event
+from core.snapshot import Snapshot
 from streams.runtime.children.process import ChildProcess
 from streams.runtime.children.ranking_jobs import (
     RANKER_NICENESS,

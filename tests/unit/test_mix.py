@@ -16,13 +16,14 @@ from core.config import RANKING_NAMES, RecommenderConfig
 from core.cooccurrence import ItemIndex
 from core.events import Event
 from core.learned import LearnedRanking, part_of
-from core.mix import FEATURES, RANKINGS, SOURCES, ItemFacts, Snapshot, published_lists
+from core.mix import FEATURES, RANKINGS, SOURCES, published_lists
 from core.ranking import NeighborModel
 from core.ratings import UserProfile
 from core.reasons import TRENDING_REASON
 from core.recommender import Recommender
 from core.repurchase import ItemRepurchases, RepurchaseStats, log_gap_units
 from core.similarity import ItemNeighbors
+from core.snapshot import ItemFacts, Snapshot
 
 DAY = 86_400.0
 

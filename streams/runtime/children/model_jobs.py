@@ -11,8 +11,8 @@ from typing import cast
 
 import orjson
 
-from core.mix import Snapshot
 from core.similarity import SimilarityParams, neighbors_for_rows
+from core.snapshot import Snapshot
 from streams.runtime.children.held_rows import RowsNotHeld
 from streams.runtime.children.model_replica import held_replica, snapshot_of
 from streams.runtime.records import item_neighbors_record

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from core.mix import Snapshot
+from core.snapshot import Snapshot
 from core.snapshot_builder import SnapshotBuilder
 from streams.runtime.state import ITEM_STATS
 

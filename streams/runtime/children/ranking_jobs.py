@@ -24,10 +24,11 @@ from core.bias import ExposureWindow
 from core.config import RecommenderConfig
 from core.engagement import Trigger
 from core.learned import LearnedRanking
-from core.mix import FEATURES, Candidates, Snapshot, published_lists
+from core.mix import FEATURES, Candidates, published_lists
 from core.outcomes import LastShown, OutcomeLearner, Shown
 from core.ranking import Recommendations
 from core.ratings import UserProfile
+from core.snapshot import Snapshot
 from streams.runtime.records import recommendation_record, trigger_records
 
 #: The ranking child's niceness: its work is the batches' own, moved off the loop.
@@ -236,7 +237,7 @@ def ranked_records(
     pickles them (0.6 vs 4.0 ms for 700 users' histories; pickling was 5% of the
     event loop at full speed).
 
-    >>> from core.mix import ItemFacts
+    >>> from core.snapshot import ItemFacts
     >>> from core.ranking import NeighborModel
     >>> hold_snapshot(Snapshot(NeighborModel.from_neighbor_lists(2, {"a": [("b", 0.5)]}, {}, k=1),
     ...                        ItemFacts.empty(2)))

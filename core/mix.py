@@ -214,8 +214,8 @@ def _features(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
                            trending[np.minimum(at, max(trending.size - 1, 0))]
                            if trending.size else 0.0, 0.0)
         now = np.zeros(n)
-        for profile, again, lo, hi in zip(profiles, propensities, bounds, bounds[1:],
-                                          strict=False):
+        for profile, again, (lo, hi) in zip(profiles, propensities, itertools.pairwise(bounds),
+                                            strict=True):
             if again:
                 x[lo:hi, 2] = np.fromiter(map(again.get, listed[lo:hi], itertools.repeat(0.0)),
                                           np.float64, hi - lo)

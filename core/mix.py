@@ -226,9 +226,9 @@ def _features(snapshot: Snapshot, profiles: Sequence[UserProfile | None],
             if purchased:
                 bought = np.fromiter(map(purchased.__contains__, these), np.bool_, hi - lo)
                 x[lo:hi, 3] = bought
-                x[lo + np.flatnonzero(bought), 4] = [
-                    math.log1p(counts.get(these[row], 1)) / 3.0
-                    for row in np.flatnonzero(bought).tolist()]
+                rows = np.flatnonzero(bought)
+                x[lo + rows, 4] = [math.log1p(counts.get(these[row], 1)) / 3.0
+                                   for row in rows.tolist()]
             x[lo:hi, 5] = np.fromiter(map(profile.ratings.__contains__, these), np.bool_,
                                       hi - lo)
             x[lo:hi, 7] = math.log1p(profile.events) / 8.0

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.topk import offsets_within_rows
+
 #: Recent items an explanation may name: the weights of older ones are small,
 #: and looking further cost the ranking child as much as ranking.
 REASON_RECENT = 10
@@ -70,18 +72,17 @@ def because_many(listed: Sequence[Sequence[int]], entries: Sequence[NeighbourEnt
         return found
     width = held[0][1].width
     span = n_items + 1
-    n_recent = [min(e.recent.size, REASON_RECENT) for _, e in held]
-    n_entries = np.asarray(n_recent, dtype=np.int64) * width
+    n_recent = np.fromiter((min(e.recent.size, REASON_RECENT) for _, e in held), np.int64,
+                           len(held))
+    n_entries = n_recent * width
     n_listed = np.fromiter((len(listed[u]) for u, _ in held), np.int64, len(held))
-    recent = np.concatenate([e.recent[:n] for (_, e), n in zip(held, n_recent, strict=True)])
-    items = np.concatenate([e.items[:n * width]
-                            for (_, e), n in zip(held, n_recent, strict=True)])
-    values = np.concatenate([e.values[:n * width]
-                             for (_, e), n in zip(held, n_recent, strict=True)])
+    kept = list(zip(held, n_recent.tolist(), strict=True))
+    recent = np.concatenate([e.recent[:n] for (_, e), n in kept])
+    items = np.concatenate([e.items[:n * width] for (_, e), n in kept])
+    values = np.concatenate([e.values[:n * width] for (_, e), n in kept])
     # entry e of held user h: key h * span + item, named by recent item e // width
     owner = np.repeat(np.arange(len(held)), n_entries)
-    starts = np.cumsum(n_entries) - n_entries
-    age = (np.arange(items.size) - starts[owner]) // width
+    age = offsets_within_rows(n_entries) // width
     keys = owner * span + np.where(items >= 0, items, n_items)  # padding names no one
     shown = np.fromiter((p for u, _ in held for p in listed[u]), np.int64, int(n_listed.sum()))
     shown_keys = np.repeat(np.arange(len(held)), n_listed) * span + shown
@@ -95,8 +96,8 @@ def because_many(listed: Sequence[Sequence[int]], entries: Sequence[NeighbourEnt
     named = np.flatnonzero(at < first.size)
     named = named[keys[first[at[named]]] == shown_keys[named]]
     by = first[at[named]]
-    recent_at = (np.cumsum(n_recent) - np.asarray(n_recent))[owner[by]] + age[by]
-    slot = named - np.repeat(np.cumsum(n_listed) - n_listed, n_listed)[named]
+    recent_at = (np.cumsum(n_recent) - n_recent)[owner[by]] + age[by]
+    slot = offsets_within_rows(n_listed)[named]
     users = [u for u, _ in held]
     for h, j, position in zip(owner[by].tolist(), slot.tolist(), recent[recent_at].tolist(),
                               strict=True):

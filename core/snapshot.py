@@ -79,7 +79,6 @@ class ItemFacts:
                                    len(ids)),
             repeat_rate=rates, gap_days=gaps)
 
-
     def to_state(self) -> dict[str, list[float]]:
         return {"counts": self.counts.tolist(), "first_seen": self.first_seen.tolist(),
                 "repeat_rate": self.repeat_rate.tolist(), "gap_days": self.gap_days.tolist()}

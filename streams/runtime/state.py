@@ -19,6 +19,7 @@ import orjson
 from core.engagement import Engagement
 from core.ratings import UserProfile
 from core.repurchase import ItemRepurchases, Purchase
+from core.snapshot_builder import FIGURES
 from core.trending import trend_bump
 
 if TYPE_CHECKING:
@@ -271,9 +272,9 @@ def prune_above(max_width: int) -> int:
 
 
 #: An item's stats as every worker keeps them (``item-stats`` values, JSON arrays
-#: in this order; values written before purchases were kept hold the first three).
-ITEM_STATS = ("count", "trend_value", "trend_time", "buyers", "repeats", "log_gaps",
-              "first_seen")
+#: in this order, the snapshot's figures; values written before purchases were
+#: kept hold the first three).
+ITEM_STATS = FIGURES
 
 
 @dataclass

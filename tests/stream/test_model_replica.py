@@ -115,3 +115,17 @@ async def test_one_snapshot_file_is_kept_and_a_new_ranking_child_loads_it(
     held = await stream.ranker.run(held_snapshot)  # a new child, which loaded the last file
     assert stream.ranker.process is not process
     assert held is not None and "x3" in held.model.items.positions
+
+
+def test_a_list_that_comes_back_through_the_table_is_the_one_ranked() -> None:
+    """Lists computed here come back through the worker's table (not decoded
+    again); one another worker wrote in between, then this one again, is set
+    back."""
+    replica = ModelReplica(token=1)
+    mine, theirs = orjson.dumps([["b", 0.5]]), orjson.dumps([["c", 0.25]])
+    replica.record_own({"a": mine})
+    for value, expected in ((mine, (("b", 0.5),)), (theirs, (("c", 0.25),)),
+                            (mine, (("b", 0.5),)), (None, ())):
+        replica.update({"a": value}, {})
+        said = by_item(replica.snapshot(1, 5, 86_400.0))
+        assert said.get("a", ((),))[0] == expected

@@ -60,14 +60,17 @@ class ModelReplica:
     def update(self, lists: Mapping[str, bytes | None],
                stats: Mapping[str, bytes | None]) -> None:
         """Keys changed in the worker's tables: their values now (None: gone)."""
-        for item_id, value in lists.items():
+        # the lists computed here come back through the table: the builder has them
+        new = {item_id: value for item_id, value in lists.items()
+               if value is None or self.lists.get(item_id) != value}
+        for item_id, value in new.items():
             if value is None:
                 self.lists.pop(item_id, None)
             else:  # kept once in memory when it is the list computed here
                 own = self.own.get(item_id)
                 self.lists[item_id] = own if own == value else value
         self.builder.set_neighbours({item_id: () if value is None else orjson.loads(value)
-                                     for item_id, value in lists.items()})
+                                     for item_id, value in new.items()})
         figures: dict[str, list[float] | None] = {}
         for item_id, value in stats.items():
             decoded = None if value is None else orjson.loads(value)
@@ -98,8 +101,8 @@ class ModelReplica:
 
 def figures_of(stats: Sequence[float]) -> list[float]:
     """An item's :data:`core.snapshot_builder.FIGURES` from its stats
-    (:data:`streams.runtime.state.ITEM_STATS`, the same order); stats written
-    before purchases were kept have none of their figures."""
+    (:data:`streams.runtime.state.ITEM_STATS`, which they are); stats written
+    before purchases were kept have none of their purchase figures."""
     return list(stats) if len(stats) == len(ITEM_STATS) else [*stats[:3], 0, 0, 0, 0.0]
 
 

@@ -139,7 +139,8 @@ class WorkerProcess:
                            timeout: float = 120.0) -> dict[str, Any]:
         """Until ``applied`` events are in (skipped duplicates count, unless told
         otherwise), every row update applied, and a full refresh round that started
-        after that has been folded into the model."""
+        after that has been folded into the model with every neighbour list caught
+        up with the counts (the rotation may take a few rounds more)."""
         def drained(h: dict[str, Any]) -> bool:
             c = h["counters"]
             done = c["applied"] + (c["deduplicated"] if count_duplicates else 0)
@@ -147,8 +148,9 @@ class WorkerProcess:
 
         self.wait_for(drained, f"{applied} events and their row updates", timeout)
         quiet_since = int(time.time())
-        return self.wait_for(lambda h: h["model_version"] > quiet_since,
-                             "a refresh round after the data settled", timeout)
+        return self.wait_for(
+            lambda h: h["model_version"] > quiet_since and h["counters"]["lists_lagging"] == 0,
+            "a refresh round after the data settled, no list lagging", timeout)
 
     def stop(self, *, kill: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:

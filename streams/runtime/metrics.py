@@ -39,6 +39,9 @@ class Counters:
     triggers_out: Counter[str] = field(default_factory=Counter)
     refreshes: int = 0
     stale_ticks: int = 0
+    #: neighbour lists of this worker's partitions that the ranking snapshot
+    #: serving now holds as computed before the counts last moved (rotation lag)
+    lists_lagging: int = 0
     last_refresh_seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
@@ -55,6 +58,7 @@ class Counters:
             "triggers_out": dict(self.triggers_out),
             "refreshes": self.refreshes,
             "stale_ticks": self.stale_ticks,
+            "lists_lagging": self.lists_lagging,
             "last_refresh_seconds": round(self.last_refresh_seconds, 4),
         }
 
@@ -107,6 +111,10 @@ class CountersCollector(Collector):
         yield CounterMetricFamily("recostream_refresh_ticks_stale",
                                   "Refresh ticks skipped as stale (refreshes behind)",
                                   value=c.stale_ticks)
+        yield GaugeMetricFamily(
+            "recostream_neighbour_lists_lagging",
+            "Neighbour lists the serving snapshot holds as computed before the counts "
+            "last moved (they catch up in rotation)", value=c.lists_lagging)
         lag = GaugeMetricFamily("recostream_consumer_lag",
                                 "Input messages not yet read, by topic and partition",
                                 labels=["topic", "partition"])

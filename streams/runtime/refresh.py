@@ -33,7 +33,7 @@ from faust.types import EventT
 from core.config import RecommenderConfig
 from core.snapshot import Snapshot
 from streams.runtime.children.held_rows import RowsNotHeld
-from streams.runtime.children.model_jobs import EncodedList, neighbors_of_partition
+from streams.runtime.children.model_jobs import PartitionLists, neighbors_of_partition
 from streams.runtime.children.model_replica import (
     ReplicaNotHeld,
     build_snapshot,
@@ -95,6 +95,8 @@ class Refresh:
         self._replica_token: int | None = None
         #: refresh round last completed per tick partition seen by this worker
         self.partition_rounds: dict[int, int] = {}
+        #: lists computed before the counts last moved, per partition refreshed here
+        self.lists_lagging: dict[int, int] = {}
         self._rebuilding = asyncio.Lock()
         # one user of the model process's copy of the replicated tables at a time:
         # hand-overs interleaved could apply an older value after a newer one
@@ -174,7 +176,8 @@ class Refresh:
         # held until the lists are written: a hand-over in between would send the
         # model process the values they replace
         async with self._replica_lock:
-            lists = await self.partition_neighbors(partition, refresh_round)
+            lists, self.lists_lagging[partition] = await self.partition_neighbors(
+                partition, refresh_round)
             try:
                 for n, (item_id, value, record) in enumerate(lists, 1):
                     if n % LISTS_PER_SLICE == 0:
@@ -208,9 +211,9 @@ class Refresh:
                 self.own_round_rebuilt = time.monotonic()
 
     async def partition_neighbors(self, partition: int, model_version: int
-                                  ) -> list[EncodedList]:
+                                  ) -> PartitionLists:
         """Neighbour lists of a partition's items that changed since they were last
-        computed, encoded (see
+        computed, encoded, and how many lag the counts (see
         :func:`streams.runtime.children.model_jobs.neighbors_of_partition`), by the
         model process, which keeps a copy of the partition's rows: sent in full
         once, then those changed since (by the rows process, pickled: the loop
@@ -219,9 +222,9 @@ class Refresh:
         args = (self.topology.owned_tick_partitions(), None, config.neighbors,
                 config.similarity, config.similarity_params, model_version)
 
-        async def lists_after_send(token: int, full: bool, replica: int) -> list[EncodedList]:
+        async def lists_after_send(token: int, full: bool, replica: int) -> PartitionLists:
             rows = await self.rows.for_refresh(partition, full)
-            lists: list[EncodedList] = await self.model_process.run(
+            lists: PartitionLists = await self.model_process.run(
                 neighbors_of_partition, partition, token, rows, full, *args, replica)
             self._sent_under[partition] = token
             return lists
@@ -327,6 +330,10 @@ class Refresh:
             self._others_lists_built = self.topology.neighbors.others_writes
             # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
+            owned = self.topology.owned_tick_partitions()
+            for partition in [p for p in self.lists_lagging if owned and p not in owned]:
+                del self.lists_lagging[partition]
+            lagging = sum(self.lists_lagging.values())
             path = self.snapshots.next_path(version)
             async with self._replica_lock:
                 items = await self._with_replica(build_snapshot, version,
@@ -335,5 +342,6 @@ class Refresh:
             self.ranking.rank_with_snapshot(str(path))
             self._snapshot, self._model_path, self.model_items = None, path, items
             self.model_round = version
+            self.counters.lists_lagging = lagging
             await self.ranking.snapshot_held()
             self.snapshots.loaded(path)  # older files go once the ranking child has it

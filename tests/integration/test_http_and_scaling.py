@@ -171,7 +171,8 @@ def settle(workers: Sequence[WorkerProcess], applied: int, *, rounds: int = 1,
     after = time.time()
     for n in range(rounds):
         def refreshed(hs: list[dict[str, Any]], after: float = after) -> bool:
-            return all(h["model_version"] > after for h in hs)
+            return all(h["model_version"] > after and h["counters"]["lists_lagging"] == 0
+                       for h in hs)
 
         poll(refreshed, f"refresh round {n + 1} after the data settled, on every worker")
         after = max(h["model_version"] for h in healths)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Collection, Mapping
-from typing import cast
+from typing import NamedTuple, cast
 
 import orjson
 
 from core.similarity import SimilarityParams, neighbors_for_rows
 from core.snapshot import Snapshot
+from streams.runtime.children.due_lists import DueLists, new_counts_version
 from streams.runtime.children.held_rows import RowsNotHeld
 from streams.runtime.children.model_replica import held_replica, snapshot_of
 from streams.runtime.records import item_neighbors_record
@@ -43,14 +44,21 @@ def snapshot_from_json(
     return snapshot_of(version, encoded_lists, stats, k, tau)
 
 
-#: Rows of C the child holds per partition: the token of the full send they began
-#: with, and the rows (item id -> pairs).
-_held_rows: dict[int, tuple[int, dict[str, Mapping[str, float]]]] = {}
+#: Rows of C the child holds per partition, and when their lists were computed.
+_held_rows: dict[int, DueLists] = {}
 
 
 #: One item's neighbour list, encoded twice: (item id, its value in the ``neighbors``
 #: table, its ``item-neighbors`` record), both JSON.
 EncodedList = tuple[str, bytes, bytes]
+
+
+class PartitionLists(NamedTuple):
+    """A partition's round: the lists that changed, and how many of its lists were
+    computed before the counts last moved (:attr:`.due_lists.DueLists.lagging`)."""
+
+    lists: list[EncodedList]
+    lagging: int
 
 
 def neighbors_of_partition(
@@ -65,11 +73,13 @@ def neighbors_of_partition(
     params: SimilarityParams,
     model_version: int,
     replica_token: int | None = None,
-) -> list[EncodedList]:
-    """Neighbour lists of every row of ``partition`` the child holds once ``rows``
-    are in: all of the partition's rows (``full``, which ``token`` names from then
-    on), or those changed since the last send under the same ``token``. ``rows``
-    may come pickled (as :func:`streams.runtime.children.held_rows.rows_to_send` gives them: the
+) -> PartitionLists:
+    """Neighbour lists of a partition's items once ``rows`` are in: all of the
+    partition's rows (``full``, which ``token`` names from then on), or those
+    changed since the last send under the same ``token``. Which lists are
+    recomputed: every one after a full send, then those of changed rows and a
+    rotating slice of the others (:mod:`.due_lists`). ``rows`` may come pickled
+    (as :func:`streams.runtime.children.held_rows.rows_to_send` gives them: the
     worker passes them on without reading them).
 
     Sending only changed rows keeps the worker's pickling (the event loop's part of
@@ -85,10 +95,10 @@ def neighbors_of_partition(
     >>> args = ({"a": 2.0, "b": 1.0}, 2, "cosine", SimilarityParams(), 7)
     >>> [(item, orjson.loads(value), orjson.loads(record)["model_version"])
     ...  for item, value, record in neighbors_of_partition(
-    ...      0, 7, {"a": {"b": 1.0}}, True, {0, 1}, *args)]
+    ...      0, 7, {"a": {"b": 1.0}}, True, {0, 1}, *args).lists]
     [('a', [['b', 0.7071067690849304]], 7)]
     >>> [orjson.loads(value) for item, value, _ in neighbors_of_partition(
-    ...      0, 7, {"b": {"a": 1.0}}, False, {0, 1}, *args) if item == "a"]
+    ...      0, 7, {"b": {"a": 1.0}}, False, {0, 1}, *args).lists if item == "a"]
     [[['b', 0.7071067690849304]]]
     >>> neighbors_of_partition(0, 8, {}, False, {0, 1}, *args)
     Traceback (most recent call last):
@@ -102,29 +112,34 @@ def neighbors_of_partition(
     copy of the item stats, and only lists that differ from the last computed for
     their item come back (see :meth:`.model_replica.ModelReplica.record_own`);
     :class:`.model_replica.ReplicaNotHeld` (before anything is changed) when the
-    process holds no copy under that token.
+    process holds no copy under that token. Counts given in ``counts`` count as
+    moved since the last call.
     """
-    if not full and (_held_rows.get(partition) or (None,))[0] != token:
+    held = _held_rows.get(partition)
+    if not full and (held is None or held.token != token):
         raise RowsNotHeld(f"partition {partition} under token {token}")
     replica = None if replica_token is None else held_replica(replica_token)
     if counts is None:
         if replica is None:
             raise ValueError("neither counts nor a replica to take them from")
-        counts = replica.counts
+        counts, counts_version = replica.counts, replica.counts_version
+    else:
+        counts_version = new_counts_version()
     if isinstance(rows, bytes):
         rows = cast(Mapping[str, Mapping[str, float]], pickle.loads(rows))
     if full:
         for other in [p for p in _held_rows if p != partition and p not in owned]:
             del _held_rows[other]
-        _held_rows[partition] = (token, dict(rows))
-    else:
-        _held_rows[partition][1].update(rows)
-    lists = neighbors_for_rows(_held_rows[partition][1], counts, k, similarity, params)
+        held = _held_rows[partition] = DueLists(token)
+    assert held is not None
+    due = held.take(rows, counts_version)
+    lists = neighbors_for_rows({item_id: held.rows[item_id] for item_id in due}, counts, k,
+                               similarity, params)
     encoded = {item_id: orjson.dumps(pairs) for item_id, pairs in lists.items()}  # JSON arrays
     if replica is not None:
         encoded = replica.record_own(encoded)
-    return [(item_id, value,
-             orjson.dumps(item_neighbors_record(item_id, lists[item_id], model_version)))
-            for item_id, value in encoded.items()]
-
-
+    return PartitionLists(
+        [(item_id, value,
+          orjson.dumps(item_neighbors_record(item_id, lists[item_id], model_version)))
+         for item_id, value in encoded.items()],
+        held.lagging)

@@ -8,10 +8,10 @@ memory and encoded (the JSON the tables and changelogs hold):
 
 - a user's state (profile, engagement, applied offsets, event ids), as the
   worker's cache holds up to RECOSTREAM_CACHE_KEYS of them;
-- a row of C, per pair, as a rows process holds its partitions' rows (and the
-  model process a copy);
-- the ranking snapshot per item with its neighbour lists (the worker, the
-  ranking child and the model process each hold one);
+- a row of C, per pair, as a rows process holds its partitions' rows (the
+  worker's one copy: the model process is sent the rows due each round);
+- the ranking snapshot per item with its neighbour lists (the ranking child
+  holds one, the model process one it keeps up to date);
 - the replicated tables per item (item stats, neighbour lists as JSON).
 
 Prints the figures and the memory of a worker for N users and M items from them,
@@ -112,7 +112,7 @@ def main() -> int:
           f"(mean {sum(len(u.profile.ratings) for u in users) / len(users):.1f} ratings)")
     print(f"row of C: {per_pair:,.0f} B decoded per pair, {per_pair_json:,.0f} B as JSON")
     print(f"ranking snapshot: {per_item_snapshot:,.0f} B per item "
-          f"(held by the worker, the ranking child and the model process)")
+          f"(held by the ranking child and the model process)")
     print(f"replicated tables: {per_item_replicated:,.0f} B per item (neighbour lists and "
           "item stats as JSON, in every worker)")
     full_row = row_pairs(config.max_row_width)
@@ -127,9 +127,8 @@ def main() -> int:
     for n_users, n_items, per_row in ((100_000, 10_000, 200), (1_000_000, 100_000, 200),
                                       (1_000_000, 200_000, 500), (5_000_000, 500_000, 500)):
         cached = min(n_users, settings.cache_keys) * per_user
-        # the rows processes hold the rows, the model process a copy
-        rows_mb = 2 * n_items * per_row * per_pair
-        snapshots = 3 * n_items * per_item_snapshot
+        rows_mb = n_items * per_row * per_pair  # in the rows processes only
+        snapshots = 2 * n_items * per_item_snapshot
         replicas = n_items * per_item_replicated
         total = cached + rows_mb + snapshots + replicas
         print(f"{n_users:>10,} {n_items:>9,} {per_row:>10} {cached / 1e6:>9.0f} "

@@ -26,7 +26,7 @@ from harness import Bench, Run, say, stop_child
 from procfs import cpu_between, cpu_seconds_by_process, worker_peak_rss_mb
 from series import Series, describe_minute
 
-from streams.devtools.worker_process import WorkerProcess, row_updates_caught_up, worker_env
+from streams.devtools.worker_process import WorkerProcess, worker_env
 from streams.runtime.settings import Settings
 
 HEALTH_POLL_S = 0.2
@@ -235,16 +235,23 @@ def batch_summary(workers: Sequence[WorkerProcess]) -> dict[str, float]:
 
 
 def rows_settled_after(workers: Sequence[WorkerProcess], timeout: float) -> float | None:
-    """Seconds from now until every row update the workers sent is applied (None
-    if not within ``timeout``)."""
+    """Seconds from now until every row update the workers had sent by now is
+    applied (None if not within ``timeout``). Those sent later do not count: a
+    worker stopped by the cap goes on reading the events left, and their updates
+    would keep it from ever catching up within the timeout."""
     started = time.perf_counter()
+    sent: int | None = None
     while True:
         try:
             counters = [w.health()["counters"] for w in workers]
         except (OSError, ValueError):
             counters = []  # busy or between requests: the next poll will tell
-        if counters and row_updates_caught_up(counters):
-            return time.perf_counter() - started
+        if counters:
+            if sent is None:
+                sent = sum(c["row_updates_sent"] for c in counters)
+            done = sum(c["row_updates_applied"] + c["row_updates_skipped"] for c in counters)
+            if done >= sent:
+                return time.perf_counter() - started
         if time.perf_counter() - started > timeout:
             return None
         time.sleep(HEALTH_POLL_S / 4)

@@ -83,7 +83,6 @@ class Commits:
                 await self.outbox.send()
                 await self.outbox.delivered()
                 self.users.forget()
-                self.refresh.forget_sent_rows()
                 await self.rows.release()
         finally:
             self.pacing.rebalances_waiting -= 1

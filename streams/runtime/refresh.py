@@ -4,8 +4,9 @@ the ranking snapshot rebuilt from the replicated tables.
 Every ``refresh_seconds`` the group's leader ticks each partition in turn, one
 every ``refresh_seconds / partitions``; a round is numbered by the second it
 started at, which becomes the snapshot's ``model_version``. The owner of a
-partition recomputes its items' neighbours in the model process (which keeps a
-copy of the partition's rows: sent in full once, then only those changed) and
+partition recomputes its items' neighbours in the model process, from the rows
+whose lists are due (the rows process sends those changed since the last round
+and a rotation of the others: :mod:`streams.runtime.children.due_lists`), and
 writes the lists that changed. A worker rebuilds its snapshot when the last of
 its partitions is done with a round, and when other workers wrote lists.
 
@@ -32,8 +33,7 @@ from faust.types import EventT
 
 from core.config import RecommenderConfig
 from core.snapshot import Snapshot
-from streams.runtime.children.held_rows import RowsNotHeld
-from streams.runtime.children.model_jobs import PartitionLists, neighbors_of_partition
+from streams.runtime.children.model_jobs import EncodedList, neighbors_of_rows
 from streams.runtime.children.model_replica import (
     ReplicaNotHeld,
     build_snapshot,
@@ -101,10 +101,12 @@ class Refresh:
         # one user of the model process's copy of the replicated tables at a time:
         # hand-overs interleaved could apply an older value after a newer one
         self._replica_lock = asyncio.Lock()
-        # Rows of C the model process holds: per partition, the token of the full
-        # send they began with (none: send all next time).
-        self._sent_under: dict[int, int] = {}
         self._tokens = itertools.count(1)
+        # the item counts as the model process's copy holds them: larger once any
+        # moved (the rows process's rotation recomputes lists older than that)
+        self._counts_version = 0
+        # partitions whose lists of the last rows sent were lost: all rows next time
+        self._lists_lost: set[int] = set()
         # neighbour lists other workers wrote, as counted when the snapshot was built
         self._others_lists_built = -1
         self.own_round_rebuilt = -math.inf  # monotonic time of the last one
@@ -211,37 +213,32 @@ class Refresh:
                 self.own_round_rebuilt = time.monotonic()
 
     async def partition_neighbors(self, partition: int, model_version: int
-                                  ) -> PartitionLists:
+                                  ) -> tuple[list[EncodedList], int]:
         """Neighbour lists of a partition's items that changed since they were last
-        computed, encoded, and how many lag the counts (see
-        :func:`streams.runtime.children.model_jobs.neighbors_of_partition`), by the
-        model process, which keeps a copy of the partition's rows: sent in full
-        once, then those changed since (by the rows process, pickled: the loop
-        passes the bytes on); and the counts of its copy of the item stats."""
+        computed, encoded (see
+        :func:`streams.runtime.children.model_jobs.neighbors_of_rows`), by the model
+        process from its copy of the item counts and the rows due, which the rows
+        process sends (pickled: the loop passes the bytes on); and how many of the
+        partition's lists lag the counts after them."""
         config = self.config
-        args = (self.topology.owned_tick_partitions(), None, config.neighbors,
-                config.similarity, config.similarity_params, model_version)
-
-        async def lists_after_send(token: int, full: bool, replica: int) -> PartitionLists:
-            rows = await self.rows.for_refresh(partition, full)
-            lists: PartitionLists = await self.model_process.run(
-                neighbors_of_partition, partition, token, rows, full, *args, replica)
-            self._sent_under[partition] = token
-            return lists
-
+        args = (None, config.neighbors, config.similarity, config.similarity_params,
+                model_version)
         for _ in range(REPLICA_ATTEMPTS):
             replica = await self.sync_replica()
-            # back once the model process has the rows sent (none: send them all)
-            token = self._sent_under.pop(partition, None)
+            # a call that fails loses the lists of the rows sent, whatever failed:
+            # the next sends every row
+            everything = partition in self._lists_lost
+            self._lists_lost.add(partition)
+            rows, lagging = await self.rows.for_refresh(partition, self._counts_version,
+                                                        everything)
             try:
-                if token is not None:
-                    try:
-                        return await lists_after_send(token, False, replica)
-                    except RowsNotHeld:  # a new model process: it gets them all
-                        pass
-                return await lists_after_send(next(self._tokens), True, replica)
+                lists: list[EncodedList] = await self.model_process.run(
+                    neighbors_of_rows, rows, *args, replica)
             except ReplicaNotHeld:
                 self._replica_token = None
+                continue
+            self._lists_lost.discard(partition)
+            return lists, lagging
         raise ReplicaNotHeld(f"the model process lost its copy {REPLICA_ATTEMPTS} times")
 
     async def sync_replica(self) -> int:
@@ -260,6 +257,8 @@ class Refresh:
             else:
                 lists, stat_values = neighbors.take_changed(), stats.take_changed()
             self._replica_token = None  # until it is handed over whole
+            if full or stat_values:  # any stat may be a count (decoding them costs more)
+                self._counts_version += 1
             try:
                 await self._hand_over(token, full, dict(lists), dict(stat_values))
             except ReplicaNotHeld:
@@ -295,11 +294,6 @@ class Refresh:
             except ReplicaNotHeld:
                 self._replica_token = None
         raise ReplicaNotHeld(f"the model process lost its copy {REPLICA_ATTEMPTS} times")
-
-    def forget_sent_rows(self) -> None:
-        """After a rebalance the partitions' rows may be others' now: the next
-        refresh of each sends them in full."""
-        self._sent_under.clear()
 
     async def take_others_lists(self) -> None:
         """Rebuild the snapshot if other workers wrote neighbour lists since the last

@@ -150,14 +150,16 @@ class RowsClient:
             for item_id, encoded in stats:
                 self.item_stats.set_encoded_if_changed(item_id, encoded)
 
-    async def for_refresh(self, partition: int, full: bool) -> bytes:
-        """A partition's rows for the model process (pickled): all of them
-        (``full``), or those changed since the last hand-over."""
+    async def for_refresh(self, partition: int, counts_version: int, everything: bool = False
+                          ) -> tuple[bytes, int]:
+        """A partition's rows whose neighbour lists are due, pickled, and how many
+        lists lag the counts after them (see
+        :meth:`streams.runtime.children.held_rows.HeldRows.to_send`)."""
         async with self.lock:
             await self.hold({partition})
-            rows: bytes = await self.call(self.process_of(partition), rows_to_send,
-                                          partition, full)
-            return rows
+            sent: tuple[bytes, int] = await self.call(
+                self.process_of(partition), rows_to_send, partition, counts_version, everything)
+            return sent
 
     async def write_changed(self, paced: bool = False) -> None:
         """Every row changed before this call is written when it returns (before

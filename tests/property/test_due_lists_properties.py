@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.similarity import SimilarityParams, neighbors_for_rows
-from streams.runtime.children.due_lists import DueLists, new_counts_version
+from streams.runtime.children.due_lists import DueLists
 
 NAMES = [f"i{n}" for n in range(12)]
 K = 3
@@ -34,10 +34,10 @@ def lists_of(rows: dict[str, dict[str, float]], counts: dict[str, float]
 def test_rotation_keeps_lists_within_bounds_and_catches_up(
         plan: list[tuple[dict[str, dict[str, float]], dict[str, int]]],
         rotation: int) -> None:
-    due_lists = DueLists(token=1)
+    due_lists = DueLists()
     rows: dict[str, dict[str, float]] = {}
     counts: dict[str, float] = dict.fromkeys(NAMES, 1.0)
-    version = new_counts_version()
+    version = 1
     published: dict[str, list[tuple[str, float]]] = {}
     computed_at: dict[str, int] = {}  # round of each row's last computation
     moves = [0]  # rounds the counts moved at
@@ -45,9 +45,9 @@ def test_rotation_keeps_lists_within_bounds_and_catches_up(
         rows.update(changed)
         if any(counts[item_id] != count for item_id, count in moved.items()):
             counts.update({item_id: float(count) for item_id, count in moved.items()})
-            version = new_counts_version()
+            version += 1
             moves.append(n)
-        due = due_lists.take(changed, version, rotation)
+        due = due_lists.take(changed.keys(), version, rotation)
         assert due[:len(changed)] == list(changed)  # changed rows, every one, first
         assert len(due) - len(changed) <= rotation
         assert len(set(due)) == len(due)
@@ -67,8 +67,8 @@ def test_rotation_keeps_lists_within_bounds_and_catches_up(
             assert n - stale_since < math.ceil(len(rows) / rotation)
     # rows and counts stop moving: the rotation catches up with a full refresh
     for _ in range(math.ceil(len(rows) / rotation)):
-        published.update(lists_of({i: rows[i] for i in due_lists.take({}, version, rotation)},
+        published.update(lists_of({i: rows[i] for i in due_lists.take((), version, rotation)},
                                   counts))
     assert due_lists.lagging == 0
-    assert due_lists.take({}, version, rotation) == []
+    assert due_lists.take((), version, rotation) == []
     assert published == lists_of(rows, counts)

@@ -24,7 +24,9 @@ from core.events import Event
 from core.learned import LearnedRanking
 from core.recommender import Recommender
 from core.similarity import SimilarityParams, neighbors_for_rows
-from streams.runtime.children.model_jobs import neighbors_of_partition
+from streams.runtime.children.due_lists import ROTATION_MIN_ROWS
+from streams.runtime.children.model_jobs import neighbors_of_rows
+from streams.runtime.children.model_replica import ReplicaNotHeld
 from streams.runtime.partitions import KeyPartitions, item_partition
 from streams.runtime.state import CooccurrenceRow, RowGain, UserState
 from tests.stream.harness import (
@@ -541,21 +543,28 @@ async def test_refresh_and_recommendations_equal_the_offline_replay(
 
 
 @run_async
-async def test_refresh_sends_the_model_process_only_rows_changed_since(
+async def test_refresh_sends_the_model_process_the_rows_due(
     make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """After a partition's first refresh the model process gets only the rows that
-    changed, a new child gets them all again, and the lists stay those of every
-    row of the partition."""
+    """A partition's first refresh sends the model process every row; later ones
+    the rows changed since, first, then the rotation of those computed before the
+    counts moved (all of them, in a partition this small), and nothing when
+    nothing moved; after a call that failed, every row. The model process keeps
+    no rows (a new one needs none), and the lists stay those of every row."""
     h = make_harness(batch_size=50, batch_seconds=0.01, neighbors=10, history=20,
                      pair_window=5)
     stream = h.stream
-    sends: list[tuple[bool, set[str]]] = []  # (full, items sent) per refresh
+    sends: list[list[str]] = []  # items sent per call, in order
     run = stream.model_process.run
+    fail_next = False
 
     async def spy(function: Any, *args: Any) -> Any:
-        if function is neighbors_of_partition:
-            sends.append((args[3], set(pickle.loads(args[2]))))
+        nonlocal fail_next
+        if function is neighbors_of_rows:
+            sends.append(list(pickle.loads(args[0])))
+            if fail_next:
+                fail_next = False
+                raise ReplicaNotHeld("lost")
         return await run(function, *args)
 
     monkeypatch.setattr(stream.model_process, "run", spy)
@@ -595,18 +604,37 @@ async def test_refresh_sends_the_model_process_only_rows_changed_since(
             await h.relay(ticks_agent, [Sent(ticks_topic, None,
                                              orjson.dumps({"round": round_}), 2)])
 
-        first = await feed(events[:300])
+        def changed_first_then_all(sent: list[str], changed: set[str], rows: set[str]) -> bool:
+            return set(sent[:len(changed)]) == changed and set(sent) == rows
+
+        await feed(events[:300])
         await tick(1)
-        assert sends == [(True, first)]
-        changed = await feed(events[300:340])
-        assert changed and len(changed) < len(first)
+        rows = set(await partition_rows(2))
+        assert len(rows) <= ROTATION_MIN_ROWS
+        assert len(sends) == 1 and set(sends[0]) == rows
         await tick(2)
-        assert sends[-1] == (False, changed)
-        await lists_are_those_of_every_row(2)
-        stream.model_process.close()  # a new child holds nothing
-        changed = await feed(events[340:])
+        assert sends[-1] == []  # nothing moved
+        changed = await feed(events[300:340])
+        assert changed and len(changed) < len(rows)
         await tick(3)
-        assert sends[-2:] == [(False, changed), (True, set(await partition_rows(2)))]
+        rows = set(await partition_rows(2))
+        assert changed_first_then_all(sends[-1], changed, rows)
+        await lists_are_those_of_every_row(2)
+        stream.model_process.close()  # a new child: it needs the item stats only
+        changed = await feed(events[340:370])
+        assert changed
+        await tick(4)
+        rows = set(await partition_rows(2))
+        assert changed_first_then_all(sends[-1], changed, rows)
+        await lists_are_those_of_every_row(2)
+        fail_next = True
+        changed = await feed(events[370:])
+        assert changed
+        await tick(5)
+        rows = set(await partition_rows(2))
+        assert changed_first_then_all(sends[-2], changed, rows)
+        # the lists of the failed call were lost (and the replica handed over again)
+        assert set(sends[-1]) == rows
         await lists_are_those_of_every_row(2)
 
 

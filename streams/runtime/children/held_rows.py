@@ -9,8 +9,10 @@ the rows it holds. What the loop gets back is small: how many updates were
 applied, and the per-item stats of the rows whose count moved. At a commit the
 child hands over a record per row changed since the last one, the whole row or
 what changed in it (see :mod:`streams.runtime.row_records`), JSON ready for the
-table and its changelog; for a refresh, the rows changed since the last send to
-the model process (pickled here, so that the loop only passes bytes on).
+table and its changelog; for a refresh, the rows whose neighbour lists are due
+(:mod:`.due_lists`: those changed since the last round and a rotation of the
+others), pickled here so that the loop only passes bytes on to the model process,
+which keeps no rows: this is the worker's one copy of them.
 
 A partition's rows come from the ``cooccurrence`` table once, when the worker
 first needs them after a rebalance (:meth:`HeldRows.hold`). The child holds the
@@ -29,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from streams.runtime.children.due_lists import DueLists, rotation_size
 from streams.runtime.row_records import (
     NEW,
     RowLayout,
@@ -66,9 +69,10 @@ class HeldPartition:
         self.layouts: dict[str, RowLayout] = {}
         self.unwritten: dict[str, None] = {}  # in order of first change
         self.counted: set[str] = set()  # count moved since the rows were taken
-        # all of them at first: the model process's copy may be older (a refresh
-        # under way while the worker read them again after a rebalance)
+        # changed since the last refresh: all of them at first (the lists in the
+        # table may be another worker's, or older than the rows read again)
         self.unsent: set[str] = set(self.encoded_bases).union(self.encoded_deltas)
+        self.due = DueLists()
 
     def row(self, item_id: str) -> CooccurrenceRow:
         row = self.rows.get(item_id)
@@ -120,8 +124,11 @@ class HeldRows:
     ([(1, 'a', {'b': 1.0, 'c': 1.0})], [('a', b'[2.0,2.0,0.0,0,0,0,0.0]')])
     >>> holder.take_unwritten()
     ([], [])
-    >>> pickle.loads(holder.to_send(1, full=False))
-    {'a': {'b': 1.0, 'c': 1.0}}
+    >>> rows, lagging = holder.to_send(1, counts_version=1)
+    >>> pickle.loads(rows), lagging
+    ({'a': {'b': 1.0, 'c': 1.0}}, 0)
+    >>> [pickle.loads(holder.to_send(1, 1, everything)[0]) for everything in (False, True)]
+    [{}, {'a': {'b': 1.0, 'c': 1.0}}]
     >>> holder.apply([(1, 6, b"{}")], tau=86400.0, max_width=10)
     Traceback (most recent call last):
     ...
@@ -195,17 +202,24 @@ class HeldRows:
             part.counted.clear()
         return taken, stats
 
-    def to_send(self, partition: int, full: bool) -> bytes:
-        """A partition's rows for the model process (item id -> pairs, pickled):
-        all of them (``full``), or those changed since the last send."""
+    def to_send(self, partition: int, counts_version: int, everything: bool = False
+                ) -> tuple[bytes, int]:
+        """The rows of a partition whose neighbour lists are due (item id -> pairs,
+        pickled): those changed since the last send, then a rotation of the others
+        computed before ``counts_version`` (see :mod:`.due_lists`); all of them
+        with ``everything`` (the lists of the last send were lost). And how many
+        of the partition's lists lag the counts once these are computed."""
         part = self.partitions.get(partition)
         if part is None:
             raise RowsNotHeld(f"partition {partition}")
-        rows = part.all_rows()
-        items = rows if full else part.unsent
-        sent = {item_id: rows[item_id].pairs for item_id in items}
+        if everything:
+            part.unsent.update(part.all_rows())
+        # rows not met yet are changed, so due this round: all are met after it
+        held = len(part.rows) + len(part.encoded_bases)
+        due = part.due.take(part.unsent, counts_version, rotation_size(held))
+        sent = {item_id: part.row(item_id).pairs for item_id in due}
         part.unsent = set()
-        return pickle.dumps(sent, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(sent, protocol=pickle.HIGHEST_PROTOCOL), part.due.lagging
 
 
 #: What the rows process holds (one holder per process).
@@ -233,9 +247,10 @@ def take_unwritten_rows() -> tuple[list[tuple[int, str, bytes]], list[tuple[str,
     return _holder.take_unwritten()
 
 
-def rows_to_send(partition: int, full: bool) -> bytes:
+def rows_to_send(partition: int, counts_version: int, everything: bool = False
+                 ) -> tuple[bytes, int]:
     """:meth:`HeldRows.to_send` in the rows process."""
-    return _holder.to_send(partition, full)
+    return _holder.to_send(partition, counts_version, everything)
 
 
 def held_rows_summary() -> dict[int, Any]:

@@ -25,7 +25,6 @@ import orjson
 
 from core.snapshot import Snapshot
 from core.snapshot_builder import SnapshotBuilder
-from streams.runtime.children.due_lists import new_counts_version
 from streams.runtime.state import ITEM_STATS
 
 
@@ -56,8 +55,6 @@ class ModelReplica:
         self.own: dict[str, bytes] = {}
         #: users per item (stats[0]): what cosine and jaccard divide by
         self.counts: dict[str, float] = {}
-        #: larger once any count moved (:func:`.due_lists.new_counts_version`)
-        self.counts_version = new_counts_version()
         self.builder = SnapshotBuilder()
 
     def update(self, lists: Mapping[str, bytes | None],
@@ -75,19 +72,14 @@ class ModelReplica:
         self.builder.set_neighbours({item_id: () if value is None else orjson.loads(value)
                                      for item_id, value in new.items()})
         figures: dict[str, list[float] | None] = {}
-        counts_moved = False
         for item_id, value in stats.items():
             decoded = None if value is None else orjson.loads(value)
             if decoded:
-                count = float(decoded[0])
-                counts_moved = counts_moved or self.counts.get(item_id) != count
-                self.counts[item_id] = count
+                self.counts[item_id] = float(decoded[0])
                 figures[item_id] = figures_of(decoded)
             else:
-                counts_moved = counts_moved or self.counts.pop(item_id, None) is not None
+                self.counts.pop(item_id, None)
                 figures[item_id] = None
-        if counts_moved:
-            self.counts_version = new_counts_version()
         self.builder.set_figures(figures)
 
     def record_own(self, lists: Mapping[str, bytes]) -> dict[str, bytes]:

@@ -123,7 +123,7 @@ def test_a_list_that_comes_back_through_the_table_is_the_one_ranked() -> None:
     back."""
     replica = ModelReplica(token=1)
     mine, theirs = orjson.dumps([["b", 0.5]]), orjson.dumps([["c", 0.25]])
-    replica.record_own({"a": mine})
+    replica.record_own({"a": mine}, {"a": [("b", 0.5)]})
     for value, expected in ((mine, (("b", 0.5),)), (theirs, (("c", 0.25),)),
                             (mine, (("b", 0.5),)), (None, ())):
         replica.update({"a": value}, {})

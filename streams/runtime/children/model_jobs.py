@@ -88,7 +88,7 @@ def neighbors_of_rows(
     lists = neighbors_for_rows(rows, counts, k, similarity, params)
     encoded = {item_id: orjson.dumps(pairs) for item_id, pairs in lists.items()}  # JSON arrays
     if replica is not None:
-        encoded = replica.record_own(encoded)
+        encoded = replica.record_own(encoded, lists)
     return [(item_id, value,
              orjson.dumps(item_neighbors_record(item_id, lists[item_id], model_version)))
             for item_id, value in encoded.items()]

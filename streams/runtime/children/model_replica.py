@@ -44,7 +44,7 @@ class ModelReplica:
     {'a': 2.0, 'b': 1.0}
     >>> replica.update({"a": None}, {"b": None}); replica.lists, replica.counts
     ({}, {'a': 2.0})
-    >>> replica.record_own({"a": b"[]"}), replica.record_own({"a": b"[]"})
+    >>> replica.record_own({"a": b"[]"}, {"a": []}), replica.record_own({"a": b"[]"}, {"a": []})
     ({'a': b'[]'}, {})
     """
 
@@ -82,16 +82,18 @@ class ModelReplica:
                 figures[item_id] = None
         self.builder.set_figures(figures)
 
-    def record_own(self, lists: Mapping[str, bytes]) -> dict[str, bytes]:
-        """Lists computed here, which the worker writes to its table: those that
-        differ from the last computed for their item (the others it would not
-        write again)."""
+    def record_own(self, lists: Mapping[str, bytes],
+                   pairs: Mapping[str, Sequence[tuple[str, float]]]) -> dict[str, bytes]:
+        """Lists computed here (encoded, and the ``pairs`` they encode), which the
+        worker writes to its table: those that differ from the last computed for
+        their item (the others it would not write again)."""
         new = {item_id: value for item_id, value in lists.items()
                if self.own.get(item_id) != value}
         self.own.update(new)
         self.lists.update(new)
-        self.builder.set_neighbours({item_id: orjson.loads(value)
-                                     for item_id, value in new.items()})
+        # the pairs as computed: decoding what was just encoded took a tenth of
+        # the process at half load on a shop's scale
+        self.builder.set_neighbours({item_id: pairs[item_id] for item_id in new})
         return new
 
     def snapshot(self, version: int, k: int, tau: float) -> Snapshot:

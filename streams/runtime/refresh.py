@@ -193,6 +193,7 @@ class Refresh:
                 # again, so a fresh copy (which returns every list once) replaces it
                 self._replica_token = None
                 raise
+            self._lists_lost.discard(partition)  # written
         await self.outbox.send()
         self.counters.refreshes += 1
         self.counters.last_refresh_seconds = time.perf_counter() - started
@@ -225,8 +226,8 @@ class Refresh:
                 model_version)
         for _ in range(REPLICA_ATTEMPTS):
             replica = await self.sync_replica()
-            # a call that fails loses the lists of the rows sent, whatever failed:
-            # the next sends every row
+            # rows sent whose lists are not written (whatever failed) are lost to
+            # the rows process: the next send is every row (see refresh)
             everything = partition in self._lists_lost
             self._lists_lost.add(partition)
             rows, lagging = await self.rows.for_refresh(partition, self._counts_version,
@@ -237,7 +238,6 @@ class Refresh:
             except ReplicaNotHeld:
                 self._replica_token = None
                 continue
-            self._lists_lost.discard(partition)
             return lists, lagging
         raise ReplicaNotHeld(f"the model process lost its copy {REPLICA_ATTEMPTS} times")
 

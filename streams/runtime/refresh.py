@@ -95,8 +95,9 @@ class Refresh:
         self._replica_token: int | None = None
         #: refresh round last completed per tick partition seen by this worker
         self.partition_rounds: dict[int, int] = {}
-        #: lists computed before the counts last moved, per partition refreshed here
-        self.lists_lagging: dict[int, int] = {}
+        # per partition refreshed here, as of its last refresh: lists computed
+        # before the counts last moved, rows held, and the counts' version then
+        self._lag: dict[int, tuple[int, int, int]] = {}
         self._rebuilding = asyncio.Lock()
         # one user of the model process's copy of the replicated tables at a time:
         # hand-overs interleaved could apply an older value after a newer one
@@ -178,8 +179,7 @@ class Refresh:
         # held until the lists are written: a hand-over in between would send the
         # model process the values they replace
         async with self._replica_lock:
-            lists, self.lists_lagging[partition] = await self.partition_neighbors(
-                partition, refresh_round)
+            lists = await self.partition_neighbors(partition, refresh_round)
             try:
                 for n, (item_id, value, record) in enumerate(lists, 1):
                     if n % LISTS_PER_SLICE == 0:
@@ -214,13 +214,12 @@ class Refresh:
                 self.own_round_rebuilt = time.monotonic()
 
     async def partition_neighbors(self, partition: int, model_version: int
-                                  ) -> tuple[list[EncodedList], int]:
+                                  ) -> list[EncodedList]:
         """Neighbour lists of a partition's items that changed since they were last
         computed, encoded (see
         :func:`streams.runtime.children.model_jobs.neighbors_of_rows`), by the model
         process from its copy of the item counts and the rows due, which the rows
-        process sends (pickled: the loop passes the bytes on); and how many of the
-        partition's lists lag the counts after them."""
+        process sends (pickled: the loop passes the bytes on)."""
         config = self.config
         args = (None, config.neighbors, config.similarity, config.similarity_params,
                 model_version)
@@ -230,15 +229,16 @@ class Refresh:
             # the rows process: the next send is every row (see refresh)
             everything = partition in self._lists_lost
             self._lists_lost.add(partition)
-            rows, lagging = await self.rows.for_refresh(partition, self._counts_version,
-                                                        everything)
+            version = self._counts_version
+            due = await self.rows.for_refresh(partition, version, everything)
             try:
                 lists: list[EncodedList] = await self.model_process.run(
-                    neighbors_of_rows, rows, *args, replica)
+                    neighbors_of_rows, due.rows, *args, replica)
             except ReplicaNotHeld:
                 self._replica_token = None
                 continue
-            return lists, lagging
+            self._lag[partition] = (due.lagging, due.held, version)
+            return lists
         raise ReplicaNotHeld(f"the model process lost its copy {REPLICA_ATTEMPTS} times")
 
     async def sync_replica(self) -> int:
@@ -295,6 +295,16 @@ class Refresh:
                 self._replica_token = None
         raise ReplicaNotHeld(f"the model process lost its copy {REPLICA_ATTEMPTS} times")
 
+    def lists_lagging(self) -> int:
+        """Lists of this worker's partitions computed before the counts last moved:
+        as a partition's last refresh left them, or every row it holds when the
+        counts moved since (the snapshot just built has these counts)."""
+        owned = self.topology.owned_tick_partitions()
+        for partition in [p for p in self._lag if owned and p not in owned]:
+            del self._lag[partition]
+        return sum(lagging if version == self._counts_version else held
+                   for lagging, held, version in self._lag.values())
+
     async def take_others_lists(self) -> None:
         """Rebuild the snapshot if other workers wrote neighbour lists since the last
         build, unless this worker's own refresh rounds rebuild it: one completed
@@ -324,10 +334,6 @@ class Refresh:
             self._others_lists_built = self.topology.neighbors.others_writes
             # version 0: no complete refresh yet (trending items only, if any)
             version = max(refresh_round, self.model_round)
-            owned = self.topology.owned_tick_partitions()
-            for partition in [p for p in self.lists_lagging if owned and p not in owned]:
-                del self.lists_lagging[partition]
-            lagging = sum(self.lists_lagging.values())
             path = self.snapshots.next_path(version)
             async with self._replica_lock:
                 items = await self._with_replica(build_snapshot, version,
@@ -336,6 +342,6 @@ class Refresh:
             self.ranking.rank_with_snapshot(str(path))
             self._snapshot, self._model_path, self.model_items = None, path, items
             self.model_round = version
-            self.counters.lists_lagging = lagging
+            self.counters.lists_lagging = self.lists_lagging()
             await self.ranking.snapshot_held()
             self.snapshots.loaded(path)  # older files go once the ranking child has it

@@ -23,6 +23,7 @@ from faust.types import EventT, TableT
 
 from streams.runtime.children.held_rows import (
     RowMessage,
+    RowsDue,
     apply_row_messages,
     hold_rows,
     release_rows,
@@ -151,14 +152,13 @@ class RowsClient:
                 self.item_stats.set_encoded_if_changed(item_id, encoded)
 
     async def for_refresh(self, partition: int, counts_version: int, everything: bool = False
-                          ) -> tuple[bytes, int]:
-        """A partition's rows whose neighbour lists are due, pickled, and how many
-        lists lag the counts after them (see
+                          ) -> RowsDue:
+        """A partition's rows whose neighbour lists are due (see
         :meth:`streams.runtime.children.held_rows.HeldRows.to_send`)."""
         async with self.lock:
             await self.hold({partition})
-            sent: tuple[bytes, int] = await self.call(
-                self.process_of(partition), rows_to_send, partition, counts_version, everything)
+            sent: RowsDue = await self.call(self.process_of(partition), rows_to_send,
+                                            partition, counts_version, everything)
             return sent
 
     async def write_changed(self, paced: bool = False) -> None:

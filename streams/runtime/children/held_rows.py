@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -49,6 +49,16 @@ ROWS_NICENESS = 0
 #: A message of row updates as the loop hands it over: (partition, the token of
 #: the partition's rows, the message's value).
 RowMessage = tuple[int, int, bytes]
+
+
+class RowsDue(NamedTuple):
+    """A partition's rows whose neighbour lists are due (item id -> pairs,
+    pickled), how many of its lists lag the counts once they are computed, and
+    how many rows it holds."""
+
+    rows: bytes
+    lagging: int
+    held: int
 
 
 class RowsNotHeld(Exception):
@@ -124,9 +134,9 @@ class HeldRows:
     ([(1, 'a', {'b': 1.0, 'c': 1.0})], [('a', b'[2.0,2.0,0.0,0,0,0,0.0]')])
     >>> holder.take_unwritten()
     ([], [])
-    >>> rows, lagging = holder.to_send(1, counts_version=1)
-    >>> pickle.loads(rows), lagging
-    ({'a': {'b': 1.0, 'c': 1.0}}, 0)
+    >>> rows, lagging, held = holder.to_send(1, counts_version=1)
+    >>> pickle.loads(rows), lagging, held
+    ({'a': {'b': 1.0, 'c': 1.0}}, 0, 1)
     >>> [pickle.loads(holder.to_send(1, 1, everything)[0]) for everything in (False, True)]
     [{}, {'a': {'b': 1.0, 'c': 1.0}}]
     >>> holder.apply([(1, 6, b"{}")], tau=86400.0, max_width=10)
@@ -203,12 +213,11 @@ class HeldRows:
         return taken, stats
 
     def to_send(self, partition: int, counts_version: int, everything: bool = False
-                ) -> tuple[bytes, int]:
+                ) -> RowsDue:
         """The rows of a partition whose neighbour lists are due (item id -> pairs,
         pickled): those changed since the last send, then a rotation of the others
         computed before ``counts_version`` (see :mod:`.due_lists`); all of them
-        with ``everything`` (the lists of the last send were lost). And how many
-        of the partition's lists lag the counts once these are computed."""
+        with ``everything`` (the lists of the last send were lost)."""
         part = self.partitions.get(partition)
         if part is None:
             raise RowsNotHeld(f"partition {partition}")
@@ -219,7 +228,8 @@ class HeldRows:
         due = part.due.take(part.unsent, counts_version, rotation_size(held))
         sent = {item_id: part.row(item_id).pairs for item_id in due}
         part.unsent = set()
-        return pickle.dumps(sent, protocol=pickle.HIGHEST_PROTOCOL), part.due.lagging
+        return RowsDue(pickle.dumps(sent, protocol=pickle.HIGHEST_PROTOCOL), part.due.lagging,
+                       len(part.rows))
 
 
 #: What the rows process holds (one holder per process).
@@ -248,7 +258,7 @@ def take_unwritten_rows() -> tuple[list[tuple[int, str, bytes]], list[tuple[str,
 
 
 def rows_to_send(partition: int, counts_version: int, everything: bool = False
-                 ) -> tuple[bytes, int]:
+                 ) -> RowsDue:
     """:meth:`HeldRows.to_send` in the rows process."""
     return _holder.to_send(partition, counts_version, everything)
 

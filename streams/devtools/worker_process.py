@@ -148,9 +148,8 @@ class WorkerProcess:
 
         self.wait_for(drained, f"{applied} events and their row updates", timeout)
         quiet_since = int(time.time())
-        return self.wait_for(
-            lambda h: h["model_version"] > quiet_since and h["counters"]["lists_lagging"] == 0,
-            "a refresh round after the data settled, no list lagging", timeout)
+        return self.wait_for(lambda h: refreshed_after(h, quiet_since),
+                             "a refresh round after the data settled, no list lagging", timeout)
 
     def stop(self, *, kill: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -161,6 +160,18 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+
+def refreshed_after(health: Mapping[str, Any], since: float) -> bool:
+    """Whether a worker (its /health) serves a snapshot of a refresh round that
+    started after ``since``, with no neighbour list lagging the counts.
+
+    >>> refreshed_after({"model_version": 12, "counters": {"lists_lagging": 0}}, 11.5)
+    True
+    >>> refreshed_after({"model_version": 12, "counters": {"lists_lagging": 3}}, 11.5)
+    False
+    """
+    return bool(health["model_version"] > since and health["counters"]["lists_lagging"] == 0)
 
 
 def row_updates_caught_up(counters: Iterable[Mapping[str, Any]]) -> bool:

@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 
 from core.events import Event
 from core.recommender import Recommender
-from streams.devtools.worker_process import row_updates_caught_up
+from streams.devtools.worker_process import refreshed_after, row_updates_caught_up
 from streams.runtime.settings import Settings
 from tests.integration.stream_harness import (
     PARTITIONS,
@@ -171,8 +171,7 @@ def settle(workers: Sequence[WorkerProcess], applied: int, *, rounds: int = 1,
     after = time.time()
     for n in range(rounds):
         def refreshed(hs: list[dict[str, Any]], after: float = after) -> bool:
-            return all(h["model_version"] > after and h["counters"]["lists_lagging"] == 0
-                       for h in hs)
+            return all(refreshed_after(h, after) for h in hs)
 
         poll(refreshed, f"refresh round {n + 1} after the data settled, on every worker")
         after = max(h["model_version"] for h in healths)

@@ -614,11 +614,17 @@ async def test_refresh_sends_the_model_process_the_rows_due(
         assert len(sends) == 1 and set(sends[0]) == rows
         await tick(2)
         assert sends[-1] == []  # nothing moved
+        assert stream.refresh.lists_lagging() == 0
         changed = await feed(events[300:340])
         assert changed and len(changed) < len(rows)
+        # counts moved (handed over with a rebuild) since the partition's refresh:
+        # every list it holds lags them until its next
+        await stream.refresh.rebuild(stream.refresh.model_round)
+        assert stream.refresh.lists_lagging() == len(rows)
         await tick(3)
         rows = set(await partition_rows(2))
         assert changed_first_then_all(sends[-1], changed, rows)
+        assert stream.refresh.lists_lagging() == 0
         await lists_are_those_of_every_row(2)
         stream.model_process.close()  # a new child: it needs the item stats only
         changed = await feed(events[340:370])
